@@ -1,0 +1,59 @@
+"""Syscall numbers and register names per architecture (x86_64 for now)."""
+from __future__ import annotations
+
+import platform
+
+if platform.machine() != "x86_64":  # pragma: no cover - we only run on x86_64 for now
+    raise ImportError(f"redirect supports x86_64 only, not {platform.machine()}")
+
+# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
+NR = {
+    "close": 3,
+    "mmap": 9,
+    "dup2": 33,
+    "socket": 41,
+    "connect": 42,
+    "accept": 43,
+    "sendto": 44,
+    "recvfrom": 45,
+    "sendmsg": 46,
+    "recvmsg": 47,
+    "bind": 49,
+    "listen": 50,
+    "getsockname": 51,
+    "getpeername": 52,
+    "setsockopt": 54,
+    "getsockopt": 55,
+    "fcntl": 72,
+    "epoll_ctl": 233,
+    "accept4": 288,
+    "dup3": 292,
+    "sendmmsg": 307,
+    "io_uring_setup": 425,
+    "close_range": 436,
+}
+NAME = {nr: name for name, nr in NR.items()}
+
+# Registers of the syscall ABI: number, arguments, result, program counter.
+NR_REG = "orig_rax"
+RESULT_REG = "rax"
+ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+PC_REG = "rip"
+SYSCALL_INSN_LEN = 2  # `syscall` is 0f 05: step back this far to run it again
+
+# Socket-family syscalls of the i386 ABI (int 0x80), which a 64-bit filter must
+# also cover or a program could go around it. socketcall multiplexes them all.
+I386_SOCKETCALL = 102
+I386_SOCKETCALL_OPS = {"bind": 2, "connect": 3, "sendto": 11, "sendmsg": 16, "sendmmsg": 20}
+I386_NR = {"bind": 361, "connect": 362, "sendto": 369, "sendmsg": 370, "sendmmsg": 345,
+           "io_uring_setup": 425}
+
+
+def to_signed(value: int) -> int:
+    """A register value as the signed long the kernel returned."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def to_unsigned(value: int) -> int:
+    return value & 0xFFFFFFFFFFFFFFFF

@@ -1,0 +1,108 @@
+"""The `redirect` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .rules import Rule, RuleError, describe, parse_rule, parse_rule_file
+
+USAGE = "redirect [options] -r RULE [-r RULE ...] [-f FILE ...] [--] PROGRAM [ARGS...]"
+EPILOG = """\
+A rule is comma-separated items, e.g.  in,tcp,port=8080,path=/run/app/http.sock
+  matches:  in | out, tcp | udp, addr=ADDRESS, port=N | port=A-B,
+            from-unix=GLOB, from-abstract=GLOB
+  actions:  path=PATH, abstract=NAME, systemd[=FDNAME], reject[=ERRNO],
+            blackhole, ignore
+  flags:    noremove, mode=OCTAL, owner=USER, group=GROUP
+  placeholders in path/abstract: %p port, %a address, %t tcp|udp, %%
+Rules are tried in order; the first match decides. See docs/rules.md.
+"""
+
+
+class _RuleSource(argparse.Action):
+    """-r and -f keep their relative order: the first matching rule wins."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.sources.append((option_string, value))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redirect", usage=USAGE, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run PROGRAM with its IP sockets turned into Unix "
+                                            "domain sockets, as the rules say.")
+    p.add_argument("-r", "--rule", action=_RuleSource, metavar="RULE", help="a rule (repeatable)")
+    p.add_argument("-f", "--rules-file", action=_RuleSource, metavar="FILE",
+                   help="a file of rules, one per line, '#' comments (repeatable)")
+    p.add_argument("-c", "--check", action="store_true", help="check the rules and exit")
+    p.add_argument("-p", "--print", action="store_true", dest="print_rules",
+                   help="print the rule table (and exit if no PROGRAM is given)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-v: every conversion, -vv: more)")
+    p.add_argument("--version", action="version", version=f"redirect {__version__}")
+    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(sources=[])
+    return p
+
+
+def load_rules(sources: list[tuple[str, str]]) -> list[Rule]:
+    rules: list[Rule] = []
+    for option, value in sources:
+        if option in ("-r", "--rule"):
+            rules.append(parse_rule(value))
+        else:
+            try:
+                rules.extend(parse_rule_file(value))
+            except OSError as err:
+                raise RuleError(value, 0, f"cannot read rule file: {err.strerror}") from None
+    return rules
+
+
+def print_table(rules: list[Rule], out=sys.stdout) -> None:
+    for number, rule in enumerate(rules, 1):
+        print(f"Rule #{number}: {rule.text}", file=out)
+        rows = describe(rule)
+        width = max((len(key) for key, _ in rows), default=0)
+        for key, value in rows:
+            print(f"  {key.ljust(width)}  {value}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        rules = load_rules(args.sources)
+    except RuleError as err:
+        print(f"redirect: {err}", file=sys.stderr)
+        return 2
+    if args.print_rules:
+        print_table(rules)
+    if args.check:
+        print(f"redirect: {len(rules)} rule(s) OK", file=sys.stderr)
+        return 0
+    if not command:
+        if args.print_rules:
+            return 0
+        parser.print_usage(sys.stderr)
+        print("redirect: no PROGRAM given", file=sys.stderr)
+        return 2
+    if not rules:
+        print("redirect: note: no rules given; the program runs unchanged", file=sys.stderr)
+
+    from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
+
+    supervisor = Supervisor(rules, verbosity=args.verbose)
+    try:
+        return supervisor.run(command)
+    except SpawnError as err:
+        print(f"redirect: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

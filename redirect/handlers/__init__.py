@@ -1,0 +1,28 @@
+"""Syscall semantics: one handler per trapped syscall, in terms of sockets and
+addresses, never registers. Each handler returns a result, PASS, or a generator
+(see tracee.py) when it needs to run syscalls in the tracee.
+"""
+from __future__ import annotations
+
+from . import accept, bind_connect, close, datagram, names, sockopt
+from .common import Call, Context
+
+__all__ = ["Call", "Context", "HANDLERS"]
+
+HANDLERS = {
+    "bind": bind_connect.bind,
+    "connect": bind_connect.connect,
+    "accept": accept.accept,
+    "accept4": accept.accept,
+    "getsockname": names.getsockname,
+    "getpeername": names.getpeername,
+    "getsockopt": sockopt.getsockopt,
+    "setsockopt": sockopt.setsockopt,
+    "close": close.close,
+    "dup2": close.dup2,
+    "dup3": close.dup2,
+    "close_range": close.close_range,
+    "sendto": datagram.sendto,
+    "sendmsg": datagram.sendmsg,
+    "sendmmsg": datagram.sendmmsg,
+}

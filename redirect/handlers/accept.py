@@ -1,0 +1,36 @@
+"""accept() and accept4(): connections to a converted listener come from an IP peer."""
+from __future__ import annotations
+
+from .. import sockaddr
+from ..sockaddr import IPAddr
+from ..tracee import PASS, Syscall
+from .common import Call, peer_uid, write_sockaddr
+
+
+def accept(call: Call):
+    fd, addr = call.args[:2]
+    if addr == 0:
+        return PASS  # nothing to fake
+    inode = call.process.fd_inode(fd)
+    listener = call.ctx.registry.listener_inodes.get(inode) if inode is not None else None
+    if listener is None or not isinstance(listener.visible, IPAddr):
+        return PASS
+    try:
+        room = call.process.read_int(call.args[2])
+    except OSError:
+        return PASS  # a bad pointer: the kernel says EFAULT
+    return _accept(call, listener.visible, room)
+
+
+def _accept(call: Call, visible: IPAddr, room: int):
+    # Run the program's own call (it may block), then overwrite the Unix peer
+    # address; the buffer size is the one before the kernel wrote the Unix length.
+    res = yield Syscall(call.name, *call.args)
+    if res < 0:
+        return res
+    inode = call.process.fd_inode(res)
+    with call.process.socket(res) as conn:
+        uid = peer_uid(conn) if conn is not None else None
+    peer = sockaddr.peer_of_connection(visible, inode or 0, uid)
+    err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
+    return res if err == 0 else err

@@ -1,0 +1,186 @@
+"""bind() and connect(): where a matching IP socket becomes a Unix socket."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass, replace
+
+from .. import socketfile
+from ..registry import Client, Listener
+from ..rules import Rule, SocketFacts, expand, first_match
+from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr, pack, unix_path_fits, unpack
+from ..tracee import PASS, Scratch, Syscall
+from .common import Call, read_sockaddr, socket_type, swap_to_unix
+
+_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
+_UNSUPPORTED = {"systemd": "systemd socket activation is not supported yet"}
+# What a TCP client expects when nobody listens, whatever the Unix reason.
+_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one bind/connect/send, decided from rules alone."""
+    rule: Rule
+    visible: Address                 # the address the program asked for (port 0 filled in)
+    real: UnixAddr | None = None     # where it goes instead
+    error: int = 0                   # fail the call with this errno
+    reason: str = ""                 # why, for the log
+
+
+def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
+    if isinstance(visible, IPAddr):
+        return SocketFacts(direction, kind, address=visible.match_host, port=visible.port)
+    name = os.fsdecode(visible.name)
+    return SocketFacts(direction, kind, abstract=name) if visible.abstract else \
+        SocketFacts(direction, kind, unix_path=name)
+
+
+def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
+           ports: PortAllocator) -> Decision | None:
+    """The rule's verdict on a socket, or None to leave it alone. Pure but for
+    handing out a port for binds to port 0."""
+    rule = first_match(rules, facts(direction, kind, visible))
+    if rule is None or rule.action == "ignore":
+        return None
+    if rule.action == "reject":
+        return Decision(rule, visible, error=rule.errno or errno.EACCES, reason="rejected by rule")
+    if rule.action in _UNSUPPORTED:
+        return Decision(rule, visible, error=errno.ENOSYS, reason=_UNSUPPORTED[rule.action])
+    if kind == "dgram":
+        return Decision(rule, visible, error=errno.ENOSYS,
+                        reason="datagram (UDP) sockets are not supported yet")
+    if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
+        visible = replace(visible, port=ports.allocate())
+    if rule.action == "blackhole":
+        return Decision(rule, visible)
+    if isinstance(visible, IPAddr):
+        port, address = visible.port, str(visible.host)
+    else:
+        port, address = 0, ""
+    name = os.fsencode(expand(rule.target or "", port=port, address=address,
+                              socket_type="tcp" if kind == "stream" else "udp"))
+    real = UnixAddr(name, abstract=rule.action == "abstract")
+    if not name or not unix_path_fits(name, real.abstract):
+        return Decision(rule, visible, real, error=errno.ENAMETOOLONG,
+                        reason=f"socket path {real} is too long for a Unix socket (max 107 bytes)")
+    return Decision(rule, visible, real)
+
+
+def _prepare(call: Call, direction: str):
+    """Common first steps: the program's address, the socket, the verdict.
+    Returns (verdict or PASS, socket type, whether the socket is already Unix)."""
+    fd, addr, length = call.args[:3]
+    data = read_sockaddr(call, addr, length)
+    visible = unpack(data) if data else None
+    if visible is None or (isinstance(visible, UnixAddr) and not call.ctx.unix_rules):
+        return PASS, None, False
+    with call.process.socket(fd) as sock:
+        if sock is None or sock.family not in _FAMILIES:
+            return PASS, None, False
+        kind = socket_type(sock)
+        is_unix = sock.family == socket.AF_UNIX
+        if isinstance(visible, UnixAddr):
+            usable = is_unix
+        else:
+            # A redirected client retrying connect() is already a Unix socket.
+            usable = sock.family == visible.family or (
+                is_unix and direction == "out" and call.ctx.registry.client(call.process.fd_inode(fd)) is not None)
+    if kind is None or not usable:
+        return PASS, None, False
+    verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
+    if verdict is None:
+        return PASS, None, False
+    if verdict.error:
+        level = 1 if verdict.reason == "rejected by rule" else 0
+        call.ctx.log(level, f"{call.describe()}: {visible}: {verdict.reason} "
+                            f"({errno.errorcode.get(verdict.error, verdict.error)}; rule {verdict.rule.text})")
+        if direction == "in":
+            _release_port(call, verdict)
+        return -verdict.error, kind, is_unix
+    return verdict, kind, is_unix
+
+
+def _release_port(call: Call, verdict: Decision) -> None:
+    if isinstance(verdict.visible, IPAddr):
+        call.ctx.ports.release(verdict.visible.port)
+
+
+def bind(call: Call):
+    verdict, kind, is_unix = _prepare(call, "in")
+    if not isinstance(verdict, Decision):
+        return verdict
+    return _bind(call, call.args[0], kind, verdict, is_unix)
+
+
+def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+    ctx = call.ctx
+    real, blackhole = verdict.real, verdict.rule.action == "blackhole"
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    if not blackhole and ctx.registry.path_taken(real):
+        # The IPv4 and IPv6 listeners of one port: the second gets nothing, quietly.
+        ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is already bound here; blackholing")
+        blackhole = True
+    if blackhole:
+        real = UnixAddr(os.fsencode(os.path.join(ctx.private_dir, f"blackhole-{os.urandom(6).hex()}")))
+    elif not real.abstract:
+        err = socketfile.clear_stale(real.name, stype)
+        if err:
+            ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {os.strerror(err)}"
+                       + (" (a live socket or another file is in the way)" if err == errno.EADDRINUSE else ""))
+            _release_port(call, verdict)
+            return -err
+    if not is_unix:
+        with call.process.socket(fd) as sock:
+            if sock is None:
+                return -errno.EBADF
+            err = yield from swap_to_unix(call, fd, sock, kind)
+        if err < 0:
+            ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
+            _release_port(call, verdict)
+            return err
+    packed = pack(real)
+    res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
+    if res < 0:
+        ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}")
+        _release_port(call, verdict)
+        return res
+    ident = None if real.abstract else socketfile.file_id(real.name)
+    if blackhole:
+        os.unlink(real.name)  # bound but unreachable: listen and accept work, nobody connects
+    inode = call.process.fd_inode(fd)
+    ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
+                                       remove=not (blackhole or verdict.rule.noremove)))
+    ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
+    return 0
+
+
+def connect(call: Call):
+    verdict, kind, is_unix = _prepare(call, "out")
+    if not isinstance(verdict, Decision):
+        return verdict
+    return _connect(call, call.args[0], kind, verdict, is_unix)
+
+
+def _connect(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+    ctx = call.ctx
+    if not is_unix:
+        with call.process.socket(fd) as sock:
+            if sock is None:
+                return -errno.EBADF
+            err = yield from swap_to_unix(call, fd, sock, kind)
+        if err < 0:
+            ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
+            return err
+    ctx.registry.add_client(call.process.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
+    packed = pack(verdict.real)
+    res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
+    if -res in _REFUSED:
+        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}: {os.strerror(-res)}")
+        res = -errno.ECONNREFUSED
+    elif res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
+        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}: {os.strerror(-res)}")
+    else:
+        ctx.log(2, f"{call.describe()}: {verdict.visible} -> {verdict.real}")
+    return res

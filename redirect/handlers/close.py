@@ -1,0 +1,36 @@
+"""close(), dup2()/dup3() over an fd, close_range(): when the last reference to a
+bound socket goes, its socket file goes too (unless the rule says noremove)."""
+from __future__ import annotations
+
+from ..tracee import PASS, Syscall
+from .common import Call
+
+CLOSE_RANGE_CLOEXEC = 4
+
+
+def close(call: Call):
+    return _if_listener(call, call.args[0])
+
+
+def dup2(call: Call):
+    old, new = call.args[:2]
+    return PASS if old == new else _if_listener(call, new)
+
+
+def close_range(call: Call):
+    if call.args[2] & CLOSE_RANGE_CLOEXEC or not call.ctx.registry.listener_inodes:
+        return PASS
+    return _run_then_reap(call)
+
+
+def _if_listener(call: Call, fd: int):
+    listeners = call.ctx.registry.listener_inodes
+    if not listeners or call.process.fd_inode(fd) not in listeners:
+        return PASS
+    return _run_then_reap(call)
+
+
+def _run_then_reap(call: Call):
+    res = yield Syscall(call.name, *call.args)
+    call.ctx.reap()
+    return res

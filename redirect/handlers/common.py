@@ -1,0 +1,257 @@
+"""What the handlers share: the call, the context, recognising converted sockets,
+writing addresses back, and swapping a socket for a Unix one in place."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import sockaddr
+from ..registry import Registry
+from ..rules import Rule
+from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
+from ..tracee import Process, Scratch, Syscall, Thread
+
+SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
+IPPROTO_MPTCP = 262
+
+
+@dataclass
+class Context:
+    rules: list[Rule]
+    registry: Registry
+    ports: PortAllocator
+    log: Callable[[int, str], None]   # (verbosity needed, message); 0 = always shown
+    private_dir: str                  # mode 0700: where blackholed sockets are bound
+    reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
+
+    def __post_init__(self) -> None:
+        # Most rule sets never look at Unix sockets: skip them without a lookup.
+        self.unix_rules = any(r.from_unix or r.from_abstract for r in self.rules)
+
+
+@dataclass
+class Call:
+    ctx: Context
+    thread: Thread
+    name: str
+    args: tuple[int, ...]
+
+    @property
+    def process(self) -> Process:
+        return self.thread.process
+
+    def describe(self) -> str:
+        return f"{self.name}() in pid {self.thread.tid}"
+
+
+def read_sockaddr(call: Call, addr: int, length: int) -> bytes | None:
+    if addr == 0 or length < 2:
+        return None
+    try:
+        return call.process.read(addr, min(length, 128))
+    except OSError:
+        return None
+
+
+def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:
+    """Store an address for the program the way the kernel does: truncate to the
+    caller's buffer (`room`: its size, if read before the kernel changed it),
+    report the full length. Returns 0 or -errno."""
+    if addr == 0 or len_ptr == 0:
+        return -errno.EFAULT
+    try:
+        if room is None:
+            room = call.process.read_int(len_ptr)
+        if room < 0:
+            return -errno.EINVAL
+        call.process.write(addr, packed[:room])
+        call.process.write(len_ptr, struct.pack("=i", len(packed)))
+    except OSError:
+        return -errno.EFAULT
+    return 0
+
+
+def unix_name(sock: socket.socket) -> UnixAddr | None:
+    """The real address a Unix socket is bound to (None if unnamed)."""
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return UnixAddr(os.fsencode(name)) if name else None
+    return UnixAddr(name[1:], abstract=True) if name else None
+
+
+def socket_type(sock: socket.socket) -> str | None:
+    """"stream" or "dgram" for the sockets we may convert (TCP, MPTCP, UDP)."""
+    kind = SOCK_TYPES.get(sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE))
+    if kind is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return None
+    if sock.family != socket.AF_UNIX:
+        proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_MPTCP):
+            return None  # SCTP and friends: no Unix equivalent
+    return kind
+
+
+@dataclass
+class Converted:
+    """A socket of ours as the program must see it."""
+    role: str                  # "listener", "client" or "accepted"
+    socket_type: str
+    inode: int
+    local: Address | None      # None: let the kernel answer
+    peer: Address | None
+
+
+def identify(call: Call, fd: int) -> Converted | None:
+    """Whether fd is a socket we converted (or accepted from one), and its faces."""
+    process, registry = call.process, call.ctx.registry
+    inode = process.fd_inode(fd)
+    if inode is None:
+        return None
+    listener = registry.listener_inodes.get(inode)
+    if listener is not None:
+        return Converted("listener", listener.socket_type, inode, listener.visible, None)
+    client = registry.client(inode)
+    if client is not None:
+        local = sockaddr.local_of_client(client.visible, inode) if isinstance(client.visible, IPAddr) else None
+        return Converted("client", client.socket_type, inode, local, client.visible)
+    with process.socket(fd) as sock:
+        if sock is None or sock.family != socket.AF_UNIX:
+            return None
+        listener = registry.listener_at(unix_name(sock))
+        if listener is None:
+            return None
+        if not isinstance(listener.visible, IPAddr):
+            return Converted("accepted", listener.socket_type, inode, listener.visible, None)
+        uid = peer_uid(sock)
+    return Converted("accepted", listener.socket_type, inode,
+                     sockaddr.local_of_connection(listener.visible),
+                     sockaddr.peer_of_connection(listener.visible, inode, uid))
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    return struct.unpack("=iII", creds)[1]
+
+
+# ---- swapping a socket for a Unix one at the same fd ---------------------------------
+
+# SOL_SOCKET options that mean the same on a Unix socket: (name, size of value).
+_COPIED_OPTIONS = [
+    (socket.SO_REUSEADDR, 4), (socket.SO_KEEPALIVE, 4), (socket.SO_BROADCAST, 4),
+    (socket.SO_OOBINLINE, 4), (socket.SO_SNDBUF, 4), (socket.SO_RCVBUF, 4),
+    (socket.SO_RCVLOWAT, 4), (socket.SO_PRIORITY, 4), (socket.SO_PASSCRED, 4),
+    (socket.SO_REUSEPORT, 4), (socket.SO_LINGER, 8), (20, 16), (21, 16),  # SO_RCVTIMEO, SO_SNDTIMEO
+    (36, 4),  # SO_MARK
+]
+_DOUBLED = {socket.SO_SNDBUF, socket.SO_RCVBUF}  # the kernel reports twice what was set
+_EPOLL_CTL_ADD = 1
+F_GETOWN_EX, F_SETOWN_EX, F_GETSIG, F_SETSIG = 16, 15, 11, 10
+
+
+@dataclass
+class _SocketState:
+    status_flags: int
+    cloexec: bool
+    options: dict[int, bytes]
+    owner: bytes
+    signal: int
+    epoll: list[tuple[int, int, int]]   # (epoll fd, events, data) watching this socket
+
+
+def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
+    options = {}
+    for name, size in _COPIED_OPTIONS:
+        try:
+            options[name] = sock.getsockopt(socket.SOL_SOCKET, name, size)
+        except OSError:
+            pass
+    return _SocketState(
+        status_flags=fcntl.fcntl(sock.fileno(), fcntl.F_GETFL),
+        cloexec=call.process.fd_cloexec(fd),
+        options=options,
+        owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
+        signal=fcntl.fcntl(sock.fileno(), F_GETSIG),
+        epoll=_epoll_watches(call.process, fd, os.fstat(sock.fileno()).st_ino),
+    )
+
+
+def _epoll_watches(process: Process, fd: int, inode: int) -> list[tuple[int, int, int]]:
+    """Registrations of (fd, this socket) in the process's epoll instances: the
+    swap drops them, so they are made again on the new socket."""
+    watches = []
+    for epfd, link in process.fds():
+        if link != "anon_inode:[eventpoll]":
+            continue
+        try:
+            with open(f"/proc/{process.tgid}/fdinfo/{epfd}") as info:
+                for line in info:
+                    if not line.startswith("tfd:"):
+                        continue
+                    fields = line.split()
+                    values = dict(zip(fields[0::2], fields[1::2]))
+                    if int(values["tfd:"]) == fd and int(values["ino:"], 16) == inode:
+                        watches.append((epfd, int(values["events:"], 16), int(values["data:"], 16)))
+        except (OSError, KeyError, ValueError):
+            continue
+    return watches
+
+
+def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str], None]) -> None:
+    fresh = {}
+    for name, size in _COPIED_OPTIONS:
+        try:
+            fresh[name] = sock.getsockopt(socket.SOL_SOCKET, name, size)
+        except OSError:
+            pass
+    for name, value in state.options.items():
+        if fresh.get(name) == value:
+            continue
+        if name in _DOUBLED:
+            value = struct.pack("=i", struct.unpack("=i", value)[0] // 2)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, name, value)
+        except OSError as err:
+            log(2, f"could not carry socket option {name} over: {err.strerror}")
+    # O_NONBLOCK came with the new socket; O_ASYNC and the owner need setting.
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, state.status_flags)
+    if state.owner != bytes(8):
+        fcntl.fcntl(sock.fileno(), F_SETOWN_EX, state.owner)
+    if state.signal:
+        fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
+
+
+def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
+    """Generator: replace the IP socket at fd with a fresh Unix socket of the same
+    type, keeping flags, close-on-exec, options, owner and epoll registrations.
+    Returns 0 or -errno (then the old socket is still in place)."""
+    state = _capture(call, fd, sock)
+    flags = socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if state.status_flags & os.O_NONBLOCK else 0)
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    new = yield Syscall("socket", socket.AF_UNIX, stype | flags, 0)
+    if new < 0:
+        return new
+    res = yield Syscall("dup3", new, fd, os.O_CLOEXEC if state.cloexec else 0)
+    yield Syscall("close", new)
+    if res < 0:
+        return res
+    with call.process.socket(fd) as unix:
+        if unix is None:
+            return -errno.EBADF  # the program closed it meanwhile (another thread)
+        _restore(unix, state, call.ctx.log)
+    for epfd, events, data in state.epoll:
+        event = yield Scratch(struct.pack("=IQ", events, data))
+        res = yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, fd, event)
+        if res < 0:
+            call.ctx.log(0, f"could not re-register fd {fd} in epoll fd {epfd}: "
+                                      f"{os.strerror(-res)}")
+    return 0
+
+

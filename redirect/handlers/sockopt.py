@@ -1,0 +1,72 @@
+"""getsockopt() and setsockopt(): a converted socket still looks like TCP.
+
+The filter only traps SOL_SOCKET for SO_DOMAIN/SO_PROTOCOL (which would say
+AF_UNIX) and the IP/TCP/UDP levels, which a Unix socket refuses: those succeed
+quietly and read back what the program set.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from ..sockaddr import IPAddr
+from ..tracee import PASS
+from .common import Call, identify
+
+SO_PROTOCOL, SO_DOMAIN = 38, 39
+IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
+_MAX_VALUE = 256
+
+
+def _visible_family(call: Call, fd: int):
+    converted = identify(call, fd)
+    if converted is None:
+        return None, None
+    shown = converted.local if isinstance(converted.local, IPAddr) else converted.peer
+    if not isinstance(shown, IPAddr):
+        return None, None  # a from-unix socket: it really is a Unix socket
+    return converted, shown.family
+
+
+def getsockopt(call: Call):
+    fd, level, name, value_ptr, len_ptr = call.args[:5]
+    if level != socket.SOL_SOCKET and level not in IP_LEVELS:
+        return PASS
+    converted, family = _visible_family(call, fd)
+    if converted is None:
+        return PASS
+    if level == socket.SOL_SOCKET:
+        if name == SO_DOMAIN:
+            value = struct.pack("=i", family)
+        elif name == SO_PROTOCOL:
+            value = struct.pack("=i", socket.IPPROTO_TCP if converted.socket_type == "stream" else socket.IPPROTO_UDP)
+        else:
+            return PASS
+    else:
+        value = call.ctx.registry.option(converted.inode, level, name) or struct.pack("=i", 0)
+    try:
+        room = call.process.read_int(len_ptr)
+        if room < 0:
+            return -errno.EINVAL
+        value = value[:room]
+        call.process.write(value_ptr, value)
+        call.process.write(len_ptr, struct.pack("=i", len(value)))
+    except OSError:
+        return -errno.EFAULT
+    return 0
+
+
+def setsockopt(call: Call):
+    fd, level, name, value_ptr, length = call.args[:5]
+    if level not in IP_LEVELS:
+        return PASS
+    converted, _ = _visible_family(call, fd)
+    if converted is None:
+        return PASS
+    try:
+        value = call.process.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
+    except OSError:
+        return -errno.EFAULT
+    call.ctx.registry.set_option(converted.inode, level, name, value)
+    return 0

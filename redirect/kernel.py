@@ -1,0 +1,115 @@
+"""The kernel calls python-ptrace and pyseccomp lack, in one place.
+
+Everything here is a thin binding: constants, ctypes calls, no policy.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+
+
+@contextlib.contextmanager
+def _fast_find_library():
+    # python-ptrace and pyseccomp call ctypes.util.find_library at import, which
+    # runs ldconfig/gcc in a subprocess (~40 ms each). The sonames are fixed on Linux.
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    original = ctypes.util.find_library
+    ctypes.util.find_library = lambda name: known.get(name) or original(name)
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original
+
+
+with _fast_find_library():
+    import pyseccomp  # noqa: E402  (re-exported for the filter module)
+    from ptrace import PtraceError  # noqa: E402
+    from ptrace.binding import func as _pt  # noqa: E402
+
+__all__ = ["pyseccomp", "PtraceError"]
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+
+# ptrace requests and options python-ptrace does not define.
+PTRACE_CONT = 7
+PTRACE_SYSCALL = 24
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: wait for threads and clones too
+
+PR_SET_PDEATHSIG = 1
+
+_SYS_TGKILL = 234
+_SYS_PIDFD_GETFD = 438
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
+    """Raw ptrace(2); raises OSError (errno set) on failure."""
+    return _check(_libc.ptrace(request, tid, addr, data), "ptrace")
+
+
+def seize(tid: int, options: int) -> None:
+    ptrace(PTRACE_SEIZE, tid, 0, options)
+
+
+def resume(tid: int, request: int = PTRACE_CONT, signal: int = 0) -> None:
+    ptrace(request, tid, 0, signal)
+
+
+def geteventmsg(tid: int) -> int:
+    # python-ptrace passes a 4-byte buffer for this 8-byte value.
+    msg = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(msg))
+    return msg.value
+
+
+def getregs(tid: int):
+    return _pt.ptrace_getregs(tid)
+
+
+def setregs(tid: int, regs) -> None:
+    _pt.ptrace_setregs(tid, regs)
+
+
+def tgkill(tgid: int, tid: int, sig: int) -> None:
+    _check(_libc.syscall(_SYS_TGKILL, tgid, tid, sig), "tgkill")
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """Duplicate the tracee's fd into this process (kernel >= 5.6)."""
+    return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")

@@ -1,0 +1,48 @@
+"""The seccomp filter the program runs under: trap only what the handlers need.
+
+Everything else runs at native speed. The filter's TRACE data tells the
+supervisor which ABI a trapped call came from.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+
+from .kernel import pyseccomp as sc
+
+TRACE_NATIVE = 1
+TRACE_I386 = 2   # int 0x80 socket calls: refused with a log line, we do not translate them
+
+SO_PROTOCOL, SO_DOMAIN = 38, 39
+
+# Trapped whatever their arguments.
+_ALWAYS = ["bind", "connect", "accept", "accept4", "getsockname", "getpeername",
+           "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg"]
+_I386 = ["bind", "connect", "sendto", "sendmsg", "sendmmsg"]
+
+
+def build() -> sc.SyscallFilter:
+    native = sc.SyscallFilter(sc.ALLOW)
+    # x32 calls (nr | 0x40000000) are a third ABI: refuse them outright.
+    native.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
+    trace = sc.TRACE(TRACE_NATIVE)
+    for name in _ALWAYS:
+        native.add_rule(trace, name)
+    # sendto without an address goes to the connected peer: nothing to decide.
+    native.add_rule(trace, "sendto", sc.Arg(4, sc.NE, 0))
+    # SOL_SOCKET options work on Unix sockets, except these two which would say AF_UNIX.
+    native.add_rule(trace, "getsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
+    for name in (SO_DOMAIN, SO_PROTOCOL):
+        native.add_rule(trace, "getsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, name))
+    native.add_rule(trace, "setsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
+    # io_uring would run socket calls where no filter sees them; programs fall back.
+    native.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
+
+    compat = sc.SyscallFilter(sc.ALLOW)
+    compat.remove_arch(sc.Arch.NATIVE)
+    compat.add_arch(sc.Arch.X86)
+    for name in _I386:  # libseccomp also covers the socketcall() multiplexer for these
+        compat.add_rule(sc.TRACE(TRACE_I386), name)
+    compat.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
+    native.merge(compat)
+    return native

@@ -1,0 +1,314 @@
+"""Spawn the program under the seccomp filter, follow every thread, fork and exec,
+and hand each trapped syscall to its handler."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+
+from . import arch, kernel, seccomp_filter, socketfile
+from .handlers import HANDLERS, Call, Context
+from .registry import Registry
+from .rules import Rule
+from .sockaddr import IPAddr, PortAllocator
+from .tracee import Process, Thread
+
+SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
+                 | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
+                 | kernel.PTRACE_O_EXITKILL)
+SYSCALL_STOP = signal.SIGTRAP | 0x80
+STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class SpawnError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Supervisor:
+    def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None) -> None:
+        self.verbosity = verbosity
+        self.log_file = log_file or sys.stderr
+        self.processes: dict[int, Process] = {}
+        self.threads: dict[int, Thread] = {}
+        self.private_dir = tempfile.mkdtemp(prefix="redirect-")
+        self.ctx = Context(rules=rules, registry=Registry(), ports=PortAllocator(), log=self.log,
+                           private_dir=self.private_dir, reap=self.reap)
+        self.main_pid = 0
+        self.main_status: int | None = None
+        self.exec_seen = False
+
+    def log(self, level: int, message: str) -> None:
+        if level <= self.verbosity:
+            print(f"redirect: {message}", file=self.log_file, flush=True)
+
+    # ---- start ---------------------------------------------------------------------
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        flt = seccomp_filter.build()
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the child: wait to be seized, load the filter, exec
+            stage = "prctl"
+            try:
+                kernel.set_parent_death_signal(signal.SIGKILL)
+                if os.read(go_r, 1) != b"g":
+                    os._exit(1)
+                stage = "seccomp"
+                flt.load()
+                stage = "exec"
+                os.execvpe(argv[0], argv, os.environ if env is None else env)
+            except OSError as err:
+                os.write(err_w, f"{stage}:{err.errno or 0}".encode())
+            except BaseException:
+                os.write(err_w, b"other:0")
+            finally:
+                os._exit(127)
+        os.close(go_r)
+        os.close(err_w)
+        self.err_pipe = err_r
+        try:
+            kernel.seize(pid, SEIZE_OPTIONS)
+        except OSError as err:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace "
+                             "restricted (kernel.yama.ptrace_scope) or are we inside a tracer?", 1)
+        self.main_pid = pid
+        process = self.processes[pid] = Process(pid)
+        self.threads[pid] = process.threads[pid] = Thread(pid, process)
+        os.write(go_w, b"g")
+        os.close(go_w)
+        return pid
+
+    def _spawn_failure(self) -> SpawnError | None:
+        """What went wrong in the child before its exec, if anything."""
+        try:
+            report = os.read(self.err_pipe, 64).decode()
+        except OSError:
+            return None
+        if not report:
+            return None
+        stage, _, code = report.partition(":")
+        err = int(code or 0)
+        if stage == "exec":
+            reason = os.strerror(err) if err else "cannot execute"
+            if err == errno.ENOENT:
+                return SpawnError(f"{self.argv0}: command not found", 127)
+            return SpawnError(f"{self.argv0}: cannot execute: {reason}", 126)
+        if stage == "seccomp":
+            return SpawnError(f"cannot install the seccomp filter: {os.strerror(err)}", 1)
+        return SpawnError(f"cannot start {self.argv0} ({stage} failed)", 1)
+
+    # ---- run -----------------------------------------------------------------------
+    def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Run argv to the end; the exit status as a shell would report it."""
+        self.argv0 = argv[0]
+        try:
+            self.spawn(argv, env)
+            previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
+            try:
+                self.loop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            failure = None if self.exec_seen else self._spawn_failure()
+            if failure is not None:
+                raise failure
+        finally:
+            self.reap()
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+        status = self.main_status or 0
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+    def _forward(self, sig: int, frame) -> None:
+        if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
+            return  # the terminal sent it to the program's process group already
+        if self.main_status is None:
+            try:
+                os.kill(self.main_pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def loop(self) -> None:
+        while self.threads:
+            try:
+                tid, status = os.waitpid(-1, kernel.WALL)
+            except ChildProcessError:
+                break
+            try:
+                self.dispatch(tid, status)
+            except OSError as err:
+                if err.errno != errno.ESRCH:  # ESRCH: it died meanwhile; its exit follows
+                    raise
+
+    def dispatch(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.thread_gone(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        thread = self.threads.get(tid) or self.adopt(tid)
+        if thread is None:
+            return
+        sig, event = os.WSTOPSIG(status), status >> 16
+        if sig == SYSCALL_STOP:
+            if thread.busy:
+                self._guarded(thread.on_syscall_stop)
+            else:
+                kernel.resume(tid)
+        elif event == kernel.PTRACE_EVENT_SECCOMP:
+            self.on_seccomp(thread)
+        elif event == kernel.PTRACE_EVENT_EXEC:
+            self.on_exec(thread)
+        elif event == kernel.PTRACE_EVENT_STOP:
+            if sig in STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT
+                kernel.ptrace(kernel.PTRACE_LISTEN, tid)
+            else:
+                kernel.resume(tid, thread.resume_request)
+        elif event in (kernel.PTRACE_EVENT_FORK, kernel.PTRACE_EVENT_VFORK, kernel.PTRACE_EVENT_CLONE):
+            self.adopt(kernel.geteventmsg(tid))
+            kernel.resume(tid, thread.resume_request)
+        elif event:
+            kernel.resume(tid, thread.resume_request)
+        elif thread.busy:
+            thread.hold_signal(sig)  # a handler is mid-way: deliver it when done
+        else:
+            kernel.resume(tid, kernel.PTRACE_CONT, sig)
+
+    # ---- threads and processes -----------------------------------------------------
+    def adopt(self, tid: int) -> Thread | None:
+        """A new traced thread (its first stop may come before its parent's event)."""
+        if tid in self.threads:
+            return self.threads[tid]
+        tgid = _tgid(tid)
+        if tgid is None:
+            return None
+        process = self.processes.get(tgid)
+        if process is None:
+            process = self.processes[tgid] = Process(tgid)
+        thread = self.threads[tid] = process.threads[tid] = Thread(tid, process)
+        return thread
+
+    def thread_gone(self, tid: int, status: int) -> None:
+        thread = self.threads.pop(tid, None)
+        if tid == self.main_pid:
+            self.main_status = status
+        if thread is None:
+            return
+        thread.abandon()
+        thread.release()
+        process = thread.process
+        process.threads.pop(tid, None)
+        if not process.threads:
+            self.processes.pop(process.tgid, None)
+            process.close()
+            self.reap()
+
+    def on_exec(self, thread: Thread) -> None:
+        former = kernel.geteventmsg(thread.tid)
+        process = thread.process
+        if thread.tid == self.main_pid:
+            self.exec_seen = True
+        # execve from a non-leader thread: it took over the leader's tid; the
+        # other threads are gone without a word.
+        for tid in list(process.threads):
+            if tid != thread.tid and tid != former:
+                gone = self.threads.pop(tid, None)
+                process.threads.pop(tid, None)
+                if gone is not None:
+                    gone.abandon()
+        if former != thread.tid and former in self.threads:
+            moved = self.threads.pop(former)
+            process.threads.pop(former, None)
+            moved.tid = thread.tid
+            self.threads[thread.tid] = process.threads[thread.tid] = moved
+        process.after_exec()
+        self.reap()  # close-on-exec may have closed a listener
+        kernel.resume(thread.tid)
+
+    def on_seccomp(self, thread: Thread) -> None:
+        if thread.busy:  # one of our own injected syscalls, trapped again
+            kernel.resume(thread.tid, kernel.PTRACE_SYSCALL)
+            return
+        regs = kernel.getregs(thread.tid)
+        if kernel.geteventmsg(thread.tid) == seccomp_filter.TRACE_I386:
+            self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
+            thread.start(-errno.ENOSYS, regs)
+            return
+        name = arch.NAME.get(getattr(regs, arch.NR_REG))
+        handler = HANDLERS.get(name)
+        if handler is None:
+            thread.start(None, regs)
+            return
+        call = Call(self.ctx, thread, name, tuple(getattr(regs, r) for r in arch.ARG_REGS))
+        try:
+            outcome = handler(call)
+        except Exception:
+            self._internal_error(call.describe())
+            outcome = -errno.EIO  # fail closed
+        self._guarded(thread.start, outcome, regs)
+
+    def _guarded(self, step, *args) -> None:
+        """Run a handler step; a bug in a handler fails that one call (the thread
+        has been answered with EIO), not the supervisor."""
+        try:
+            step(*args)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise
+            self._internal_error("a trapped call")
+        except Exception:
+            self._internal_error("a trapped call")
+
+    def _internal_error(self, what: str) -> None:
+        self.log(0, f"internal error handling {what}; the call fails with EIO:\n" + traceback.format_exc())
+
+    # ---- socket files --------------------------------------------------------------
+    def reap(self) -> None:
+        """Forget listeners no traced process holds any more; remove their files."""
+        registry = self.ctx.registry
+        if not registry.listeners:
+            return
+        held = set()
+        for process in self.processes.values():
+            for _, link in process.fds():
+                if link.startswith("socket:["):
+                    held.add(int(link[8:-1]))
+        for listener in list(registry.listeners.values()):
+            if listener.inode in held:
+                continue
+            registry.drop_listener(listener)
+            if isinstance(listener.visible, IPAddr):
+                self.ctx.ports.release(listener.visible.port)
+            if listener.remove and not listener.real.abstract:
+                if socketfile.remove_if_ours(listener.real.name, listener.file_id):
+                    self.log(1, f"removed {listener.real}")
+
+
+def _tgid(tid: int) -> int | None:
+    try:
+        with open(f"/proc/{tid}/status") as status:
+            for line in status:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _terminal_sent_it() -> bool:
+    """Heuristic: we are in the terminal's foreground process group, so a ^C or ^\\
+    reached the program (same group) directly."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -1,0 +1,278 @@
+"""Tracee mechanics: one process's memory and fds, one thread's registers, and
+running a handler's requests (injected syscalls, scratch memory) in a stopped thread.
+
+Handlers are generators. They yield `Syscall` (run this in the tracee, send me the
+result) or `Scratch` (put these bytes in tracee memory, send me the address), and
+return the result of the trapped syscall, or PASS to let it run untouched. A thread
+may sit in an injected syscall (a blocking connect or accept) for a long time; the
+generator waits in `Thread.runner` while the supervisor serves the other threads.
+"""
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import socket
+import struct
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generator, Iterator
+
+from . import arch, kernel
+
+PASS = None  # a handler's return value: let the trapped syscall run as it is
+
+ERESTART = {512, 513, 514, 516}  # ERESTARTSYS..ERESTART_RESTARTBLOCK: the kernel restarts these
+
+_PAGE = 4096
+_PROT_RW = 0x3
+_MAP_PRIVATE_ANON = 0x22
+
+
+@dataclass(frozen=True)
+class Syscall:
+    """Run this syscall in the tracee (by name, see arch.NR); the result comes back
+    as the kernel returned it: >= 0, or -errno."""
+    name: str
+    args: tuple[int, ...]
+
+    def __init__(self, name: str, *args: int) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "args", tuple(args))
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Copy `data` into tracee memory private to this thread; the address comes back."""
+    data: bytes
+
+
+Handler = Generator["Syscall | Scratch", "int", "int | None"]
+
+
+class Process:
+    """A thread group: its memory, its fd table, its scratch pages."""
+
+    def __init__(self, tgid: int) -> None:
+        self.tgid = tgid
+        self.threads: dict[int, Thread] = {}
+        self._mem: int | None = None
+        self._pidfd: int | None = None
+        self.free_pages: list[int] = []
+
+    # memory -----------------------------------------------------------------------
+    def _mem_fd(self) -> int:
+        if self._mem is None:
+            self._mem = os.open(f"/proc/{self.tgid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        return self._mem
+
+    def read(self, addr: int, size: int) -> bytes:
+        return os.pread(self._mem_fd(), size, addr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if os.pwrite(self._mem_fd(), data, addr) != len(data):
+            raise OSError(errno.EFAULT, "short write to tracee memory")
+
+    def read_int(self, addr: int) -> int:
+        return struct.unpack("=i", self.read(addr, 4))[0]
+
+    # fds --------------------------------------------------------------------------
+    def fd_inode(self, fd: int) -> int | None:
+        """The socket inode behind fd, or None if it is no socket."""
+        try:
+            link = os.readlink(f"/proc/{self.tgid}/fd/{fd}")
+        except OSError:
+            return None
+        return int(link[8:-1]) if link.startswith("socket:[") else None
+
+    def fd_cloexec(self, fd: int) -> bool:
+        with open(f"/proc/{self.tgid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        return False
+
+    def fds(self) -> Iterator[tuple[int, str]]:
+        try:
+            names = os.listdir(f"/proc/{self.tgid}/fd")
+        except OSError:
+            return
+        for name in names:
+            try:
+                yield int(name), os.readlink(f"/proc/{self.tgid}/fd/{name}")
+            except OSError:
+                continue
+
+    @contextmanager
+    def socket(self, fd: int) -> Iterator[socket.socket | None]:
+        """The tracee's socket at fd, duplicated into the supervisor (same open
+        file: options and flags set here are the tracee's); None if no socket."""
+        if self._pidfd is None:
+            self._pidfd = os.pidfd_open(self.tgid)
+        try:
+            dup = kernel.pidfd_getfd(self._pidfd, fd)
+        except OSError:
+            yield None
+            return
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
+            yield None
+            return
+        with sock:
+            yield sock
+
+    # lifecycle --------------------------------------------------------------------
+    def after_exec(self) -> None:
+        """A new program image: old memory and scratch pages are gone."""
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+        self.free_pages.clear()
+        for thread in self.threads.values():
+            thread.page = None
+
+    def close(self) -> None:
+        for fd in (self._mem, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+        self._mem = self._pidfd = None
+
+
+class Thread:
+    """One traced thread and, while it runs a handler, that handler's state."""
+
+    def __init__(self, tid: int, process: Process) -> None:
+        self.tid = tid
+        self.process = process
+        self.page: int | None = None       # this thread's scratch page in the tracee
+        self.runner: Generator | None = None
+        self.saved = None                  # registers at the trap
+        self.injected = False              # the trapped syscall was replaced
+        self.awaiting_entry = False        # re-executing: next syscall stop is an entry
+        self.held_signals: list[int] = []  # signals held back until the handler ends
+        self._scratch_used = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.runner is not None
+
+    @property
+    def resume_request(self) -> int:
+        return kernel.PTRACE_SYSCALL if self.busy else kernel.PTRACE_CONT
+
+    # the handler protocol ------------------------------------------------------------
+    def start(self, outcome: "Handler | int | None", regs) -> None:
+        """Act on what a handler made of the syscall this thread is stopped at
+        (seccomp stop): a result at once, PASS, or a generator to drive."""
+        self.saved = regs
+        self.injected = False
+        if not isinstance(outcome, types.GeneratorType):
+            self._finish(outcome)
+            return
+        self._scratch_used = 0
+        self.runner = self._run(outcome)
+        self._advance(None)
+
+    def on_syscall_stop(self) -> None:
+        """A syscall-entry or -exit stop of an injected syscall."""
+        if self.awaiting_entry:
+            self.awaiting_entry = False
+            kernel.resume(self.tid, kernel.PTRACE_SYSCALL)
+            return
+        result = arch.to_signed(getattr(kernel.getregs(self.tid), arch.RESULT_REG))
+        self._advance(result)
+
+    def hold_signal(self, sig: int) -> None:
+        self.held_signals.append(sig)
+        kernel.resume(self.tid, kernel.PTRACE_SYSCALL)
+
+    def abandon(self) -> None:
+        """The thread is gone: drop the handler without touching the tracee."""
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = None
+
+    def _advance(self, result: int | None) -> None:
+        try:
+            request = self.runner.send(result)
+        except StopIteration as stop:
+            self._finish(stop.value)
+            return
+        except BaseException:
+            self._finish(-errno.EIO if self.injected else PASS)
+            raise
+        self._inject(request)
+
+    def _run(self, handler: Handler) -> Generator[Syscall, int, int | None]:
+        """Resolve Scratch requests, so the driver only sees Syscalls."""
+        result = None
+        while True:
+            try:
+                request = handler.send(result)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(request, Scratch):
+                if self.page is None:
+                    self.page = yield from self._new_page()
+                    if self.page is None:
+                        handler.close()
+                        return -errno.ENOMEM
+                if self._scratch_used + len(request.data) > _PAGE:
+                    raise RuntimeError("scratch page overflow")
+                addr = self.page + self._scratch_used
+                self.process.write(addr, request.data)
+                self._scratch_used += (len(request.data) + 15) & ~15
+                result = addr
+            else:
+                result = yield request
+
+    def _new_page(self) -> Generator[Syscall, int, int | None]:
+        if self.process.free_pages:
+            return self.process.free_pages.pop()
+        # Scratch lives in a mapping of its own: below the stack pointer is unsafe in Go.
+        addr = yield Syscall("mmap", 0, _PAGE, _PROT_RW, _MAP_PRIVATE_ANON, arch.to_unsigned(-1), 0)
+        return None if addr < 0 else addr
+
+    def _inject(self, request: Syscall) -> None:
+        regs = copy.copy(self.saved)
+        nr = arch.NR[request.name]
+        for reg, value in zip(arch.ARG_REGS, request.args):
+            setattr(regs, reg, arch.to_unsigned(value))
+        if not self.injected:
+            # At the seccomp stop: turn the trapped syscall into this one.
+            setattr(regs, arch.NR_REG, nr)
+            self.injected = True
+        else:
+            # At an exit stop: step back onto the syscall instruction and run it again.
+            setattr(regs, arch.RESULT_REG, nr)
+            setattr(regs, arch.PC_REG, getattr(self.saved, arch.PC_REG) - arch.SYSCALL_INSN_LEN)
+            self.awaiting_entry = True
+        kernel.setregs(self.tid, regs)
+        kernel.resume(self.tid, kernel.PTRACE_SYSCALL)
+
+    def _finish(self, result: int | None) -> None:
+        self.runner = None
+        if result is PASS and self.injected:
+            result = -errno.EIO  # a handler bug; never run the original after replacing it
+        if result is not PASS:
+            regs = copy.copy(self.saved)
+            if not self.injected:
+                setattr(regs, arch.NR_REG, arch.to_unsigned(-1))  # skip the syscall
+            # After injections the saved orig_rax (the trapped syscall) stays, so an
+            # -ERESTART* result restarts the program's own call with its own arguments.
+            setattr(regs, arch.RESULT_REG, arch.to_unsigned(result))
+            kernel.setregs(self.tid, regs)
+        self.saved = None
+        kernel.resume(self.tid, kernel.PTRACE_CONT)
+        held, self.held_signals = self.held_signals, []
+        for sig in held:
+            kernel.tgkill(self.process.tgid, self.tid, sig)
+
+    def release(self) -> None:
+        """The thread exited: its scratch page can serve another thread."""
+        if self.page is not None:
+            self.process.free_pages.append(self.page)
+            self.page = None
