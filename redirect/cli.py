@@ -48,15 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_rules(sources: list[tuple[str, str]]) -> list[Rule]:
+    """Raises RuleError, or OSError for a rule file that cannot be read."""
     rules: list[Rule] = []
     for option, value in sources:
         if option in ("-r", "--rule"):
             rules.append(parse_rule(value))
         else:
-            try:
-                rules.extend(parse_rule_file(value))
-            except OSError as err:
-                raise RuleError(value, 0, f"cannot read rule file: {err.strerror}") from None
+            rules.extend(parse_rule_file(value))
     return rules
 
 
@@ -77,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         rules = load_rules(args.sources)
     except RuleError as err:
         print(f"redirect: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"redirect: cannot read rule file {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     if args.print_rules:
         print_table(rules)

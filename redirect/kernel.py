@@ -28,7 +28,7 @@ with _fast_find_library():
     from ptrace import PtraceError  # noqa: E402
     from ptrace.binding import func as _pt  # noqa: E402
 
-__all__ = ["pyseccomp", "PtraceError"]
+__all__ = ["pyseccomp"]
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -95,11 +95,17 @@ def geteventmsg(tid: int) -> int:
 
 
 def getregs(tid: int):
-    return _pt.ptrace_getregs(tid)
+    try:
+        return _pt.ptrace_getregs(tid)
+    except PtraceError as err:  # one exception type for callers: OSError with errno
+        raise OSError(err.errno, str(err)) from None
 
 
 def setregs(tid: int, regs) -> None:
-    _pt.ptrace_setregs(tid, regs)
+    try:
+        _pt.ptrace_setregs(tid, regs)
+    except PtraceError as err:
+        raise OSError(err.errno, str(err)) from None
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:

@@ -60,7 +60,7 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
     else:
         port, address = 0, ""
     name = os.fsencode(expand(rule.target or "", port=port, address=address,
-                              socket_type="tcp" if kind == "stream" else "udp"))
+                              socket_type=kind))
     real = UnixAddr(name, abstract=rule.action == "abstract")
     if not name or not unix_path_fits(name, real.abstract):
         return Decision(rule, visible, real, error=errno.ENAMETOOLONG,

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything redirect's demo and tests need on a fresh Debian 12 (run as root):
+# Debian packages, a virtualenv with the Python dependencies, the fixture programs.
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(python3 python3-venv make gcc libc6-dev musl-tools golang-go busybox-static
+          curl socat libseccomp2)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own python3, so that the unprivileged test user can run it too.
+if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
+    echo "setup: creating .venv"
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    touch .venv/.installed
+fi
+
+make -s -C fixtures/static-bins "$@"

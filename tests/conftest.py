@@ -1,0 +1,191 @@
+"""Shared test machinery: the fixture programs, background processes that are
+always ended by pid, short temporary directories that are always removed."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures" / "static-bins"
+BINS = FIXTURES / "out"
+REDIRECT = [sys.executable, "-m", "redirect"]
+
+
+@pytest.fixture(scope="session")
+def bins() -> Path:
+    """The fixture programs, built from source (incremental: quick when built)."""
+    result = subprocess.run(["make", "-s", "-C", str(FIXTURES), f"OUT={BINS}"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building the fixture programs failed:\n{result.stdout}\n{result.stderr}")
+    return BINS
+
+
+@pytest.fixture
+def sockdir():
+    """A short private directory for socket files (sun_path is 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Background:
+    """A command running in the background with its output collected line by line."""
+
+    def __init__(self, argv: list[str], **kwargs) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                     **kwargs)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 10) -> re.Match:
+        """The first output line matching pattern (a regex), waiting for it."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} from {self.argv}; "
+                                         f"exit={self.proc.poll()}; output:\n" + "\n".join(self.lines))
+                self._changed.wait(min(left, 0.2))
+
+    def wait(self, timeout: float = 20) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> int | None:
+        """End it by its pid: SIGTERM first (redirect forwards it), SIGKILL if needed."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def background():
+    """Start commands in the background; all of them are ended by pid afterwards."""
+    started: list[Background] = []
+
+    def start(argv: list[str], **kwargs) -> Background:
+        proc = Background([str(a) for a in argv], **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+def redirect(*rules: str, verbose: int = 1) -> list[str]:
+    """The redirect command line for these rules, ready for a program to be appended."""
+    argv = list(REDIRECT) + ["-v"] * verbose
+    for rule in rules:
+        argv += ["-r", rule]
+    return argv + ["--"]
+
+
+def run(argv: list, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
+
+
+def wait_for_socket(path: Path, timeout: float = 10, proc: Background | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                return
+        except FileNotFoundError:
+            pass
+        if proc is not None and proc.proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    detail = f"; output:\n{proc.output}" if proc is not None else ""
+    raise AssertionError(f"socket {path} did not appear{detail}")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the tests check that it stays closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tcp_listening(port: int) -> list[str]:
+    """Lines of /proc/net/tcp{,6} that show a listener (or any socket) on port."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local = line.split()[1]
+                if int(local.rsplit(":", 1)[1], 16) == port:
+                    found.append(f"{table}: {line.strip()}")
+    return found
+
+
+def unix_request(path: Path, data: bytes, timeout: float = 10) -> bytes:
+    """Send data to a Unix stream socket, half-close, read the whole answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def curl_unix(path: Path, url: str = "http://app/", timeout: float = 10) -> str:
+    result = run(["curl", "-sS", "--max-time", str(timeout), "--unix-socket", path, url], timeout=timeout + 5)
+    assert result.returncode == 0, f"curl failed: {result.stderr}"
+    return result.stdout
