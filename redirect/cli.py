@@ -90,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("redirect: no PROGRAM given", file=sys.stderr)
         return 2
-    if not rules:
-        print("redirect: note: no rules given; the program runs unchanged", file=sys.stderr)
-
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
     supervisor = Supervisor(rules, verbosity=args.verbose)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -153,6 +154,9 @@ _COPIED_OPTIONS = [
 ]
 _DOUBLED = {socket.SO_SNDBUF, socket.SO_RCVBUF}  # the kernel reports twice what was set
 _EPOLL_CTL_ADD = 1
+# A line of an epoll fd's fdinfo: "tfd: 5 events: 19 data: 5  pos:0 ino:1c0b sdev:8"
+_EPOLL_LINE = re.compile(r"tfd:\s*(?P<tfd>\d+)\s+events:\s*(?P<events>[0-9a-f]+)\s+"
+                         r"data:\s*(?P<data>[0-9a-f]+).*\bino:(?P<ino>[0-9a-f]+)")
 F_GETOWN_EX, F_SETOWN_EX, F_GETSIG, F_SETSIG = 16, 15, 11, 10
 
 
@@ -193,13 +197,10 @@ def _epoll_watches(process: Process, fd: int, inode: int) -> list[tuple[int, int
         try:
             with open(f"/proc/{process.tgid}/fdinfo/{epfd}") as info:
                 for line in info:
-                    if not line.startswith("tfd:"):
-                        continue
-                    fields = line.split()
-                    values = dict(zip(fields[0::2], fields[1::2]))
-                    if int(values["tfd:"]) == fd and int(values["ino:"], 16) == inode:
-                        watches.append((epfd, int(values["events:"], 16), int(values["data:"], 16)))
-        except (OSError, KeyError, ValueError):
+                    found = _EPOLL_LINE.match(line)
+                    if found and int(found["tfd"]) == fd and int(found["ino"], 16) == inode:
+                        watches.append((epfd, int(found["events"], 16), int(found["data"], 16)))
+        except OSError:
             continue
     return watches
 

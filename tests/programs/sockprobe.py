@@ -1,0 +1,107 @@
+"""A dynamic program that checks, from the inside, what redirect promises a
+program will not notice. Run under redirect; prints one JSON line per check."""
+import ctypes
+import fcntl
+import json
+import os
+import select
+import socket
+import struct
+import sys
+
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+SO_DOMAIN, SO_PROTOCOL = 39, 38
+
+
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def options(port):
+    """State set before bind survives the conversion; options read back as TCP."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    fcntl.fcntl(s.fileno(), fcntl.F_SETOWN, os.getpid())
+    rcvbuf_before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    ep = select.epoll()
+    ep.register(s.fileno(), select.EPOLLIN)  # before bind: must survive the swap
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # meaningless on Unix: must succeed
+    say(check="options",
+        name=list(s.getsockname()),
+        domain=s.getsockopt(socket.SOL_SOCKET, SO_DOMAIN),
+        protocol=s.getsockopt(socket.SOL_SOCKET, SO_PROTOCOL),
+        type=s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
+        reuseaddr=s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+        keepalive=s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        rcvbuf_same=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == rcvbuf_before,
+        nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        nonblock=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK),
+        cloexec=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+        owner=fcntl.fcntl(s.fileno(), fcntl.F_GETOWN) == os.getpid())
+    events = ep.poll(20)
+    conn, peer = s.accept()
+    say(check="epoll", ready=[fd for fd, _ in events] == [s.fileno()], peer=list(peer),
+        conn_domain=conn.getsockopt(socket.SOL_SOCKET, SO_DOMAIN),
+        conn_name=list(conn.getsockname()), conn_peer=list(conn.getpeername()))
+    conn.close()
+
+
+def accept_raw(port):
+    """accept() with a short buffer truncates like the kernel; NULL address works."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    say(check="listening")
+    buf = ctypes.create_string_buffer(b"\xee" * 16)
+    length = ctypes.c_int(4)
+    fd = libc.accept(s.fileno(), buf, ctypes.byref(length))
+    say(check="truncated", fd_ok=fd >= 0, length=length.value, data=buf.raw.hex())
+    os.close(fd)
+    fd = libc.accept(s.fileno(), None, None)
+    say(check="null", fd_ok=fd >= 0, errno=ctypes.get_errno())
+    os.close(fd)
+
+
+def dualstack(port):
+    """IPv4 and IPv6 listeners on one port resolving to one path: both bind."""
+    v4 = socket.socket(socket.AF_INET)
+    v4.bind(("0.0.0.0", port))
+    v4.listen()
+    v6 = socket.socket(socket.AF_INET6)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    v6.bind(("::", port))
+    v6.listen()
+    say(check="dualstack", v4=list(v4.getsockname()), v6=list(v6.getsockname())[:2])
+    conn, peer = v4.accept()
+    conn.sendall(b"v4 answered")
+    conn.close()
+
+
+def before_bind():
+    """getsockname before bind, and an unconverted socket, are untouched."""
+    s = socket.socket()
+    say(check="before_bind", name=list(s.getsockname()))
+
+
+def io_uring():
+    params = ctypes.create_string_buffer(120)
+    res = libc.syscall(425, 4, params)
+    say(check="io_uring", result=res, errno=ctypes.get_errno())
+
+
+def connect_refused(port):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        say(check="connect", error=None)
+    except OSError as err:
+        say(check="connect", error=err.errno)
+
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    globals()[name](*[int(a) for a in args])

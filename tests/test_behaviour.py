@@ -1,0 +1,278 @@
+"""What a program must not notice, what fails closed, and how redirect behaves as
+a process: exit status, signals, actions, stale socket files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (REDIRECT, curl_unix, free_port, redirect, run, tcp_listening, unix_request,
+                      wait_for_socket)
+
+PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "sockprobe.py")]
+
+
+def probe_lines(proc) -> dict:
+    checks = {}
+    for line in proc.output.splitlines():
+        if line.startswith("{"):
+            item = json.loads(line)
+            checks[item["check"]] = item
+    return checks
+
+
+# ---- what the program sees -----------------------------------------------------------
+
+def test_state_set_before_bind_survives(sockdir, background):
+    port, sock = free_port(), sockdir / "opt.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["options", port])
+    proc.wait_for_line('"check": "options"')
+    wait_for_socket(sock, proc=proc)
+    got = probe_lines(proc)["options"]
+    assert got["name"] == ["127.0.0.1", port]
+    assert got["domain"] == socket.AF_INET and got["protocol"] == socket.IPPROTO_TCP
+    assert got["type"] == socket.SOCK_STREAM
+    assert got["reuseaddr"] == 1 and got["keepalive"] == 1 and got["rcvbuf_same"]
+    assert got["nodelay"] == 1
+    assert got["nonblock"] and got["cloexec"] and got["owner"]
+
+    assert unix_request(sock, b"") == b""
+    proc.wait_for_line('"check": "epoll"')
+    got = probe_lines(proc)["epoll"]
+    assert got["ready"], "the epoll registration made before bind was lost"
+    assert got["peer"][0] == "127.0.0.1" and got["peer"][1] >= 1024
+    assert got["conn_domain"] == socket.AF_INET
+    assert got["conn_name"] == ["127.0.0.1", port]
+    assert got["conn_peer"] == got["peer"]
+
+
+def test_accept_truncates_like_the_kernel(sockdir, background):
+    port, sock = free_port(), sockdir / "acc.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["accept_raw", port])
+    wait_for_socket(sock, proc=proc)
+    with socket.socket(socket.AF_UNIX) as a:
+        a.connect(str(sock))
+        proc.wait_for_line('"check": "truncated"')
+    with socket.socket(socket.AF_UNIX) as b:
+        b.connect(str(sock))
+        proc.wait_for_line('"check": "null"')
+    got = probe_lines(proc)
+    assert got["truncated"]["fd_ok"] and got["truncated"]["length"] == 16  # the full length
+    data = bytes.fromhex(got["truncated"]["data"])[:16]
+    assert data[:2] == socket.AF_INET.to_bytes(2, "little")  # sin_family
+    assert data[4:] == b"\xee" * 12, "wrote past the caller's 4-byte buffer"
+    assert got["null"]["fd_ok"]
+
+
+def test_second_listener_on_same_path_is_blackholed(sockdir, background):
+    port, sock = free_port(), sockdir / "dual.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["dualstack", port])
+    proc.wait_for_line('"check": "dualstack"')
+    got = probe_lines(proc)["dualstack"]
+    assert got["v4"] == ["0.0.0.0", port] and got["v6"] == ["::", port]
+    assert unix_request(sock, b"") == b"v4 answered"
+    assert tcp_listening(port) == []
+
+
+def test_getsockname_before_bind_is_untouched():
+    result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
+    assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr
+
+
+def test_io_uring_is_refused():
+    result = run(redirect("in,port=1,reject") + PROBE + ["io_uring"])
+    got = json.loads(result.stdout)
+    assert got["result"] == -1 and got["errno"] == 38, got  # ENOSYS: programs fall back
+
+
+# ---- actions ---------------------------------------------------------------------------
+
+def test_reject_bind(bins):
+    port = free_port()
+    result = run(redirect(f"in,port={port},reject") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert result.returncode == 1
+    assert "error bind: Permission denied" in result.stdout + result.stderr
+
+
+def test_reject_connect_with_errno(bins):
+    port = free_port()
+    result = run(redirect(f"out,port={port},reject=ENETUNREACH") + [bins / "tcp-client-musl", "127.0.0.1", port, "x"])
+    assert result.returncode == 1
+    assert "error connect: Network unreachable" in result.stderr
+
+
+def test_blackhole_listens_but_nobody_can_connect(bins, sockdir, background):
+    port = free_port()
+    server = background(redirect(f"in,port={port},blackhole") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert server.wait_for_line(r"^listening (\S+) (\d+)$").groups() == ("127.0.0.1", str(port))
+    assert tcp_listening(port) == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert server.proc.poll() is None
+
+
+def test_ignore_keeps_tcp(bins, sockdir, background):
+    port = free_port()
+    server = background(redirect(f"in,port={port},ignore", f"in,path={sockdir}/%p.sock") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    server.wait_for_line(r"^listening")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"real tcp")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b"real tcp"
+    assert list(sockdir.iterdir()) == []
+
+
+def test_connect_to_missing_socket_is_refused(sockdir):
+    port = free_port()
+    result = run(redirect(f"out,port={port},path={sockdir}/nobody.sock") + PROBE + ["connect_refused", port])
+    assert json.loads(result.stdout)["error"] == 111, result.stderr  # ECONNREFUSED, as for TCP
+    assert not (sockdir / "nobody.sock").exists()
+
+
+def test_datagram_rule_fails_loudly_until_supported(sockdir):
+    port = free_port()
+    code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"try:\n    s.bind(('127.0.0.1', {port}))\n    print('bound')\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+    result = run(redirect(f"in,udp,port={port},path={sockdir}/u.sock") + [sys.executable, "-c", code])
+    assert result.stdout.strip() == "errno 38"  # ENOSYS, never a silent UDP bind
+    assert "datagram (UDP) sockets are not supported yet" in result.stderr
+    assert tcp_listening(port) == []
+
+
+def test_path_too_long_at_run_time(bins, sockdir):
+    port = free_port()
+    # Short enough for the rule check, too long once %p and %a are filled in.
+    deep = sockdir / ("d" * (75 - len(str(sockdir)) + 17))
+    result = run(redirect(f"in,port={port},path={deep}/%p-%a.sock", verbose=0) + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert result.returncode == 1
+    assert "File name too long" in result.stderr  # the program's own error line
+    assert "too long for a Unix socket" in result.stderr  # and redirect says why
+    assert tcp_listening(port) == []
+
+
+def test_missing_directory_fails_closed(bins, sockdir):
+    port = free_port()
+    result = run(redirect(f"in,port={port},path={sockdir}/no/such/dir.sock", verbose=0) + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert result.returncode == 1
+    assert "No such file or directory" in result.stderr
+    assert tcp_listening(port) == []
+
+
+# ---- socket files ----------------------------------------------------------------------
+
+def test_stale_socket_file_is_replaced(bins, sockdir, background):
+    port, sock = free_port(), sockdir / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as old:
+        old.bind(str(sock))  # closed without unlink: a stale file
+    server = background(redirect(f"in,port={port},path={sock}") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    server.wait_for_line(r"^listening")
+    assert unix_request(sock, b"fresh") == b"fresh"
+
+
+def test_live_socket_file_is_not_stolen(bins, sockdir, background):
+    port, sock = free_port(), sockdir / "live.sock"
+    owner = background(["socat", f"UNIX-LISTEN:{sock},fork", "EXEC:cat"])
+    wait_for_socket(sock, proc=owner)
+    result = run(redirect(f"in,port={port},path={sock}", verbose=0) + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert result.returncode == 1
+    assert "Address already in use" in result.stderr
+    assert unix_request(sock, b"still socat") == b"still socat"
+
+
+def test_regular_file_is_never_deleted(bins, sockdir):
+    port, path = free_port(), sockdir / "data.txt"
+    path.write_text("precious")
+    result = run(redirect(f"in,port={port},path={path}", verbose=0) + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+    assert path.read_text() == "precious"
+
+
+# ---- redirect as a process --------------------------------------------------------------
+
+def test_exit_status_is_the_programs():
+    assert run(REDIRECT + ["--", "sh", "-c", "exit 3"]).returncode == 3
+    assert run(REDIRECT + ["--", "sh", "-c", "kill -TERM $$"]).returncode == 128 + signal.SIGTERM
+
+
+def test_missing_program_exits_127():
+    result = run(REDIRECT + ["--", "/nonexistent/program"])
+    assert result.returncode == 127
+    assert result.stderr.strip() == "redirect: /nonexistent/program: command not found"
+
+
+def test_not_executable_exits_126(sockdir):
+    script = sockdir / "noexec"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    result = run(REDIRECT + ["--", script])
+    assert result.returncode == 126
+    assert "cannot execute: Permission denied" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT])
+def test_signals_reach_the_program(background, sig):
+    script = ("for s in TERM INT HUP USR1 USR2 QUIT; do trap \"echo got $s; exit 9\" $s; done; "
+              "echo ready; while :; do sleep 0.05; done")
+    proc = background(REDIRECT + ["--", "sh", "-c", script])
+    proc.wait_for_line("^ready$")
+    os.kill(proc.pid, sig)
+    assert proc.wait(10) == 9
+    assert f"got {signal.Signals(sig).name[3:]}" in proc.output
+
+
+def test_go_server_graceful_shutdown_on_sigterm(bins, sockdir, background):
+    port, sock = free_port(), sockdir / "term.sock"
+    server = background(redirect(f"in,port={port},path={sock}") + [bins / "go-http-server", "-addr", f":{port}"])
+    wait_for_socket(sock, proc=server)
+    curl_unix(sock)
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.wait(10) == 0
+    assert "shutdown" in server.output
+    assert not sock.exists()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_stop_and_continue(bins, sockdir, background):
+    port, sock = free_port(), sockdir / "stop.sock"
+    server = background(redirect(f"in,port={port},path={sock}") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    wait_for_socket(sock, proc=server)
+    child = _children(server.pid)[0]
+    os.kill(child, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while _state(child) not in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _state(child) in ("T", "t")
+    time.sleep(0.2)
+    assert _state(child) in ("T", "t"), "the program did not stay stopped"
+    os.kill(child, signal.SIGCONT)
+    assert unix_request(sock, b"resumed") == b"resumed"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_program_dies_with_the_supervisor(bins, sockdir, background):
+    port, sock = free_port(), sockdir / "orphan.sock"
+    server = background(redirect(f"in,port={port},path={sock}") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    wait_for_socket(sock, proc=server)
+    child = _children(server.pid)[0]
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(10)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and _state(child) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{child}") or _state(child) == "Z"
