@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rules = load_rules(args.sources)
     except RuleError as err:
-        print(f"redirect: {err}", file=sys.stderr)
+        prefix = "redirect: "  # indent the caret line by as much, so it stays under its character
+        print(prefix + str(err).replace("\n", "\n" + " " * len(prefix)), file=sys.stderr)
         return 2
     except OSError as err:
         print(f"redirect: cannot read rule file {err.filename}: {err.strerror}", file=sys.stderr)

@@ -1,0 +1,67 @@
+"""The command line: rule errors point at the character, -c/-p/-h/--version."""
+from __future__ import annotations
+
+from conftest import REDIRECT, run
+
+
+def test_bad_rule_points_at_the_character():
+    result = run(REDIRECT + ["-r", "in,port=80x,path=/run/a.sock", "--", "true"])
+    assert result.returncode == 2
+    lines = result.stderr.rstrip("\n").splitlines()
+    assert "in,port=80x,path=/run/a.sock" in lines[0]
+    caret = lines[1].index("^")
+    assert lines[0][caret] == "8"  # under the bad value
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_rule_in_file_names_file_and_line(tmp_path):
+    rules = tmp_path / "rules"
+    rules.write_text("# comment\n\nin,port=80,path=/run/a.sock\nout,prot=1,ignore\n")
+    result = run(REDIRECT + ["-f", rules, "-c"])
+    assert result.returncode == 2
+    assert f"{rules}:4" in result.stderr and "prot" in result.stderr
+
+
+def test_unreadable_rule_file():
+    result = run(REDIRECT + ["-f", "/nonexistent/rules", "-c"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == "redirect: cannot read rule file /nonexistent/rules: No such file or directory"
+
+
+def test_check_accepts_good_rules(tmp_path):
+    rules = tmp_path / "rules"
+    rules.write_text("in,tcp,port=8080,path=/run/app/http.sock\nout,addr=::1,port=5000-5010,abstract=x%p\n")
+    result = run(REDIRECT + ["-f", rules, "-r", "in,blackhole", "-c"])
+    assert result.returncode == 0, result.stderr
+    assert "3 rule(s) OK" in result.stderr
+
+
+def test_check_rejects_a_fixed_path_too_long():
+    result = run(REDIRECT + ["-c", "-r", "in,path=/" + "x" * 120])
+    assert result.returncode == 2 and "too long" in result.stderr
+
+
+def test_print_table_keeps_order():
+    result = run(REDIRECT + ["-p", "-r", "in,port=80,path=/run/a.sock", "-r", "out,reject=EPERM"])
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.index("Rule #1: in,port=80,path=/run/a.sock"), result.stdout.index("Rule #2")
+    assert first < second
+    assert "/run/a.sock" in result.stdout[first:second]
+
+
+def test_help_and_version():
+    help_text = run(REDIRECT + ["-h"])
+    assert help_text.returncode == 0 and "-r RULE" in help_text.stdout and "blackhole" in help_text.stdout
+    version = run(REDIRECT + ["--version"])
+    assert version.returncode == 0 and version.stdout.startswith("redirect ")
+
+
+def test_no_program_is_a_usage_error():
+    result = run(REDIRECT + ["-r", "in,port=1,reject"])
+    assert result.returncode == 2 and "no PROGRAM given" in result.stderr
+
+
+def test_program_options_are_not_taken_for_ours():
+    result = run(REDIRECT + ["-r", "in,port=1,reject", "--", "sh", "-c", "echo $0 $1", "-v", "-r"])
+    assert result.returncode == 0
+    assert result.stdout.strip() == "-v -r"
