@@ -1,10 +1,10 @@
 """Syscall numbers and register names per architecture (x86_64 for now)."""
 from __future__ import annotations
 
-import platform
+import os
 
-if platform.machine() != "x86_64":  # pragma: no cover - we only run on x86_64 for now
-    raise ImportError(f"redirect supports x86_64 only, not {platform.machine()}")
+if os.uname().machine != "x86_64":  # pragma: no cover - we only run on x86_64 for now
+    raise ImportError(f"redirect supports x86_64 only, not {os.uname().machine}")
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
 NR = {
