@@ -276,3 +276,33 @@ def test_program_dies_with_the_supervisor(bins, sockdir, background):
     while os.path.exists(f"/proc/{child}") and _state(child) != "Z" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{child}") or _state(child) == "Z"
+
+
+# ---- the filter cannot be gone around ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def bypass_probe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "bypass-probe"
+    source = Path(__file__).parent / "programs" / "bypass-probe.c"
+    result = run(["gcc", "-O2", "-static", "-no-pie", "-o", out, source])
+    assert result.returncode == 0, result.stderr
+    yield out
+    out.unlink()
+
+
+def _results(stdout: str) -> dict[str, int]:
+    return {name: int(value) for name, value in (line.split() for line in stdout.splitlines())}
+
+
+def test_int80_and_x32_cannot_bypass_the_filter(bypass_probe):
+    port = free_port()
+    native = _results(run([bypass_probe, port + 10]).stdout)
+    if native["int80-bind"] == -38:
+        pytest.skip("this kernel has no IA-32 emulation: int 0x80 fails natively")
+    assert native["int80-socketcall-bind"] == 0 and native["int80-bind"] == 0  # the probe really binds
+
+    result = run(redirect(f"in,port={port}-{port + 2},path=/tmp/never-%p.sock", verbose=0) + [bypass_probe, port])
+    got = _results(result.stdout)
+    assert got == {"int80-socketcall-bind": -38, "int80-bind": -38, "x32-bind": -38}
+    assert "32-bit (int 0x80) socket call refused" in result.stderr
+    assert tcp_listening(port) == tcp_listening(port + 1) == tcp_listening(port + 2) == []
