@@ -133,8 +133,9 @@ def redirect(*rules: str, verbose: int = 1) -> list[str]:
 
 
 def run(argv: list, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kwargs)
+    if "input" not in kwargs:
+        kwargs["stdin"] = subprocess.DEVNULL
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def wait_for_socket(path: Path, timeout: float = 10, proc: Background | None = None) -> None:

@@ -234,3 +234,23 @@ def test_unmatched_sockets_untouched(bins, sockdir, background):
         s.shutdown(socket.SHUT_WR)
         assert s.recv(100) == b"tcp"
     assert not (sockdir / "other.sock").exists()
+
+
+def test_from_unix_moves_a_hard_coded_socket_path(sockdir, background):
+    real, hard = sockdir / "real.sock", sockdir / "hard-coded.sock"
+    server = background(redirect(f"in,from-unix={sockdir}/hard-*.sock,path={real}")
+                        + ["socat", f"UNIX-LISTEN:{hard},fork", "EXEC:cat"])
+    wait_for_socket(real, proc=server)
+    assert not hard.exists()
+    result = run(redirect(f"out,from-unix=**/hard-coded.sock,path={real}") + ["socat", "-", f"UNIX-CONNECT:{hard}"], input="moved\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "moved\n"
+
+
+def test_from_abstract_to_path(sockdir, background):
+    real = sockdir / "from-abstract.sock"
+    server = background(["socat", f"UNIX-LISTEN:{real},fork", "EXEC:cat"])
+    wait_for_socket(real, proc=server)
+    result = run(redirect(f"out,from-abstract=legacy-*,path={real}") + ["socat", "-", "ABSTRACT-CONNECT:legacy-name"], input="abstract\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "abstract\n"
