@@ -111,6 +111,17 @@ def _release_port(call: Call, verdict: Decision) -> None:
         call.ctx.ports.release(verdict.visible.port)
 
 
+def _make_unix(call: Call, fd: int, kind: str):
+    """Generator: swap the IP socket at fd for a Unix one; 0 or -errno (logged)."""
+    with call.process.socket(fd) as sock:
+        if sock is None:
+            return -errno.EBADF
+        err = yield from swap_to_unix(call, fd, sock, kind)
+    if err < 0:
+        call.ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
+    return err
+
+
 def bind(call: Call):
     verdict, kind, is_unix = _prepare(call, "in")
     if not isinstance(verdict, Decision):
@@ -136,12 +147,8 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
             _release_port(call, verdict)
             return -err
     if not is_unix:
-        with call.process.socket(fd) as sock:
-            if sock is None:
-                return -errno.EBADF
-            err = yield from swap_to_unix(call, fd, sock, kind)
+        err = yield from _make_unix(call, fd, kind)
         if err < 0:
-            ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
             _release_port(call, verdict)
             return err
     packed = pack(real)
@@ -170,12 +177,8 @@ def connect(call: Call):
 def _connect(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     ctx = call.ctx
     if not is_unix:
-        with call.process.socket(fd) as sock:
-            if sock is None:
-                return -errno.EBADF
-            err = yield from swap_to_unix(call, fd, sock, kind)
+        err = yield from _make_unix(call, fd, kind)
         if err < 0:
-            ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
             return err
     ctx.registry.add_client(call.process.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
     packed = pack(verdict.real)

@@ -170,17 +170,21 @@ class _SocketState:
     epoll: list[tuple[int, int, int]]   # (epoll fd, events, data) watching this socket
 
 
-def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
+def _options(sock: socket.socket) -> dict[int, bytes]:
     options = {}
     for name, size in _COPIED_OPTIONS:
         try:
             options[name] = sock.getsockopt(socket.SOL_SOCKET, name, size)
         except OSError:
             pass
+    return options
+
+
+def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
     return _SocketState(
         status_flags=fcntl.fcntl(sock.fileno(), fcntl.F_GETFL),
         cloexec=call.process.fd_cloexec(fd),
-        options=options,
+        options=_options(sock),
         owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
         signal=fcntl.fcntl(sock.fileno(), F_GETSIG),
         epoll=_epoll_watches(call.process, fd, os.fstat(sock.fileno()).st_ino),
@@ -206,12 +210,7 @@ def _epoll_watches(process: Process, fd: int, inode: int) -> list[tuple[int, int
 
 
 def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str], None]) -> None:
-    fresh = {}
-    for name, size in _COPIED_OPTIONS:
-        try:
-            fresh[name] = sock.getsockopt(socket.SOL_SOCKET, name, size)
-        except OSError:
-            pass
+    fresh = _options(sock)
     for name, value in state.options.items():
         if fresh.get(name) == value:
             continue
