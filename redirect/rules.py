@@ -21,7 +21,7 @@ import pwd
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 __all__ = [
     "RuleError",
@@ -38,7 +38,7 @@ __all__ = [
     "ACTIONS",
 ]
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # sun_path is 108 bytes; a path needs its terminating NUL, an abstract name
 # its leading NUL, so both get 107 bytes of their own.

@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import traceback
 
 from . import arch, kernel, seccomp_filter, socketfile
 from .handlers import HANDLERS, Call, Context
@@ -270,6 +269,8 @@ class Supervisor:
             self._internal_error("a trapped call")
 
     def _internal_error(self, what: str) -> None:
+        import traceback  # only ever needed here: keep it off the start-up path
+
         self.log(0, f"internal error handling {what}; the call fails with EIO:\n" + traceback.format_exc())
 
     # ---- socket files --------------------------------------------------------------

@@ -17,7 +17,7 @@ import struct
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generator, Iterator
+from collections.abc import Generator, Iterator
 
 from . import arch, kernel
 

@@ -139,18 +139,38 @@ def run(argv: list, timeout: float = 30, **kwargs) -> subprocess.CompletedProces
 
 
 def wait_for_socket(path: Path, timeout: float = 10, proc: Background | None = None) -> None:
+    """Wait until a socket file exists and, for a stream socket, is listening
+    (read from /proc/net/unix: probing with a connection would disturb servers
+    that count them)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                return
-        except FileNotFoundError:
-            pass
+        if _unix_socket_ready(str(path)):
+            return
         if proc is not None and proc.proc.poll() is not None:
             break
         time.sleep(0.02)
     detail = f"; output:\n{proc.output}" if proc is not None else ""
     raise AssertionError(f"socket {path} did not appear{detail}")
+
+
+_SO_ACCEPTCON = 0x10000
+_SOCK_STREAM_TYPE = 1
+
+
+def _unix_socket_ready(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path:
+                flags, kind = int(fields[3], 16), int(fields[4], 16)
+                return kind != _SOCK_STREAM_TYPE or bool(flags & _SO_ACCEPTCON)
+    return False
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from .. import sockaddr
 from ..registry import Registry
