@@ -41,7 +41,6 @@ class Supervisor:
                            private_dir=self.private_dir, reap=self.reap)
         self.main_pid = 0
         self.main_status: int | None = None
-        self.exec_seen = False
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
@@ -92,6 +91,8 @@ class Supervisor:
             report = os.read(self.err_pipe, 64).decode()
         except OSError:
             return None
+        finally:
+            os.close(self.err_pipe)
         if not report:
             return None
         stage, _, code = report.partition(":")
@@ -117,7 +118,7 @@ class Supervisor:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-            failure = None if self.exec_seen else self._spawn_failure()
+            failure = self._spawn_failure()  # empty once the exec happened
             if failure is not None:
                 raise failure
         finally:
@@ -215,8 +216,6 @@ class Supervisor:
     def on_exec(self, thread: Thread) -> None:
         former = kernel.geteventmsg(thread.tid)
         process = thread.process
-        if thread.tid == self.main_pid:
-            self.exec_seen = True
         # execve from a non-leader thread: it took over the leader's tid; the
         # other threads are gone without a word.
         for tid in list(process.threads):
