@@ -101,6 +101,10 @@ def getregs(tid: int):
         raise OSError(err.errno, str(err)) from None
 
 
+def copy_regs(regs):
+    return type(regs).from_buffer_copy(regs)
+
+
 def setregs(tid: int, regs) -> None:
     try:
         _pt.ptrace_setregs(tid, regs)

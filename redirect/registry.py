@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .sockaddr import Address, IPAddr, UnixAddr
+from .sockaddr import Address, UnixAddr
 
 
 @dataclass
@@ -31,12 +31,28 @@ class Client:
 
 
 @dataclass
+class Accepted:
+    """A connection accepted on a converted listener."""
+    listener: Listener
+    peer_uid: int | None
+
+
+def _remember(table: OrderedDict, key, value, limit: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
+@dataclass
 class Registry:
     listeners: dict[UnixAddr, Listener] = field(default_factory=dict)
     listener_inodes: dict[int, Listener] = field(default_factory=dict)
-    # Bounded: clients are many and their closes are not watched. An evicted entry
-    # only loses the remembered address; the socket keeps working.
+    # Bounded: clients and connections are many and their closes are not watched.
+    # An evicted entry only loses the remembered address (accepted ones are found
+    # again from their Unix address); the socket keeps working.
     clients: OrderedDict[int, Client] = field(default_factory=OrderedDict)
+    accepted: OrderedDict[int, Accepted] = field(default_factory=OrderedDict)
     max_clients: int = 65536
     # Option values the program set on converted sockets at levels Unix sockets lack.
     options: OrderedDict[tuple[int, int, int], bytes] = field(default_factory=OrderedDict)
@@ -57,22 +73,16 @@ class Registry:
         return real in self.listeners
 
     def add_client(self, inode: int, client: Client) -> None:
-        self.clients[inode] = client
-        self.clients.move_to_end(inode)
-        while len(self.clients) > self.max_clients:
-            self.clients.popitem(last=False)
+        _remember(self.clients, inode, client, self.max_clients)
+
+    def add_accepted(self, inode: int, accepted: Accepted) -> None:
+        _remember(self.accepted, inode, accepted, self.max_clients)
 
     def client(self, inode: int) -> Client | None:
         return self.clients.get(inode)
 
     def set_option(self, inode: int, level: int, name: int, value: bytes) -> None:
-        self.options[(inode, level, name)] = value
-        while len(self.options) > self.max_clients:
-            self.options.popitem(last=False)
+        _remember(self.options, (inode, level, name), value, self.max_clients)
 
     def option(self, inode: int, level: int, name: int) -> bytes | None:
         return self.options.get((inode, level, name))
-
-
-def visible_ip(addr: Address) -> IPAddr | None:
-    return addr if isinstance(addr, IPAddr) else None

@@ -98,6 +98,7 @@ def unix_path_fits(name: bytes, abstract: bool) -> bool:
 # ---- the addresses a program is shown -----------------------------------------------
 
 _LOOPBACK = {AF_INET: ipaddress.IPv4Address("127.0.0.1"), AF_INET6: ipaddress.IPv6Address("::1")}
+_MAPPED_LOOPBACK = ipaddress.IPv6Address("::ffff:127.0.0.1")
 FIRST_PEER_PORT = 1024
 EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
 
@@ -117,7 +118,7 @@ def local_of_connection(listener: IPAddr) -> IPAddr:
     wildcard host replaced by 127.0.0.1 (IPv4-mapped on IPv6, like the peer)."""
     host = listener.host
     if host.is_unspecified:
-        host = loopback(AF_INET) if listener.family == AF_INET else ipaddress.IPv6Address("::ffff:127.0.0.1")
+        host = loopback(AF_INET) if listener.family == AF_INET else _MAPPED_LOOPBACK
     return IPAddr(listener.family, host, listener.port)
 
 
@@ -131,17 +132,17 @@ def peer_of_connection(listener: IPAddr, peer_inode: int, peer_uid: int | None) 
     port = port_from_inode(peer_inode)
     if listener.host.is_loopback or peer_uid is None:
         return IPAddr(listener.family, loopback(listener.family), port)
-    v4 = ipaddress.IPv4Address(f"127.{(peer_uid >> 8) & 0xFF}.{peer_uid & 0xFF}.1")
+    v4 = (127 << 24) | (peer_uid & 0xFFFF) << 8 | 1
     if listener.family == AF_INET:
-        return IPAddr(AF_INET, v4, port)
-    return IPAddr(AF_INET6, ipaddress.IPv6Address(f"::ffff:{v4}"), port)
+        return IPAddr(AF_INET, ipaddress.IPv4Address(v4), port)
+    return IPAddr(AF_INET6, ipaddress.IPv6Address(0xFFFF << 32 | v4), port)
 
 
 def local_of_client(target: IPAddr, inode: int) -> IPAddr:
     """getsockname of a redirected client: a loopback address of the target's family."""
     host = loopback(target.family)
     if target.family == AF_INET6 and target.host.ipv4_mapped:
-        host = ipaddress.IPv6Address("::ffff:127.0.0.1")
+        host = _MAPPED_LOOPBACK
     return IPAddr(target.family, host, port_from_inode(inode))
 
 

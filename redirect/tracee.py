@@ -9,7 +9,6 @@ generator waits in `Thread.runner` while the supervisor serves the other threads
 """
 from __future__ import annotations
 
-import copy
 import errno
 import os
 import socket
@@ -237,7 +236,7 @@ class Thread:
         return None if addr < 0 else addr
 
     def _inject(self, request: Syscall) -> None:
-        regs = copy.copy(self.saved)
+        regs = kernel.copy_regs(self.saved)
         nr = arch.NR[request.name]
         for reg, value in zip(arch.ARG_REGS, request.args):
             setattr(regs, reg, arch.to_unsigned(value))
@@ -258,7 +257,7 @@ class Thread:
         if result is PASS and self.injected:
             result = -errno.EIO  # a handler bug; never run the original after replacing it
         if result is not PASS:
-            regs = copy.copy(self.saved)
+            regs = kernel.copy_regs(self.saved)
             if not self.injected:
                 setattr(regs, arch.NR_REG, arch.to_unsigned(-1))  # skip the syscall
             # After injections the saved orig_rax (the trapped syscall) stays, so an

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import sockaddr
+from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
 from ..tracee import PASS, Syscall
 from .common import Call, peer_uid, write_sockaddr
@@ -19,10 +20,10 @@ def accept(call: Call):
         room = call.process.read_int(call.args[2])
     except OSError:
         return PASS  # a bad pointer: the kernel says EFAULT
-    return _accept(call, listener.visible, room)
+    return _accept(call, listener, room)
 
 
-def _accept(call: Call, visible: IPAddr, room: int):
+def _accept(call: Call, listener: Listener, room: int):
     # Run the program's own call (it may block), then overwrite the Unix peer
     # address; the buffer size is the one before the kernel wrote the Unix length.
     res = yield Syscall(call.name, *call.args)
@@ -31,6 +32,8 @@ def _accept(call: Call, visible: IPAddr, room: int):
     inode = call.process.fd_inode(res)
     with call.process.socket(res) as conn:
         uid = peer_uid(conn) if conn is not None else None
-    peer = sockaddr.peer_of_connection(visible, inode or 0, uid)
+    if inode is not None:  # later getpeername/getsockname need no look at the socket
+        call.ctx.registry.add_accepted(inode, Accepted(listener, uid))
+    peer = sockaddr.peer_of_connection(listener.visible, inode or 0, uid)
     err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
     return res if err == 0 else err

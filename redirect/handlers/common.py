@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 from .. import sockaddr
-from ..registry import Registry
+from ..registry import Accepted, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import Process, Scratch, Syscall, Thread
@@ -108,8 +108,11 @@ class Converted:
 
 
 def identify(call: Call, fd: int) -> Converted | None:
-    """Whether fd is a socket we converted (or accepted from one), and its faces."""
+    """Whether fd is a socket we converted (or accepted from one), and its faces.
+    Cheap for sockets we know by inode; others cost one look at the socket."""
     process, registry = call.process, call.ctx.registry
+    if not registry.listeners and not registry.clients:
+        return None  # nothing converted yet
     inode = process.fd_inode(fd)
     if inode is None:
         return None
@@ -120,18 +123,32 @@ def identify(call: Call, fd: int) -> Converted | None:
     if client is not None:
         local = sockaddr.local_of_client(client.visible, inode) if isinstance(client.visible, IPAddr) else None
         return Converted("client", client.socket_type, inode, local, client.visible)
-    with process.socket(fd) as sock:
+    accepted = registry.accepted.get(inode) or _accepted_from(call, fd, inode)
+    if accepted is None:
+        return None
+    listener = accepted.listener
+    if not isinstance(listener.visible, IPAddr):
+        return Converted("accepted", listener.socket_type, inode, listener.visible, None)
+    return Converted("accepted", listener.socket_type, inode,
+                     sockaddr.local_of_connection(listener.visible),
+                     sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid))
+
+
+def _accepted_from(call: Call, fd: int, inode: int) -> Accepted | None:
+    """A connection we did not see accepted (accept with no address): a Unix
+    socket whose own address is a converted listener's."""
+    registry = call.ctx.registry
+    if not registry.listeners:
+        return None
+    with call.process.socket(fd) as sock:
         if sock is None or sock.family != socket.AF_UNIX:
             return None
         listener = registry.listener_at(unix_name(sock))
         if listener is None:
             return None
-        if not isinstance(listener.visible, IPAddr):
-            return Converted("accepted", listener.socket_type, inode, listener.visible, None)
-        uid = peer_uid(sock)
-    return Converted("accepted", listener.socket_type, inode,
-                     sockaddr.local_of_connection(listener.visible),
-                     sockaddr.peer_of_connection(listener.visible, inode, uid))
+        accepted = Accepted(listener, peer_uid(sock))
+    registry.add_accepted(inode, accepted)
+    return accepted
 
 
 def peer_uid(sock: socket.socket) -> int | None:
