@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                                             "domain sockets, as the rules say.")
     p.add_argument("-r", "--rule", action=_RuleSource, metavar="RULE", help="a rule (repeatable)")
     p.add_argument("-f", "--rules-file", action=_RuleSource, metavar="FILE",
-                   help="a file of rules, one per line, '#' comments (repeatable)")
+                   help="a file of rules, one per line, '#' comments (repeatable; - is stdin)")
     p.add_argument("-c", "--check", action="store_true", help="check the rules and exit")
     p.add_argument("-p", "--print", action="store_true", dest="print_rules",
                    help="print the rule table (and exit if no PROGRAM is given)")
@@ -54,7 +54,7 @@ def load_rules(sources: list[tuple[str, str]]) -> list[Rule]:
         if option in ("-r", "--rule"):
             rules.append(parse_rule(value))
         else:
-            rules.extend(parse_rule_file(value))
+            rules.extend(parse_rule_file("/dev/stdin" if value == "-" else value))
     return rules
 
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print_rules:
         print_table(rules)
+    for rule in rules:
+        if rule.mode is not None or rule.owner is not None or rule.group is not None:
+            print(f"redirect: warning: {rule.text}: mode=, owner= and group= are not carried out yet; "
+                  "a bind that matches this rule fails with ENOSYS", file=sys.stderr)
     if args.check:
         print(f"redirect: {len(rules)} rule(s) OK", file=sys.stderr)
         return 0
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("redirect: no PROGRAM given", file=sys.stderr)
         return 2
+    if not rules:
+        print("redirect: warning: no rules given; the program runs with its sockets unchanged", file=sys.stderr)
+
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
     supervisor = Supervisor(rules, verbosity=args.verbose)

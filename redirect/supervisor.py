@@ -98,10 +98,7 @@ class Supervisor:
         stage, _, code = report.partition(":")
         err = int(code or 0)
         if stage == "exec":
-            reason = os.strerror(err) if err else "cannot execute"
-            if err == errno.ENOENT:
-                return SpawnError(f"{self.argv0}: command not found", 127)
-            return SpawnError(f"{self.argv0}: cannot execute: {reason}", 126)
+            return _exec_error(self.argv0, err)
         if stage == "seccomp":
             return SpawnError(f"cannot install the seccomp filter: {os.strerror(err)}", 1)
         return SpawnError(f"cannot start {self.argv0} ({stage} failed)", 1)
@@ -132,9 +129,12 @@ class Supervisor:
     def _forward(self, sig: int, frame) -> None:
         if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
             return  # the terminal sent it to the program's process group already
-        if self.main_status is None:
+        # To the program; once it has exited, to what is left of its tree (a
+        # daemonised child), so that stopping redirect stops them.
+        targets = [self.main_pid] if self.main_status is None else list(self.processes)
+        for pid in targets:
             try:
-                os.kill(self.main_pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -292,6 +292,21 @@ class Supervisor:
             if listener.remove and not listener.real.abstract:
                 if socketfile.remove_if_ours(listener.real.name, listener.file_id):
                     self.log(1, f"removed {listener.real}")
+
+
+def _exec_error(argv0: str, err: int) -> SpawnError:
+    """The one-line message a shell would give, with its exit status."""
+    path = argv0 if "/" in argv0 else shutil.which(argv0)
+    if err == errno.ENOENT and path is None:
+        return SpawnError(f"{argv0}: command not found", 127)
+    if err == errno.ENOENT and not os.path.exists(path):
+        return SpawnError(f"{argv0}: No such file or directory", 127)
+    if err == errno.ENOENT:  # the file is there: its interpreter or loader is not
+        return SpawnError(f"{argv0}: cannot execute: bad interpreter or missing loader "
+                          "(No such file or directory)", 126)
+    if err == errno.EACCES and os.path.isdir(path):
+        return SpawnError(f"{argv0}: cannot execute: Is a directory", 126)
+    return SpawnError(f"{argv0}: cannot execute: {os.strerror(err) if err else 'unknown error'}", 126)
 
 
 def _tgid(tid: int) -> int | None:

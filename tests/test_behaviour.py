@@ -80,6 +80,21 @@ def test_second_listener_on_same_path_is_blackholed(sockdir, background):
     assert tcp_listening(port) == []
 
 
+def test_binding_the_same_address_twice_fails_like_tcp(sockdir):
+    port = free_port()
+    result = run(redirect(f"in,path={sockdir}/%p.sock") + PROBE + ["dupbind", port])
+    got = json.loads(result.stdout)
+    assert got["plain"] == 98, result.stderr  # EADDRINUSE
+    assert got["reuseport"] is None  # SO_REUSEPORT: allowed (the second one is blackholed)
+
+
+def test_tcp_info_reads_back_like_tcp(sockdir):
+    port = free_port()
+    result = run(redirect(f"in,path={sockdir}/%p.sock") + PROBE + ["tcpinfo", port])
+    got = json.loads(result.stdout)
+    assert got == {"check": "tcpinfo", "length": 104, "state": 10, "congestion": "cubic"}, result.stderr
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr
@@ -196,32 +211,43 @@ def test_regular_file_is_never_deleted(bins, sockdir):
 
 # ---- redirect as a process --------------------------------------------------------------
 
+NO_RULE = REDIRECT + ["-r", "in,port=1,reject", "--"]
+
+
 def test_exit_status_is_the_programs():
-    assert run(REDIRECT + ["--", "sh", "-c", "exit 3"]).returncode == 3
-    assert run(REDIRECT + ["--", "sh", "-c", "kill -TERM $$"]).returncode == 128 + signal.SIGTERM
+    assert run(NO_RULE + ["sh", "-c", "exit 3"]).returncode == 3
+    assert run(NO_RULE + ["sh", "-c", "kill -TERM $$"]).returncode == 128 + signal.SIGTERM
 
 
 def test_missing_program_exits_127():
-    result = run(REDIRECT + ["--", "/nonexistent/program"])
+    result = run(NO_RULE + ["/nonexistent/program"])
     assert result.returncode == 127
-    assert result.stderr.strip() == "redirect: /nonexistent/program: command not found"
+    assert result.stderr.strip() == "redirect: /nonexistent/program: No such file or directory"
+    result = run(NO_RULE + ["no-such-command-here"])
+    assert result.returncode == 127
+    assert result.stderr.strip() == "redirect: no-such-command-here: command not found"
 
 
 def test_not_executable_exits_126(sockdir):
     script = sockdir / "noexec"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
-    result = run(REDIRECT + ["--", script])
+    result = run(NO_RULE + [script])
     assert result.returncode == 126
-    assert "cannot execute: Permission denied" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip() == f"redirect: {script}: cannot execute: Permission denied"
+    result = run(NO_RULE + [sockdir])
+    assert result.returncode == 126 and "Is a directory" in result.stderr
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    result = run(NO_RULE + [script])
+    assert result.returncode == 126 and "bad interpreter" in result.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT])
 def test_signals_reach_the_program(background, sig):
     script = ("for s in TERM INT HUP USR1 USR2 QUIT; do trap \"echo got $s; exit 9\" $s; done; "
               "echo ready; while :; do sleep 0.05; done")
-    proc = background(REDIRECT + ["--", "sh", "-c", script])
+    proc = background(NO_RULE + ["sh", "-c", script])
     proc.wait_for_line("^ready$")
     os.kill(proc.pid, sig)
     assert proc.wait(10) == 9
@@ -237,6 +263,20 @@ def test_go_server_graceful_shutdown_on_sigterm(bins, sockdir, background):
     assert server.wait(10) == 0
     assert "shutdown" in server.output
     assert not sock.exists()
+
+
+def test_signals_reach_a_daemon_left_behind(background, sockdir):
+    """The program exits, its daemonised child lives on: SIGTERM to redirect reaches the child."""
+    marker = sockdir / "daemon-got-term"
+    script = (f"(trap 'touch {marker}; exit 0' TERM; echo daemon; while :; do sleep 0.05; done) & "
+              "sleep 0.2; echo parent-exits")
+    proc = background(NO_RULE + ["sh", "-c", script])
+    proc.wait_for_line("^parent-exits$")
+    time.sleep(0.3)
+    assert proc.proc.poll() is None, "redirect must wait for the daemon"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert marker.exists()
 
 
 def _children(pid: int) -> list[int]:

@@ -65,3 +65,14 @@ def test_program_options_are_not_taken_for_ours():
     result = run(REDIRECT + ["-r", "in,port=1,reject", "--", "sh", "-c", "echo $0 $1", "-v", "-r"])
     assert result.returncode == 0
     assert result.stdout.strip() == "-v -r"
+
+
+def test_rules_from_stdin():
+    result = run(REDIRECT + ["-f", "-", "-c"], input="in,port=80,path=/run/a.sock\nout,prot=1,ignore\n")
+    assert result.returncode == 2 and "/dev/stdin:2" in result.stderr
+
+
+def test_warnings_for_no_rules_and_unimplemented_options():
+    assert "no rules given" in run(REDIRECT + ["--", "true"]).stderr
+    result = run(REDIRECT + ["-c", "-r", "in,port=80,path=/run/a.sock,mode=0660"])
+    assert result.returncode == 0 and "not carried out yet" in result.stderr

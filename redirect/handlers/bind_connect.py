@@ -133,7 +133,11 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     ctx = call.ctx
     real, blackhole = verdict.real, verdict.rule.action == "blackhole"
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
-    if not blackhole and ctx.registry.path_taken(real):
+    holder = None if blackhole else ctx.registry.listener_at(real)
+    if holder is not None:
+        if holder.visible == verdict.visible and not _reuses_port(call, fd):
+            ctx.log(1, f"{call.describe()}: {verdict.visible} is already bound by this program")
+            return -errno.EADDRINUSE  # as TCP would say: "is this port free?" gets a true answer
         # The IPv4 and IPv6 listeners of one port: the second gets nothing, quietly.
         ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is already bound here; blackholing")
         blackhole = True
@@ -167,6 +171,11 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     return 0
 
 
+def _reuses_port(call: Call, fd: int) -> bool:
+    with call.process.socket(fd) as sock:
+        return sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
+
+
 def connect(call: Call):
     verdict, kind, is_unix = _prepare(call, "out")
     if not isinstance(verdict, Decision):
@@ -189,5 +198,5 @@ def _connect(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     elif res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
         ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}: {os.strerror(-res)}")
     else:
-        ctx.log(2, f"{call.describe()}: {verdict.visible} -> {verdict.real}")
+        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}")
     return res

@@ -44,7 +44,7 @@ def getsockopt(call: Call):
         else:
             return PASS
     else:
-        value = call.ctx.registry.option(converted.inode, level, name) or struct.pack("=i", 0)
+        value = call.ctx.registry.option(converted.inode, level, name) or _default(converted, level, name)
     try:
         room = call.process.read_int(len_ptr)
         if room < 0:
@@ -55,6 +55,21 @@ def getsockopt(call: Call):
     except OSError:
         return -errno.EFAULT
     return 0
+
+
+TCP_INFO, TCP_CONGESTION = 11, 13
+_TCP_INFO_SIZE = 232          # sizeof(struct tcp_info) on Linux 6.x
+_TCP_ESTABLISHED, _TCP_LISTEN = 1, 10
+
+
+def _default(converted, level: int, name: int) -> bytes:
+    """What a TCP socket would say for an option the program never set."""
+    if level == socket.IPPROTO_TCP and name == TCP_INFO:
+        state = _TCP_LISTEN if converted.role == "listener" else _TCP_ESTABLISHED
+        return bytes([state]) + bytes(_TCP_INFO_SIZE - 1)
+    if level == socket.IPPROTO_TCP and name == TCP_CONGESTION:
+        return b"cubic".ljust(16, b"\0")
+    return struct.pack("=i", 0)
 
 
 def setsockopt(call: Call):

@@ -81,6 +81,42 @@ def dualstack(port):
     conn.close()
 
 
+def dupbind(port):
+    """Binding the very same address twice fails as on TCP, unless SO_REUSEPORT."""
+    first = socket.socket()
+    first.bind(("127.0.0.1", port))
+    first.listen()
+    second = socket.socket()
+    try:
+        second.bind(("127.0.0.1", port))
+        plain = None
+    except OSError as err:
+        plain = err.errno
+    shared = []
+    for _ in range(2):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.append(s)
+    shared[0].bind(("127.0.0.1", port + 1))
+    shared[0].listen()
+    try:
+        shared[1].bind(("127.0.0.1", port + 1))
+        reuseport = None
+    except OSError as err:
+        reuseport = err.errno
+    say(check="dupbind", plain=plain, reuseport=reuseport)
+
+
+def tcpinfo(port):
+    """TCP-level options read back as a TCP socket's would."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    algo = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+    say(check="tcpinfo", length=len(info), state=info[0], congestion=algo.rstrip(b"\0").decode())
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
