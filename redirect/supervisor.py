@@ -237,23 +237,23 @@ class Supervisor:
         if thread.busy:  # one of our own injected syscalls, trapped again
             kernel.resume(thread.tid, kernel.PTRACE_SYSCALL)
             return
-        regs = kernel.getregs(thread.tid)
-        if kernel.geteventmsg(thread.tid) == seccomp_filter.TRACE_I386:
+        nr, args, trace_data = kernel.seccomp_info(thread.tid)
+        if trace_data == seccomp_filter.TRACE_I386:
             self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
-            thread.start(-errno.ENOSYS, regs)
+            thread.start(-errno.ENOSYS)
             return
-        name = arch.NAME.get(getattr(regs, arch.NR_REG))
+        name = arch.NAME.get(nr)
         handler = HANDLERS.get(name)
         if handler is None:
-            thread.start(None, regs)
+            thread.start(None)
             return
-        call = Call(self.ctx, thread, name, tuple(getattr(regs, r) for r in arch.ARG_REGS))
+        call = Call(self.ctx, thread, name, args)
         try:
             outcome = handler(call)
         except Exception:
             self._internal_error(call.describe())
             outcome = -errno.EIO  # fail closed
-        self._guarded(thread.start, outcome, regs)
+        self._guarded(thread.start, outcome)
 
     def _guarded(self, step, *args) -> None:
         """Run a handler step; a bug in a handler fails that one call (the thread

@@ -163,11 +163,14 @@ class Thread:
         return kernel.PTRACE_SYSCALL if self.busy else kernel.PTRACE_CONT
 
     # the handler protocol ------------------------------------------------------------
-    def start(self, outcome: "Handler | int | None", regs) -> None:
+    def start(self, outcome: "Handler | int | None") -> None:
         """Act on what a handler made of the syscall this thread is stopped at
         (seccomp stop): a result at once, PASS, or a generator to drive."""
-        self.saved = regs
         self.injected = False
+        if outcome is PASS:
+            self._finish(PASS)  # the common case: no registers needed
+            return
+        self.saved = kernel.getregs(self.tid)
         if not isinstance(outcome, types.GeneratorType):
             self._finish(outcome)
             return
