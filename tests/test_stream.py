@@ -6,7 +6,6 @@ import ipaddress
 import re
 import shutil
 import socket
-import subprocess
 
 import pytest
 

@@ -6,7 +6,6 @@ would redirect fails loudly instead of leaving on the real network.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 

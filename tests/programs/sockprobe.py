@@ -6,7 +6,6 @@ import json
 import os
 import select
 import socket
-import struct
 import sys
 
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
