@@ -95,6 +95,22 @@ def test_tcp_info_reads_back_like_tcp(sockdir):
     assert got == {"check": "tcpinfo", "length": 104, "state": 10, "congestion": "cubic"}, result.stderr
 
 
+def test_thread_blocked_in_accept_does_not_stall_others(sockdir, background):
+    port = free_port()
+    rules = [f"in,path={sockdir}/%p.sock", f"out,path={sockdir}/%p.sock"]
+    proc = background(redirect(*rules) + PROBE + ["threads", port])
+    proc.wait_for_line('"check": "meanwhile"', timeout=20)
+    got = probe_lines(proc)["meanwhile"]
+    assert got["client_peer"] == ["127.0.0.1", port + 1]
+    assert got["server_peer"][0] == "127.0.0.1"
+    time.sleep(0.3)  # the signal has reached the blocked thread's process by now
+    assert unix_request(sockdir / f"{port}.sock", b"") == b""
+    proc.wait_for_line('"check": "threads"')
+    done = probe_lines(proc)["threads"]
+    assert done["peer"][0] == "127.0.0.1" and done["peer"][1] >= 1024
+    assert done["signal"] == ["signal"]
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

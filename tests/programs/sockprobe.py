@@ -116,6 +116,38 @@ def tcpinfo(port):
     say(check="tcpinfo", length=len(info), state=info[0], congestion=algo.rstrip(b"\0").decode())
 
 
+def threads(port):
+    """A thread blocked in accept() on a converted listener does not stall the
+    others, and survives a signal (the kernel restarts or Python retries it)."""
+    import signal
+    import threading
+    got = []
+    signal.signal(signal.SIGUSR1, lambda *_: got.append("signal"))
+    blocked = socket.socket()
+    blocked.bind(("127.0.0.1", port))
+    blocked.listen()
+    result = {}
+
+    def wait_in_accept():
+        conn, peer = blocked.accept()
+        result["peer"] = list(peer)
+        conn.close()
+
+    waiter = threading.Thread(target=wait_in_accept)
+    waiter.start()
+    # Meanwhile the main thread converts, connects and asks names.
+    other = socket.socket()
+    other.bind(("127.0.0.1", port + 1))
+    other.listen()
+    client = socket.socket()
+    client.connect(("127.0.0.1", port + 1))
+    conn, peer = other.accept()
+    say(check="meanwhile", client_peer=list(client.getpeername()), server_peer=list(peer))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    waiter.join(30)
+    say(check="threads", peer=result.get("peer"), signal=got)
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
