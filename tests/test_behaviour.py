@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_state_set_before_bind_survives(sockdir, background):
     assert got["type"] == socket.SOCK_STREAM
     assert got["reuseaddr"] == 1 and got["keepalive"] == 1 and got["rcvbuf_same"]
     assert got["nodelay"] == 1
-    assert got["nonblock"] and got["cloexec"] and got["owner"]
+    assert got["nonblock"] and got["cloexec"] and got["owner"] and got["async_io"]
 
     assert unix_request(sock, b"") == b""
     proc.wait_for_line('"check": "epoll"')
@@ -109,6 +110,34 @@ def test_thread_blocked_in_accept_does_not_stall_others(sockdir, background):
     done = probe_lines(proc)["threads"]
     assert done["peer"][0] == "127.0.0.1" and done["peer"][1] >= 1024
     assert done["signal"] == ["signal"]
+
+
+def test_socket_file_lives_while_any_fd_does(sockdir):
+    port, sock = free_port(), sockdir / "dup.sock"
+    proc = subprocess.Popen([str(a) for a in redirect(f"in,port={port},path={sock}") + PROBE + ["dups", port]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def expect(check):
+            line = proc.stdout.readline()
+            assert f'"check": "{check}"' in line, line + proc.stderr.read() if not line else line
+            return json.loads(line)
+
+        assert expect("dup")["name"] == ["127.0.0.1", port]
+        assert sock.is_socket(), "the original fd's close, or the child's, removed the file"
+        assert unix_request(sock, b"") == b""
+        assert expect("dup2")["fd"] == 100
+        assert sock.is_socket()
+        assert unix_request(sock, b"") == b""
+        assert expect("accepted")["peer"][0] == "127.0.0.1"
+        expect("closed")
+        assert not sock.exists(), "the last close must remove the socket file"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_getsockname_before_bind_is_untouched():

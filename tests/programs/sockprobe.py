@@ -23,6 +23,9 @@ def options(port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     fcntl.fcntl(s.fileno(), fcntl.F_SETOWN, os.getpid())
+    import signal
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # O_ASYNC sends SIGIO on each connection
+    fcntl.fcntl(s.fileno(), fcntl.F_SETFL, fcntl.fcntl(s.fileno(), fcntl.F_GETFL) | os.O_ASYNC)  # FIOASYNC
     rcvbuf_before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     ep = select.epoll()
     ep.register(s.fileno(), select.EPOLLIN)  # before bind: must survive the swap
@@ -40,7 +43,8 @@ def options(port):
         nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
         nonblock=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK),
         cloexec=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
-        owner=fcntl.fcntl(s.fileno(), fcntl.F_GETOWN) == os.getpid())
+        owner=fcntl.fcntl(s.fileno(), fcntl.F_GETOWN) == os.getpid(),
+        async_io=bool(fcntl.fcntl(s.fileno(), fcntl.F_GETFL) & os.O_ASYNC))
     events = ep.poll(20)
     conn, peer = s.accept()
     say(check="epoll", ready=[fd for fd, _ in events] == [s.fileno()], peer=list(peer),
@@ -146,6 +150,35 @@ def threads(port):
     os.kill(os.getpid(), signal.SIGUSR1)
     waiter.join(30)
     say(check="threads", peer=result.get("peer"), signal=got)
+
+
+def dups(port):
+    """dup, dup2, fork and close: the socket file lives while any fd of the
+    socket does, in any process; a child's close is not the parent's."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    copy = os.dup(s.fileno())
+    s.close()
+    pid = os.fork()
+    if pid == 0:  # the child closes its copies and exits
+        os.close(copy)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    say(check="dup", name=list(socket.socket(fileno=os.dup(copy)).getsockname()))
+    listener = socket.socket(fileno=copy)
+    conn, _ = listener.accept()
+    conn.close()
+    again = os.dup2(copy, 100)
+    listener.close()
+    say(check="dup2", fd=again)
+    listener = socket.socket(fileno=100)
+    conn, peer = listener.accept()
+    say(check="accepted", peer=list(peer))
+    conn.close()
+    listener.close()
+    say(check="closed")
+    sys.stdin.readline()
 
 
 def before_bind():
