@@ -11,7 +11,6 @@ The syntax is ip2unix's ``-r`` syntax (comma separated items, ``\\,`` and
 
 from __future__ import annotations
 
-import difflib
 import errno as _errno
 import functools
 import grp
@@ -98,6 +97,13 @@ def _quote(text: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         return repr(text)
     return f"'{text}'"
+
+
+def _close_match(word: str, choices) -> str | None:
+    import difflib  # only for error messages: keep it off the start-up path
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return close[0] if close else None
 
 
 def _width(text: str) -> int:
@@ -536,9 +542,9 @@ class _Parser:
             return reason + " (no spaces around ',' and '=')"
         if key.lower() in _KNOWN:
             return reason + f" (items are lower case: '{key.lower()}')"
-        close = difflib.get_close_matches(key, _KNOWN, n=1)
+        close = _close_match(key, _KNOWN)
         if close:
-            return reason + f" (did you mean '{close[0]}'?)"
+            return reason + f" (did you mean '{close}'?)"
         return reason
 
     def parse_action(self, item: _Item) -> None:
@@ -647,8 +653,8 @@ class _Parser:
                              f"error number must be from 1 to {_ERRNO_MAX}")
         code = _ERRNO_BY_NAME.get(value.upper())
         if code is None:
-            close = difflib.get_close_matches(value.upper(), _ERRNO_BY_NAME, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = _close_match(value.upper(), _ERRNO_BY_NAME)
+            hint = f" (did you mean {close}?)" if close else ""
             raise self.error(item.value_start,
                              f"unknown error name {_quote(value)}{hint}")
         return code
