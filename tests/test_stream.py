@@ -164,22 +164,14 @@ def test_socket_inherited_across_exec(bins, sockdir, background):
     assert server.wait_for_line(r"^accepted (\S+) (\d+)$").group(1) == "127.0.0.1"
 
 
-def test_socket_file_removed_when_program_exits(bins, sockdir, background):
+@pytest.mark.parametrize("flag, kept", [("", False), (",noremove", True)])
+def test_socket_file_removed_when_program_exits_unless_noremove(bins, sockdir, background, flag, kept):
     port, sock = free_port(), sockdir / "gone.sock"
-    server = background(redirect(f"in,port={port},path={sock}") + [bins / "tcp-server-glibc", "--count", "1", "127.0.0.1", port])
+    server = background(redirect(f"in,port={port},path={sock}{flag}") + [bins / "tcp-server-glibc", "--count", "1", "127.0.0.1", port])
     wait_for_socket(sock, proc=server)
     assert unix_request(sock, b"x") == b"x"
     assert server.wait() == 0
-    assert not sock.exists()
-
-
-def test_noremove_keeps_socket_file(bins, sockdir, background):
-    port, sock = free_port(), sockdir / "kept.sock"
-    server = background(redirect(f"in,port={port},path={sock},noremove") + [bins / "tcp-server-glibc", "--count", "1", "127.0.0.1", port])
-    wait_for_socket(sock, proc=server)
-    assert unix_request(sock, b"x") == b"x"
-    assert server.wait() == 0
-    assert sock.is_socket()
+    assert sock.is_socket() == kept
 
 
 def test_connect_target_never_removed(bins, sockdir, background):
