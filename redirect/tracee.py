@@ -22,8 +22,6 @@ from . import arch, kernel
 
 PASS = None  # a handler's return value: let the trapped syscall run as it is
 
-ERESTART = {512, 513, 514, 516}  # ERESTARTSYS..ERESTART_RESTARTBLOCK: the kernel restarts these
-
 _PAGE = 4096
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
@@ -204,7 +202,7 @@ class Thread:
             self._finish(stop.value)
             return
         except BaseException:
-            self._finish(-errno.EIO if self.injected else PASS)
+            self._finish(-errno.EIO)  # fail closed: never let a half-handled call through
             raise
         self._inject(request)
 
