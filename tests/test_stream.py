@@ -37,6 +37,8 @@ def test_c_server_on_unix_socket(bins, sockdir, background, variant):
 
     body = curl_unix(sock)
     assert body.startswith("hello from tcp-server peer=127.0.0.1:")
+    client = run(redirect(f"out,port={port},path={sock}") + [bins / f"tcp-client-{variant}", "127.0.0.1", port, "ours"])
+    assert "received ours" in client.stdout, client.stderr
     assert tcp_listening(port) == []
 
 
@@ -102,7 +104,7 @@ def busybox():
     return path
 
 
-def test_busybox_httpd(busybox, sockdir, background):
+def test_busybox_httpd(busybox, bins, sockdir, background):
     port, sock = free_port(), sockdir / "httpd.sock"
     www = sockdir / "www"
     www.mkdir()
@@ -110,6 +112,8 @@ def test_busybox_httpd(busybox, sockdir, background):
     server = background(redirect(f"in,port={port},path={sock}") + [busybox, "httpd", "-f", "-vv", "-p", f"127.0.0.1:{port}", "-h", www])
     wait_for_socket(sock, proc=server)
     assert curl_unix(sock, "http://app/index.html") == "busybox page\n"
+    client = run(redirect(f"out,port={port},path={sock}") + [bins / "go-http-client", f"http://127.0.0.1:{port}/index.html"])
+    assert client.stdout == "busybox page\n", client.stderr
     assert tcp_listening(port) == []
 
 
