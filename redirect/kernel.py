@@ -139,6 +139,28 @@ def tgkill(tgid: int, tid: int, sig: int) -> None:
     _check(_libc.syscall(_SYS_TGKILL, tgid, tid, sig), "tgkill")
 
 
+PIDFD_THREAD = os.O_EXCL  # a pidfd for one thread, not its group (kernel >= 6.9)
+
+
+def pidfd_open_thread(tid: int) -> int:
+    """A pidfd whose pidfd_getfd sees this thread's own fd table; on older
+    kernels, the thread group's."""
+    try:
+        return os.pidfd_open(tid, PIDFD_THREAD)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        return os.pidfd_open(_tgid_of(tid))
+
+
+def _tgid_of(tid: int) -> int:
+    with open(f"/proc/{tid}/status") as status:
+        for line in status:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, f"no thread {tid}")
+
+
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """Duplicate the tracee's fd into this process (kernel >= 5.6)."""
     return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")

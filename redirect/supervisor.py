@@ -44,7 +44,10 @@ class Supervisor:
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
-            print(f"redirect: {message}", file=self.log_file, flush=True)
+            try:
+                print(f"redirect: {message}", file=self.log_file, flush=True)
+            except (OSError, ValueError):
+                pass  # a closed log (stderr piped to `head`) must not take the program down
 
     # ---- start ---------------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -55,6 +58,10 @@ class Supervisor:
         if pid == 0:  # the child: wait to be seized, load the filter, exec
             stage = "prctl"
             try:
+                # Python ignores SIGPIPE and SIGXFSZ; the program must start with
+                # the defaults (a shell pipeline relies on dying of SIGPIPE).
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
                 kernel.set_parent_death_signal(signal.SIGKILL)
                 if os.read(go_r, 1) != b"g":
                     os._exit(1)
@@ -250,6 +257,9 @@ class Supervisor:
         call = Call(self.ctx, thread, name, args)
         try:
             outcome = handler(call)
+        except OSError as err:  # e.g. the fd could not be looked at
+            self.log(0, f"{call.describe()}: {err.strerror or err}; the call fails with EIO")
+            outcome = -errno.EIO  # fail closed
         except Exception:
             self._internal_error(call.describe())
             outcome = -errno.EIO  # fail closed
@@ -273,14 +283,28 @@ class Supervisor:
         self.log(0, f"internal error handling {what}; the call fails with EIO:\n" + traceback.format_exc())
 
     # ---- socket files --------------------------------------------------------------
+    def _fd_holders(self):
+        """One thread per fd table to look at: each process's, and children
+        forked a moment ago whose first stop we have not seen yet."""
+        for process in list(self.processes.values()):
+            thread = process.any_thread()
+            if thread is None:
+                continue
+            yield thread
+            for child in _children_of(thread.tid):
+                if child not in self.threads:
+                    adopted = self.adopt(child)
+                    if adopted is not None:
+                        yield adopted
+
     def reap(self) -> None:
         """Forget listeners no traced process holds any more; remove their files."""
         registry = self.ctx.registry
         if not registry.listeners:
             return
         held = set()
-        for process in self.processes.values():
-            for _, link in process.fds():
+        for thread in self._fd_holders():
+            for _, link in thread.fds():
                 if link.startswith("socket:["):
                     held.add(int(link[8:-1]))
         for listener in list(registry.listeners.values()):
@@ -307,6 +331,14 @@ def _exec_error(argv0: str, err: int) -> SpawnError:
     if err == errno.EACCES and os.path.isdir(path):
         return SpawnError(f"{argv0}: cannot execute: Is a directory", 126)
     return SpawnError(f"{argv0}: cannot execute: {os.strerror(err) if err else 'unknown error'}", 126)
+
+
+def _children_of(tid: int) -> list[int]:
+    try:
+        with open(f"/proc/{tid}/task/{tid}/children") as children:
+            return [int(pid) for pid in children.read().split()]
+    except OSError:
+        return []
 
 
 def _tgid(tid: int) -> int | None:

@@ -49,19 +49,25 @@ Handler = Generator["Syscall | Scratch", "int", "int | None"]
 
 
 class Process:
-    """A thread group: its memory, its fd table, its scratch pages."""
+    """A thread group: its memory and its scratch pages. (File descriptors are
+    looked up per thread: a thread may have its own fd table, and the leader
+    may have exited while other threads run.)"""
 
     def __init__(self, tgid: int) -> None:
         self.tgid = tgid
         self.threads: dict[int, Thread] = {}
         self._mem: int | None = None
-        self._pidfd: int | None = None
         self.free_pages: list[int] = []
+
+    def any_thread(self) -> "Thread | None":
+        return next(iter(self.threads.values()), None)
 
     # memory -----------------------------------------------------------------------
     def _mem_fd(self) -> int:
         if self._mem is None:
-            self._mem = os.open(f"/proc/{self.tgid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            # The open file keeps the address space, even if that thread exits later.
+            tid = next(iter(self.threads), self.tgid)
+            self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
         return self._mem
 
     def read(self, addr: int, size: int) -> bytes:
@@ -74,53 +80,6 @@ class Process:
     def read_int(self, addr: int) -> int:
         return struct.unpack("=i", self.read(addr, 4))[0]
 
-    # fds --------------------------------------------------------------------------
-    def fd_inode(self, fd: int) -> int | None:
-        """The socket inode behind fd, or None if it is no socket."""
-        try:
-            link = os.readlink(f"/proc/{self.tgid}/fd/{fd}")
-        except OSError:
-            return None
-        return int(link[8:-1]) if link.startswith("socket:[") else None
-
-    def fd_cloexec(self, fd: int) -> bool:
-        with open(f"/proc/{self.tgid}/fdinfo/{fd}") as info:
-            for line in info:
-                if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
-        return False
-
-    def fds(self) -> Iterator[tuple[int, str]]:
-        try:
-            names = os.listdir(f"/proc/{self.tgid}/fd")
-        except OSError:
-            return
-        for name in names:
-            try:
-                yield int(name), os.readlink(f"/proc/{self.tgid}/fd/{name}")
-            except OSError:
-                continue
-
-    @contextmanager
-    def socket(self, fd: int) -> Iterator[socket.socket | None]:
-        """The tracee's socket at fd, duplicated into the supervisor (same open
-        file: options and flags set here are the tracee's); None if no socket."""
-        if self._pidfd is None:
-            self._pidfd = os.pidfd_open(self.tgid)
-        try:
-            dup = kernel.pidfd_getfd(self._pidfd, fd)
-        except OSError:
-            yield None
-            return
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:  # not a socket
-            os.close(dup)
-            yield None
-            return
-        with sock:
-            yield sock
-
     # lifecycle --------------------------------------------------------------------
     def after_exec(self) -> None:
         """A new program image: old memory and scratch pages are gone."""
@@ -132,10 +91,9 @@ class Process:
             thread.page = None
 
     def close(self) -> None:
-        for fd in (self._mem, self._pidfd):
-            if fd is not None:
-                os.close(fd)
-        self._mem = self._pidfd = None
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
 
 
 class Thread:
@@ -145,12 +103,64 @@ class Thread:
         self.tid = tid
         self.process = process
         self.page: int | None = None       # this thread's scratch page in the tracee
+        self._pidfd: int | None = None     # for pidfd_getfd on this thread's fd table
         self.runner: Generator | None = None
         self.saved = None                  # registers at the trap
         self.injected = False              # the trapped syscall was replaced
         self.awaiting_entry = False        # re-executing: next syscall stop is an entry
         self.held_signals: list[int] = []  # signals held back until the handler ends
         self._scratch_used = 0
+
+    # fds (this thread's fd table) ---------------------------------------------------
+    def fd_inode(self, fd: int) -> int | None:
+        """The socket inode behind fd, or None if it is no socket."""
+        try:
+            link = os.readlink(f"/proc/{self.tid}/fd/{fd}")
+        except OSError:
+            return None
+        return int(link[8:-1]) if link.startswith("socket:[") else None
+
+    def fd_cloexec(self, fd: int) -> bool:
+        with open(f"/proc/{self.tid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        return False
+
+    def fds(self) -> Iterator[tuple[int, str]]:
+        try:
+            names = os.listdir(f"/proc/{self.tid}/fd")
+        except OSError:
+            return
+        for name in names:
+            try:
+                yield int(name), os.readlink(f"/proc/{self.tid}/fd/{name}")
+            except OSError:
+                continue
+
+    @contextmanager
+    def socket(self, fd: int) -> Iterator[socket.socket | None]:
+        """The tracee's socket at fd, duplicated into the supervisor (same open
+        file: options and flags set here are the tracee's); None if fd is no
+        socket. Raises OSError if the fd cannot be looked at: the caller must
+        then fail closed, not let the call through."""
+        if self._pidfd is None:
+            self._pidfd = kernel.pidfd_open_thread(self.tid)
+        try:
+            dup = kernel.pidfd_getfd(self._pidfd, fd)
+        except OSError as err:
+            if err.errno != errno.EBADF:
+                raise OSError(err.errno, f"cannot look at fd {fd} of thread {self.tid}: {err.strerror}") from None
+            yield None  # no such fd: the kernel will say EBADF itself
+            return
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
+            yield None
+            return
+        with sock:
+            yield sock
 
     @property
     def busy(self) -> bool:
@@ -276,3 +286,6 @@ class Thread:
         if self.page is not None:
             self.process.free_pages.append(self.page)
             self.page = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None

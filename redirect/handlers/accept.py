@@ -12,7 +12,7 @@ def accept(call: Call):
     fd, addr = call.args[:2]
     if addr == 0:
         return PASS  # nothing to fake
-    inode = call.process.fd_inode(fd)
+    inode = call.thread.fd_inode(fd)
     listener = call.ctx.registry.listener_inodes.get(inode) if inode is not None else None
     if listener is None or not isinstance(listener.visible, IPAddr):
         return PASS
@@ -29,8 +29,8 @@ def _accept(call: Call, listener: Listener, room: int):
     res = yield Syscall(call.name, *call.args)
     if res < 0:
         return res
-    inode = call.process.fd_inode(res)
-    with call.process.socket(res) as conn:
+    inode = call.thread.fd_inode(res)
+    with call.thread.socket(res) as conn:
         uid = peer_uid(conn) if conn is not None else None
     if inode is not None:  # later getpeername/getsockname need no look at the socket
         call.ctx.registry.add_accepted(inode, Accepted(listener, uid))

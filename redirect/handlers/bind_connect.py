@@ -80,7 +80,7 @@ def _prepare(call: Call, direction: str):
     visible = unpack(data) if data else None
     if visible is None or (isinstance(visible, UnixAddr) and not call.ctx.unix_rules):
         return PASS, None, False
-    with call.process.socket(fd) as sock:
+    with call.thread.socket(fd) as sock:
         if sock is None or sock.family not in _FAMILIES:
             return PASS, None, False
         kind = socket_type(sock)
@@ -90,7 +90,7 @@ def _prepare(call: Call, direction: str):
         else:
             # A redirected client retrying connect() is already a Unix socket.
             usable = sock.family == visible.family or (
-                is_unix and direction == "out" and call.ctx.registry.client(call.process.fd_inode(fd)) is not None)
+                is_unix and direction == "out" and call.ctx.registry.client(call.thread.fd_inode(fd)) is not None)
     if kind is None or not usable:
         return PASS, None, False
     verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
@@ -113,7 +113,7 @@ def _release_port(call: Call, verdict: Decision) -> None:
 
 def _make_unix(call: Call, fd: int, kind: str):
     """Generator: swap the IP socket at fd for a Unix one; 0 or -errno (logged)."""
-    with call.process.socket(fd) as sock:
+    with call.thread.socket(fd) as sock:
         if sock is None:
             return -errno.EBADF
         err = yield from swap_to_unix(call, fd, sock, kind)
@@ -164,7 +164,7 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     ident = None if real.abstract else socketfile.file_id(real.name)
     if blackhole:
         os.unlink(real.name)  # bound but unreachable: listen and accept work, nobody connects
-    inode = call.process.fd_inode(fd)
+    inode = call.thread.fd_inode(fd)
     ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
                                        remove=not (blackhole or verdict.rule.noremove)))
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
@@ -172,7 +172,7 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
 
 
 def _reuses_port(call: Call, fd: int) -> bool:
-    with call.process.socket(fd) as sock:
+    with call.thread.socket(fd) as sock:
         return sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
 
 
@@ -189,7 +189,7 @@ def _connect(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
         err = yield from _make_unix(call, fd, kind)
         if err < 0:
             return err
-    ctx.registry.add_client(call.process.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
+    ctx.registry.add_client(call.thread.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
     packed = pack(verdict.real)
     res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
     if -res in _REFUSED:

@@ -25,7 +25,7 @@ def close_range(call: Call):
 
 def _if_listener(call: Call, fd: int):
     listeners = call.ctx.registry.listener_inodes
-    if not listeners or call.process.fd_inode(fd) not in listeners:
+    if not listeners or call.thread.fd_inode(fd) not in listeners:
         return PASS
     return _run_then_reap(call)
 

@@ -110,10 +110,10 @@ class Converted:
 def identify(call: Call, fd: int) -> Converted | None:
     """Whether fd is a socket we converted (or accepted from one), and its faces.
     Cheap for sockets we know by inode; others cost one look at the socket."""
-    process, registry = call.process, call.ctx.registry
+    registry = call.ctx.registry
     if not registry.listeners and not registry.clients:
         return None  # nothing converted yet
-    inode = process.fd_inode(fd)
+    inode = call.thread.fd_inode(fd)
     if inode is None:
         return None
     listener = registry.listener_inodes.get(inode)
@@ -140,7 +140,7 @@ def _accepted_from(call: Call, fd: int, inode: int) -> Accepted | None:
     registry = call.ctx.registry
     if not registry.listeners:
         return None
-    with call.process.socket(fd) as sock:
+    with call.thread.socket(fd) as sock:
         if sock is None or sock.family != socket.AF_UNIX:
             return None
         listener = registry.listener_at(unix_name(sock))
@@ -185,6 +185,7 @@ class _SocketState:
     owner: bytes
     signal: int
     epoll: list[tuple[int, int, int]]   # (epoll fd, events, data) watching this socket
+    siblings: list[int]                 # other fds of the same socket in this fd table
 
 
 def _options(sock: socket.socket) -> dict[int, bytes]:
@@ -198,32 +199,38 @@ def _options(sock: socket.socket) -> dict[int, bytes]:
 
 
 def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
+    watches, siblings = _scan_fds(call.thread, fd, os.fstat(sock.fileno()).st_ino)
     return _SocketState(
         status_flags=fcntl.fcntl(sock.fileno(), fcntl.F_GETFL),
-        cloexec=call.process.fd_cloexec(fd),
+        cloexec=call.thread.fd_cloexec(fd),
         options=_options(sock),
         owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
         signal=fcntl.fcntl(sock.fileno(), F_GETSIG),
-        epoll=_epoll_watches(call.process, fd, os.fstat(sock.fileno()).st_ino),
+        epoll=watches,
+        siblings=siblings,
     )
 
 
-def _epoll_watches(process: Process, fd: int, inode: int) -> list[tuple[int, int, int]]:
-    """Registrations of (fd, this socket) in the process's epoll instances: the
-    swap drops them, so they are made again on the new socket."""
-    watches = []
-    for epfd, link in process.fds():
+def _scan_fds(thread: Thread, fd: int, inode: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """What else refers to the socket being swapped: registrations of (fd, it)
+    in epoll instances, and other fds of it (dup'ed before bind). The swap
+    drops the first and would leave the second on TCP, so both are redone."""
+    watches, siblings = [], []
+    target = f"socket:[{inode}]"
+    for other, link in thread.fds():
+        if link == target and other != fd:
+            siblings.append(other)
         if link != "anon_inode:[eventpoll]":
             continue
         try:
-            with open(f"/proc/{process.tgid}/fdinfo/{epfd}") as info:
+            with open(f"/proc/{thread.tid}/fdinfo/{other}") as info:
                 for line in info:
                     found = _EPOLL_LINE.match(line)
                     if found and int(found["tfd"]) == fd and int(found["ino"], 16) == inode:
-                        watches.append((epfd, int(found["events"], 16), int(found["data"], 16)))
+                        watches.append((other, int(found["events"], 16), int(found["data"], 16)))
         except OSError:
             continue
-    return watches
+    return watches, siblings
 
 
 def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str], None]) -> None:
@@ -256,10 +263,13 @@ def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
     if new < 0:
         return new
     res = yield Syscall("dup3", new, fd, os.O_CLOEXEC if state.cloexec else 0)
+    for other in state.siblings:  # a dup of the IP socket must not stay behind on TCP
+        if res >= 0:
+            res = yield Syscall("dup3", new, other, os.O_CLOEXEC if call.thread.fd_cloexec(other) else 0)
     yield Syscall("close", new)
     if res < 0:
         return res
-    with call.process.socket(fd) as unix:
+    with call.thread.socket(fd) as unix:
         if unix is None:
             return -errno.EBADF  # the program closed it meanwhile (another thread)
         _restore(unix, state, call.ctx.log)

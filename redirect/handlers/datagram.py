@@ -47,7 +47,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]]):
     addresses = [a for a in addresses if isinstance(a, IPAddr)]
     if not addresses:
         return PASS
-    with call.process.socket(fd) as sock:
+    with call.thread.socket(fd) as sock:
         kind = socket_type(sock) if sock is not None and sock.family != socket.AF_UNIX else None
     if kind != "dgram":
         return PASS

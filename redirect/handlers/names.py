@@ -22,7 +22,7 @@ def getpeername(call: Call):
     if converted is None or converted.peer is None:
         return PASS
     if converted.role == "client":
-        with call.process.socket(fd) as sock:
+        with call.thread.socket(fd) as sock:
             try:
                 sock.getpeername()
             except OSError:
