@@ -16,7 +16,7 @@ TRACE_I386 = 2   # int 0x80 socket calls: refused with a log line, we do not tra
 SO_PROTOCOL, SO_DOMAIN = 38, 39
 
 # Trapped whatever their arguments.
-_ALWAYS = ["bind", "connect", "accept", "accept4", "getsockname", "getpeername",
+_ALWAYS = ["bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
            "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg"]
 _I386 = ["bind", "connect", "sendto", "sendmsg", "sendmmsg"]
 

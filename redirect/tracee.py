@@ -48,6 +48,10 @@ class Scratch:
 Handler = Generator["Syscall | Scratch", "int", "int | None"]
 
 
+class MemoryUnavailable(OSError):
+    """The tracee's memory cannot be reached at all (not: a bad address)."""
+
+
 class Process:
     """A thread group: its memory and its scratch pages. (File descriptors are
     looked up per thread: a thread may have its own fd table, and the leader
@@ -63,22 +67,16 @@ class Process:
         return next(iter(self.threads.values()), None)
 
     # memory -----------------------------------------------------------------------
-    def _mem_fd(self) -> int:
+    def mem_fd(self, tid: int) -> int:
+        """/proc/TID/mem, opened through a thread that is stopped right now (the
+        leader may be a zombie); the open file keeps the address space."""
         if self._mem is None:
-            # The open file keeps the address space, even if that thread exits later.
-            tid = next(iter(self.threads), self.tgid)
-            self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            except OSError as err:
+                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
+                                                   f"{err.strerror}") from None
         return self._mem
-
-    def read(self, addr: int, size: int) -> bytes:
-        return os.pread(self._mem_fd(), size, addr)
-
-    def write(self, addr: int, data: bytes) -> None:
-        if os.pwrite(self._mem_fd(), data, addr) != len(data):
-            raise OSError(errno.EFAULT, "short write to tracee memory")
-
-    def read_int(self, addr: int) -> int:
-        return struct.unpack("=i", self.read(addr, 4))[0]
 
     # lifecycle --------------------------------------------------------------------
     def after_exec(self) -> None:
@@ -110,6 +108,17 @@ class Thread:
         self.awaiting_entry = False        # re-executing: next syscall stop is an entry
         self.held_signals: list[int] = []  # signals held back until the handler ends
         self._scratch_used = 0
+
+    # memory (shared by the thread group) ---------------------------------------------
+    def read(self, addr: int, size: int) -> bytes:
+        return os.pread(self.process.mem_fd(self.tid), size, addr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
+            raise OSError(errno.EFAULT, "short write to tracee memory")
+
+    def read_int(self, addr: int) -> int:
+        return struct.unpack("=i", self.read(addr, 4))[0]
 
     # fds (this thread's fd table) ---------------------------------------------------
     def fd_inode(self, fd: int) -> int | None:
@@ -233,7 +242,7 @@ class Thread:
                 if self._scratch_used + len(request.data) > _PAGE:
                     raise RuntimeError("scratch page overflow")
                 addr = self.page + self._scratch_used
-                self.process.write(addr, request.data)
+                self.write(addr, request.data)
                 self._scratch_used += (len(request.data) + 15) & ~15
                 result = addr
             else:

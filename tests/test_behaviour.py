@@ -140,6 +140,76 @@ def test_socket_file_lives_while_any_fd_does(sockdir):
             proc.wait()
 
 
+def test_dup_made_before_bind_is_converted_too(sockdir, background):
+    port, sock = free_port(), sockdir / "dup.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["dup_before_bind", port])
+    proc.wait_for_line('"check": "dup_before_bind"')
+    assert probe_lines(proc)["dup_before_bind"]["name"] == ["127.0.0.1", port]
+    assert [line for line in tcp_listening(port) if line] == []
+    with open("/proc/net/tcp") as tcp:
+        assert not [line for line in tcp if line.split()[3] == "0A" and _pid_owns(proc.pid, line)]
+    assert unix_request(sock, b"") == b""
+
+
+def _pid_owns(pid: int, line: str) -> bool:
+    """Whether a /proc/net/tcp line's socket belongs to pid's process tree."""
+    inode = line.split()[9]
+    for task in [pid] + _children(pid):
+        for fd in os.listdir(f"/proc/{task}/fd"):
+            try:
+                if os.readlink(f"/proc/{task}/fd/{fd}") == f"socket:[{inode}]":
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def test_listen_without_bind_is_a_bind_to_port_zero(sockdir, background):
+    proc = background(redirect(f"in,addr=0.0.0.0,path={sockdir}/auto-%p.sock") + PROBE + ["listen_unbound"])
+    proc.wait_for_line('"check": "listen_unbound"')
+    host, port = probe_lines(proc)["listen_unbound"]["name"]
+    assert host == "0.0.0.0" and 1024 <= port <= 65535
+    assert tcp_listening(port) == []
+    sock = sockdir / f"auto-{port}.sock"
+    wait_for_socket(sock, proc=proc)
+    assert unix_request(sock, b"") == b""
+
+
+@pytest.fixture(scope="session")
+def leader_exit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("leader") / "leader-exit"
+    result = run(["gcc", "-O2", "-pthread", "-o", out, Path(__file__).parent / "programs" / "leader-exit.c"])
+    assert result.returncode == 0, result.stderr
+    yield out
+    out.unlink()
+
+
+def test_converted_after_the_main_thread_exited(leader_exit, sockdir, background):
+    port, sock = free_port(), sockdir / "thread.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + [leader_exit, port])
+    proc.wait_for_line("^listening$")
+    wait_for_socket(sock, proc=proc)
+    assert tcp_listening(port) == []
+    assert unix_request(sock, b"") == b"from thread\n"
+    assert proc.wait(10) == 0
+
+
+def test_program_starts_with_default_sigpipe():
+    result = run(NO_RULE + ["bash", "-c", "yes | head -1; echo ${PIPESTATUS[@]}"])
+    assert result.stdout == "y\n141 0\n", result.stderr
+
+
+def test_closed_log_does_not_kill_the_program(sockdir):
+    marker, port = sockdir / "finished", free_port()
+    script = (f"for i in 1 2 3; do {sys.executable} {PROBE[1]} connect_refused {port} >/dev/null; done; "
+              f"touch {marker}")
+    proc = subprocess.Popen([str(a) for a in redirect(f"out,port={port},path={sockdir}/none.sock") + ["sh", "-c", script]],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stderr.close()  # like `2>&1 | head -0`: every log line now hits a closed pipe
+    assert proc.wait(30) == 0
+    assert marker.exists()
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

@@ -12,6 +12,7 @@ __all__ = ["Call", "Context", "HANDLERS"]
 HANDLERS = {
     "bind": bind_connect.bind,
     "connect": bind_connect.connect,
+    "listen": bind_connect.listen,
     "accept": accept.accept,
     "accept4": accept.accept,
     "getsockname": names.getsockname,

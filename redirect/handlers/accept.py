@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import sockaddr
 from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
-from ..tracee import PASS, Syscall
+from ..tracee import PASS, MemoryUnavailable, Syscall
 from .common import Call, peer_uid, write_sockaddr
 
 
@@ -17,7 +17,9 @@ def accept(call: Call):
     if listener is None or not isinstance(listener.visible, IPAddr):
         return PASS
     try:
-        room = call.process.read_int(call.args[2])
+        room = call.thread.read_int(call.args[2])
+    except MemoryUnavailable:
+        raise
     except OSError:
         return PASS  # a bad pointer: the kernel says EFAULT
     return _accept(call, listener, room)

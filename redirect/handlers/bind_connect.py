@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -169,6 +170,33 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
                                        remove=not (blackhole or verdict.rule.noremove)))
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
     return 0
+
+
+def listen(call: Call):
+    """listen() on an IP socket that was never bound binds it to a random port
+    first: for the rules that is a bind to the wildcard address, port 0."""
+    fd = call.args[0]
+    with call.thread.socket(fd) as sock:
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or socket_type(sock) != "stream":
+            return PASS
+        if sock.getsockname()[1] != 0:
+            return PASS  # bound already: its bind() was seen
+        wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
+    verdict = decide(call.ctx.rules, "in", "stream", wildcard, call.ctx.ports)
+    if verdict is None:
+        return PASS
+    if verdict.error:
+        _release_port(call, verdict)
+        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} (rule {verdict.rule.text})")
+        return -verdict.error
+    return _bind_then_listen(call, fd, verdict)
+
+
+def _bind_then_listen(call: Call, fd: int, verdict: Decision):
+    res = yield from _bind(call, fd, "stream", verdict, False)
+    if res < 0:
+        return res
+    return (yield Syscall("listen", *call.args))
 
 
 def _reuses_port(call: Call, fd: int) -> bool:

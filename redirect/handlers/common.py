@@ -15,7 +15,7 @@ from .. import sockaddr
 from ..registry import Accepted, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
-from ..tracee import Process, Scratch, Syscall, Thread
+from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
 IPPROTO_MPTCP = 262
@@ -54,9 +54,11 @@ def read_sockaddr(call: Call, addr: int, length: int) -> bytes | None:
     if addr == 0 or length < 2:
         return None
     try:
-        return call.process.read(addr, min(length, 128))
+        return call.thread.read(addr, min(length, 128))
+    except MemoryUnavailable:
+        raise  # not a bad pointer: we cannot judge the call, so it must fail
     except OSError:
-        return None
+        return None  # a bad pointer: the kernel will say EFAULT
 
 
 def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:
@@ -67,11 +69,11 @@ def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int
         return -errno.EFAULT
     try:
         if room is None:
-            room = call.process.read_int(len_ptr)
+            room = call.thread.read_int(len_ptr)
         if room < 0:
             return -errno.EINVAL
-        call.process.write(addr, packed[:room])
-        call.process.write(len_ptr, struct.pack("=i", len(packed)))
+        call.thread.write(addr, packed[:room])
+        call.thread.write(len_ptr, struct.pack("=i", len(packed)))
     except OSError:
         return -errno.EFAULT
     return 0

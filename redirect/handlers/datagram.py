@@ -10,7 +10,7 @@ import socket
 import struct
 
 from ..sockaddr import IPAddr, unpack
-from ..tracee import PASS
+from ..tracee import PASS, MemoryUnavailable
 from .bind_connect import decide
 from .common import Call, read_sockaddr, socket_type
 
@@ -36,7 +36,9 @@ def _names(call: Call, ptr: int, count: int, stride: int) -> list[tuple[int, int
     names = []
     try:
         for i in range(count):
-            names.append(_MSGHDR.unpack(call.process.read(ptr + i * stride, _MSGHDR.size)))
+            names.append(_MSGHDR.unpack(call.thread.read(ptr + i * stride, _MSGHDR.size)))
+    except MemoryUnavailable:
+        raise  # cannot judge the call: it must fail
     except OSError:
         pass  # the kernel reports the bad pointer itself
     return names

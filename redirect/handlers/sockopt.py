@@ -46,12 +46,12 @@ def getsockopt(call: Call):
     else:
         value = call.ctx.registry.option(converted.inode, level, name) or _default(converted, level, name)
     try:
-        room = call.process.read_int(len_ptr)
+        room = call.thread.read_int(len_ptr)
         if room < 0:
             return -errno.EINVAL
         value = value[:room]
-        call.process.write(value_ptr, value)
-        call.process.write(len_ptr, struct.pack("=i", len(value)))
+        call.thread.write(value_ptr, value)
+        call.thread.write(len_ptr, struct.pack("=i", len(value)))
     except OSError:
         return -errno.EFAULT
     return 0
@@ -80,7 +80,7 @@ def setsockopt(call: Call):
     if converted is None:
         return PASS
     try:
-        value = call.process.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
+        value = call.thread.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
     except OSError:
         return -errno.EFAULT
     call.ctx.registry.set_option(converted.inode, level, name, value)

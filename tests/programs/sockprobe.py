@@ -181,6 +181,26 @@ def dups(port):
     sys.stdin.readline()
 
 
+def dup_before_bind(port):
+    """A dup made before bind is the same socket: it must not stay on TCP."""
+    s = socket.socket()
+    d = s.dup()
+    s.bind(("127.0.0.1", port))
+    d.listen()
+    say(check="dup_before_bind", name=list(d.getsockname()))
+    conn, _ = d.accept()
+    conn.close()
+
+
+def listen_unbound():
+    """listen() without bind autobinds a port: it counts as a bind to port 0."""
+    s = socket.socket()
+    s.listen()
+    say(check="listen_unbound", name=list(s.getsockname()))
+    conn, _ = s.accept()
+    conn.close()
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
