@@ -149,10 +149,12 @@ def local_of_client(target: IPAddr, inode: int) -> IPAddr:
 class PortAllocator:
     """Real-looking ports for binds to port 0, never handed out twice at once."""
 
-    def __init__(self, low: int = EPHEMERAL[0], high: int = EPHEMERAL[1]) -> None:
+    def __init__(self, low: int = EPHEMERAL[0], high: int = EPHEMERAL[1], start: int | None = None) -> None:
+        # `start`: where to begin (the supervisor picks it at random, so two
+        # redirects do not hand out the same first port).
         self.low, self.high = low, high
         self.in_use: set[int] = set()
-        self._next = low
+        self._next = low if start is None else low + (start - low) % (high - low + 1)
 
     def allocate(self) -> int:
         span = self.high - self.low + 1

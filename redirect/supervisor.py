@@ -37,7 +37,8 @@ class Supervisor:
         self.processes: dict[int, Process] = {}
         self.threads: dict[int, Thread] = {}
         self.private_dir = tempfile.mkdtemp(prefix="redirect-")
-        self.ctx = Context(rules=rules, registry=Registry(), ports=PortAllocator(), log=self.log,
+        ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
+        self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
                            private_dir=self.private_dir, reap=self.reap)
         self.main_pid = 0
         self.main_status: int | None = None

@@ -210,6 +210,28 @@ def test_closed_log_does_not_kill_the_program(sockdir):
     assert marker.exists()
 
 
+def test_client_that_binds_before_connecting(sockdir, background):
+    port, server = free_port(), sockdir / "server.sock"
+    echo = background(["socat", f"UNIX-LISTEN:{server},fork", "EXEC:cat"])
+    wait_for_socket(server, proc=echo)
+    both = [f"in,path={sockdir}/%p.sock", f"out,port={port},path={server}"]
+    got = json.loads(run(redirect(*both) + PROBE + ["bind_then_connect", port]).stdout)
+    assert got == {"check": "bind_then_connect", "error": None, "answer": "bound client"}
+    assert sorted(p.name for p in sockdir.iterdir()) == ["server.sock"]  # no file left for the client's bind
+    only_in = run(redirect(f"in,path={sockdir}/%p.sock") + PROBE + ["bind_then_connect", port])
+    assert json.loads(only_in.stdout)["error"] == 111, only_in.stderr  # ECONNREFUSED, never TCP
+    assert "no out rule matches" in only_in.stderr
+
+
+def test_two_redirects_binding_port_zero_do_not_clash(bins, sockdir, background):
+    servers = [background(redirect(f"in,path={sockdir}/%p.sock") + [bins / "tcp-server-glibc", "127.0.0.1", "0"])
+               for _ in range(3)]
+    ports = {int(s.wait_for_line(r"^listening \S+ (\d+)$").group(1)) for s in servers}
+    assert len(ports) == 3
+    for port in ports:
+        assert unix_request(sockdir / f"{port}.sock", b"p") == b"p"
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

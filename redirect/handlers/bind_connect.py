@@ -75,7 +75,7 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
 
 def _prepare(call: Call, direction: str):
     """Common first steps: the program's address, the socket, the verdict.
-    Returns (verdict or PASS, socket type, whether the socket is already Unix)."""
+    Returns (verdict or PASS or -errno, socket type, whether the socket is already Unix)."""
     fd, addr, length = call.args[:3]
     data = read_sockaddr(call, addr, length)
     visible = unpack(data) if data else None
@@ -86,17 +86,28 @@ def _prepare(call: Call, direction: str):
             return PASS, None, False
         kind = socket_type(sock)
         is_unix = sock.family == socket.AF_UNIX
+        ours = _ours(call, fd, sock, direction) if is_unix and isinstance(visible, IPAddr) else None
         if isinstance(visible, UnixAddr):
             usable = is_unix
         else:
-            # A redirected client retrying connect() is already a Unix socket.
-            usable = sock.family == visible.family or (
-                is_unix and direction == "out" and call.ctx.registry.client(call.thread.fd_inode(fd)) is not None)
+            usable = sock.family == visible.family or ours is not None
     if kind is None or not usable:
         return PASS, None, False
     verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
+    if isinstance(ours, Listener):
+        # bind() before connect(): an in rule made it a Unix socket, so only an
+        # out rule can take it further; it is a client now, not a listener.
+        call.ctx.registry.drop_listener(ours)
+        socketfile.remove_if_ours(ours.real.name, ours.file_id)
+        if verdict is None:
+            call.ctx.log(0, f"{call.describe()}: {visible}: the socket was bound by an in rule, so it is a "
+                            "Unix socket now, and no out rule matches this connect (ECONNREFUSED)")
+            return -errno.ECONNREFUSED, kind, is_unix
     if verdict is None:
         return PASS, None, False
+    if direction == "in" and not verdict.error and verdict.real and not verdict.real.abstract \
+            and isinstance(visible, IPAddr) and visible.port == 0:
+        verdict = _free_port(call, kind, visible, verdict)
     if verdict.error:
         level = 1 if verdict.reason == "rejected by rule" else 0
         call.ctx.log(level, f"{call.describe()}: {visible}: {verdict.reason} "
@@ -105,6 +116,30 @@ def _prepare(call: Call, direction: str):
             _release_port(call, verdict)
         return -verdict.error, kind, is_unix
     return verdict, kind, is_unix
+
+
+def _ours(call: Call, fd: int, sock: socket.socket, direction: str) -> Client | Listener | None:
+    """A Unix socket we made of an IP one, that the program now connects: a
+    client retrying connect(), or one it bound before connecting."""
+    if direction != "out":
+        return None
+    inode = call.thread.fd_inode(fd)
+    listener = call.ctx.registry.listener_inodes.get(inode)
+    if listener is not None and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return listener
+    return call.ctx.registry.client(inode)
+
+
+def _free_port(call: Call, kind: str, visible: IPAddr, verdict: Decision) -> Decision:
+    """A bind to port 0 must not fail because the path its port gives is taken
+    (another program under another redirect): try other ports."""
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    for _ in range(16):
+        if verdict.error or socketfile.clear_stale(verdict.real.name, stype) != errno.EADDRINUSE:
+            return verdict
+        _release_port(call, verdict)
+        verdict = decide(call.ctx.rules, "in", kind, visible, call.ctx.ports)
+    return verdict
 
 
 def _release_port(call: Call, verdict: Decision) -> None:

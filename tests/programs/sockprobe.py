@@ -201,6 +201,19 @@ def listen_unbound():
     conn.close()
 
 
+def bind_then_connect(port):
+    """A client that binds a local address before connecting."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"bound client")
+        s.shutdown(socket.SHUT_WR)
+        say(check="bind_then_connect", error=None, answer=s.recv(100).decode())
+    except OSError as err:
+        say(check="bind_then_connect", error=err.errno, answer=None)
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
