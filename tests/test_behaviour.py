@@ -232,6 +232,21 @@ def test_two_redirects_binding_port_zero_do_not_clash(bins, sockdir, background)
         assert unix_request(sockdir / f"{port}.sock", b"p") == b"p"
 
 
+def test_tcp_fast_open_goes_through_the_rules(sockdir, background):
+    port, server = free_port(), sockdir / "tfo.sock"
+    echo = background(["socat", f"UNIX-LISTEN:{server},fork", "EXEC:cat"])
+    wait_for_socket(server, proc=echo)
+    got = json.loads(run(redirect(f"out,port={port},path={server}") + PROBE + ["fast_open", port]).stdout)
+    assert got == {"check": "fast_open", "error": None, "answer": "fast open"}
+    assert tcp_listening(port) == []
+    with socket.create_server(("127.0.0.1", port)) as real:  # a real TCP server it must not reach
+        refused = run(redirect(f"out,port={port},reject=ECONNREFUSED") + PROBE + ["fast_open", port])
+        assert json.loads(refused.stdout)["error"] == 111, refused.stderr
+        real.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            real.accept()
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

@@ -4,7 +4,7 @@ addresses, never registers. Each handler returns a result, PASS, or a generator
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, close, datagram, names, sockopt
+from . import accept, bind_connect, close, names, send, sockopt
 from .common import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS"]
@@ -23,7 +23,7 @@ HANDLERS = {
     "dup2": close.dup2,
     "dup3": close.dup2,
     "close_range": close.close_range,
-    "sendto": datagram.sendto,
-    "sendmsg": datagram.sendmsg,
-    "sendmmsg": datagram.sendmmsg,
+    "sendto": send.sendto,
+    "sendmsg": send.sendmsg,
+    "sendmmsg": send.sendmmsg,
 }

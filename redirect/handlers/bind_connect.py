@@ -243,10 +243,12 @@ def connect(call: Call):
     verdict, kind, is_unix = _prepare(call, "out")
     if not isinstance(verdict, Decision):
         return verdict
-    return _connect(call, call.args[0], kind, verdict, is_unix)
+    return connect_to(call, call.args[0], kind, verdict, is_unix)
 
 
-def _connect(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+    """Generator: make fd a Unix socket (unless it is one) and connect it where
+    the verdict says. Returns the connect result."""
     ctx = call.ctx
     if not is_unix:
         err = yield from _make_unix(call, fd, kind)

@@ -214,6 +214,19 @@ def bind_then_connect(port):
         say(check="bind_then_connect", error=err.errno, answer=None)
 
 
+def fast_open(port):
+    """sendto(MSG_FASTOPEN) connects without connect(); then a send with an
+    address on the connected socket (TCP ignores it)."""
+    s = socket.socket()
+    try:
+        s.sendto(b"fast ", socket.MSG_FASTOPEN, ("127.0.0.1", port))
+        s.sendto(b"open", ("127.0.0.1", port))
+        s.shutdown(socket.SHUT_WR)
+        say(check="fast_open", error=None, answer=s.recv(100).decode())
+    except OSError as err:
+        say(check="fast_open", error=err.errno, answer=None)
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()

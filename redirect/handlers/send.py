@@ -1,0 +1,118 @@
+"""sendto(), sendmsg(), sendmmsg() with a destination address.
+
+Stream sockets: TCP ignores the address on a connected socket (a Unix socket
+would refuse it, so it is dropped for converted ones), and MSG_FASTOPEN
+connects to it (so it goes through the out rules like connect()).
+Datagram sockets are not converted yet; until they are, a datagram that a rule
+would redirect fails loudly instead of leaving on the real network.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from ..sockaddr import IPAddr, unpack
+from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
+from .bind_connect import connect_to, decide
+from .common import Call, identify, read_sockaddr, socket_type
+
+MSG_FASTOPEN = 0x20000000
+_MSGHDR = struct.Struct("=QI")     # msg_name, msg_namelen: the start of struct msghdr
+_MSGHDR_SIZE = 56
+_MMSGHDR_SIZE = 64                 # struct mmsghdr: msghdr (56) + msg_len, padded
+_MAX_BATCH = 1024                  # UIO_MAXIOV: the kernel's own limit on vlen
+
+
+def sendto(call: Call):
+    fd, flags, dest, dest_len = call.args[0], call.args[3], call.args[4], call.args[5]
+    return _check(call, fd, [(dest, dest_len)], flags)
+
+
+def sendmsg(call: Call):
+    return _check(call, call.args[0], _names(call, call.args[1], 1, 0), call.args[2])
+
+
+def sendmmsg(call: Call):
+    names = _names(call, call.args[1], min(call.args[2], _MAX_BATCH), _MMSGHDR_SIZE)
+    return _check(call, call.args[0], names, call.args[3])
+
+
+def _names(call: Call, ptr: int, count: int, stride: int) -> list[tuple[int, int]]:
+    names = []
+    try:
+        for i in range(count):
+            names.append(_MSGHDR.unpack(call.thread.read(ptr + i * stride, _MSGHDR.size)))
+    except MemoryUnavailable:
+        raise  # cannot judge the call: it must fail
+    except OSError:
+        pass  # the kernel reports the bad pointer itself
+    return names
+
+
+def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
+    addresses = [unpack(data) for data in (read_sockaddr(call, p, n) for p, n in names) if data]
+    addresses = [a for a in addresses if isinstance(a, IPAddr)]
+    if not addresses:
+        return PASS
+    with call.thread.socket(fd) as sock:
+        if sock is None:
+            return PASS
+        kind, family = socket_type(sock), sock.family
+    if kind == "stream":
+        return _stream(call, fd, addresses[0], flags)
+    if kind != "dgram" or family == socket.AF_UNIX:
+        return PASS
+    for visible in addresses:
+        verdict = decide(call.ctx.rules, "out", kind, visible, call.ctx.ports)
+        if verdict is not None:
+            return _refuse(call, visible, verdict.error or errno.ENOSYS,
+                           verdict.reason or "datagram (UDP) sockets are not supported yet", verdict.rule.text)
+    return PASS
+
+
+def _refuse(call: Call, visible: IPAddr, error: int, reason: str, rule: str) -> int:
+    call.ctx.log(0 if error in (errno.ENOSYS, errno.EOPNOTSUPP) else 1,
+                 f"{call.describe()}: {visible}: {reason} ({errno.errorcode.get(error)}; rule {rule})")
+    return -error
+
+
+def _stream(call: Call, fd: int, visible: IPAddr, flags: int):
+    if identify(call, fd) is not None:
+        return _without_address(call)  # as TCP: the address of a connected socket is ignored
+    if not flags & MSG_FASTOPEN:
+        return PASS  # TCP ignores the address (or says ENOTCONN): no connection is made
+    verdict = decide(call.ctx.rules, "out", "stream", visible, call.ctx.ports)
+    if verdict is None:
+        return PASS
+    if verdict.error:
+        return _refuse(call, visible, verdict.error, verdict.reason, verdict.rule.text)
+    if call.name != "sendto":
+        return _refuse(call, visible, errno.EOPNOTSUPP, f"TCP Fast Open through {call.name}() is not supported",
+                       verdict.rule.text)
+    return _fast_open(call, fd, verdict, flags)
+
+
+def _fast_open(call: Call, fd: int, verdict, flags: int):
+    """sendto(MSG_FASTOPEN) = connect, then send: both to the rule's socket."""
+    res = yield from connect_to(call, fd, "stream", verdict, is_unix=False)
+    if res < 0:
+        return res
+    fd, buf, length = call.args[:3]
+    return (yield Syscall("sendto", fd, buf, length, flags & ~MSG_FASTOPEN, 0, 0))
+
+
+def _without_address(call: Call):
+    """The same send with the destination left out."""
+    args = list(call.args)
+    if call.name == "sendto":
+        args[3] &= ~MSG_FASTOPEN
+        args[4] = args[5] = 0
+        return (yield Syscall("sendto", *args))
+    if call.name == "sendmsg":
+        header = bytearray(call.thread.read(args[1], _MSGHDR_SIZE))
+        header[:_MSGHDR.size] = bytes(_MSGHDR.size)  # msg_name = NULL, msg_namelen = 0
+        args[1] = yield Scratch(bytes(header))
+        args[2] &= ~MSG_FASTOPEN
+        return (yield Syscall("sendmsg", *args))
+    return (yield Syscall(call.name, *args))  # sendmmsg: rare on stream sockets; the kernel decides
