@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 
 from . import arch, kernel, seccomp_filter, socketfile
 from .handlers import HANDLERS, Call, Context
@@ -36,10 +35,9 @@ class Supervisor:
         self.log_file = log_file or sys.stderr
         self.processes: dict[int, Process] = {}
         self.threads: dict[int, Thread] = {}
-        self.private_dir = tempfile.mkdtemp(prefix="redirect-")
         ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
         self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
-                           private_dir=self.private_dir, reap=self.reap)
+                           reap=self.reap)
         self.main_pid = 0
         self.main_status: int | None = None
 
@@ -128,7 +126,6 @@ class Supervisor:
                 raise failure
         finally:
             self.reap()
-            shutil.rmtree(self.private_dir, ignore_errors=True)
         status = self.main_status or 0
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)

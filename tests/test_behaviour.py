@@ -93,7 +93,8 @@ def test_tcp_info_reads_back_like_tcp(sockdir):
     port = free_port()
     result = run(redirect(f"in,path={sockdir}/%p.sock") + PROBE + ["tcpinfo", port])
     got = json.loads(result.stdout)
-    assert got == {"check": "tcpinfo", "length": 104, "state": 10, "congestion": "cubic"}, result.stderr
+    assert got == {"check": "tcpinfo", "length": 104, "state": 10, "congestion": "cubic",
+                   "mss": 65483, "keepidle": 7200}, result.stderr
 
 
 def test_thread_blocked_in_accept_does_not_stall_others(sockdir, background):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, replace
 
 from .. import socketfile
@@ -178,7 +180,9 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
         ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is already bound here; blackholing")
         blackhole = True
     if blackhole:
-        real = UnixAddr(os.fsencode(os.path.join(ctx.private_dir, f"blackhole-{os.urandom(6).hex()}")))
+        # Bound in a fresh 0700 directory that goes away right after: listen and
+        # accept work, nobody can ever connect, nothing is left on disk.
+        real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
     elif not real.abstract:
         err = socketfile.clear_stale(real.name, stype)
         if err:
@@ -193,13 +197,13 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
             return err
     packed = pack(real)
     res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
+    if blackhole:
+        shutil.rmtree(os.path.dirname(real.name), ignore_errors=True)
     if res < 0:
         ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}")
         _release_port(call, verdict)
         return res
-    ident = None if real.abstract else socketfile.file_id(real.name)
-    if blackhole:
-        os.unlink(real.name)  # bound but unreachable: listen and accept work, nobody connects
+    ident = None if real.abstract or blackhole else socketfile.file_id(real.name)
     inode = call.thread.fd_inode(fd)
     ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
                                        remove=not (blackhole or verdict.rule.noremove)))

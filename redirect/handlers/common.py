@@ -27,7 +27,6 @@ class Context:
     registry: Registry
     ports: PortAllocator
     log: Callable[[int, str], None]   # (verbosity needed, message); 0 = always shown
-    private_dir: str                  # mode 0700: where blackholed sockets are bound
     reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
 
     def __post_init__(self) -> None:

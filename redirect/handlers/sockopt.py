@@ -60,6 +60,17 @@ def getsockopt(call: Call):
 TCP_INFO, TCP_CONGESTION = 11, 13
 _TCP_INFO_SIZE = 232          # sizeof(struct tcp_info) on Linux 6.x
 _TCP_ESTABLISHED, _TCP_LISTEN = 1, 10
+# Linux's defaults for the int options programs read back, where 0 would be a
+# lie a program can trip over (dividing by the MSS, say).
+_INT_DEFAULTS = {
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG): 65483,      # loopback MTU 65536 - headers
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 7200,
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL): 75,
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT): 9,
+    (socket.IPPROTO_TCP, socket.TCP_SYNCNT): 6,
+    (socket.IPPROTO_IP, socket.IP_TTL): 64,
+    (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS): 64,
+}
 
 
 def _default(converted, level: int, name: int) -> bytes:
@@ -69,7 +80,7 @@ def _default(converted, level: int, name: int) -> bytes:
         return bytes([state]) + bytes(_TCP_INFO_SIZE - 1)
     if level == socket.IPPROTO_TCP and name == TCP_CONGESTION:
         return b"cubic".ljust(16, b"\0")
-    return struct.pack("=i", 0)
+    return struct.pack("=i", _INT_DEFAULTS.get((level, name), 0))
 
 
 def setsockopt(call: Call):

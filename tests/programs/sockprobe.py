@@ -117,7 +117,9 @@ def tcpinfo(port):
     s.listen()
     info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     algo = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
-    say(check="tcpinfo", length=len(info), state=info[0], congestion=algo.rstrip(b"\0").decode())
+    say(check="tcpinfo", length=len(info), state=info[0], congestion=algo.rstrip(b"\0").decode(),
+        mss=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+        keepidle=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
 
 
 def threads(port):
