@@ -9,7 +9,7 @@ import struct
 from hypothesis import given, strategies as st
 
 from redirect import sockaddr
-from redirect.handlers.bind_connect import decide
+from redirect.decision import decide
 from redirect.registry import Client, Listener, Registry
 from redirect.rules import parse_rule
 from redirect.sockaddr import AF_INET, AF_INET6, IPAddr, PortAllocator, UnixAddr, pack, unpack

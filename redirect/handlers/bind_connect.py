@@ -7,72 +7,17 @@ import os
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass, replace
 
 from .. import socketfile
 from ..registry import Client, Listener
-from ..rules import Rule, SocketFacts, expand, first_match
-from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr, pack, unix_path_fits, unpack
+from ..decision import Decision, decide
+from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from .common import Call, read_sockaddr, socket_type, swap_to_unix
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
-_UNSUPPORTED = {"systemd": "systemd socket activation is not supported yet"}
 # What a TCP client expects when nobody listens, whatever the Unix reason.
 _REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one bind/connect/send, decided from rules alone."""
-    rule: Rule
-    visible: Address                 # the address the program asked for (port 0 filled in)
-    real: UnixAddr | None = None     # where it goes instead
-    error: int = 0                   # fail the call with this errno
-    reason: str = ""                 # why, for the log
-
-
-def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
-    if isinstance(visible, IPAddr):
-        return SocketFacts(direction, kind, address=visible.match_host, port=visible.port)
-    name = os.fsdecode(visible.name)
-    return SocketFacts(direction, kind, abstract=name) if visible.abstract else \
-        SocketFacts(direction, kind, unix_path=name)
-
-
-def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
-           ports: PortAllocator) -> Decision | None:
-    """The rule's verdict on a socket, or None to leave it alone. Pure but for
-    handing out a port for binds to port 0."""
-    rule = first_match(rules, facts(direction, kind, visible))
-    if rule is None or rule.action == "ignore":
-        return None
-    if rule.action == "reject":
-        return Decision(rule, visible, error=rule.errno or errno.EACCES, reason="rejected by rule")
-    if rule.action in _UNSUPPORTED:
-        return Decision(rule, visible, error=errno.ENOSYS, reason=_UNSUPPORTED[rule.action])
-    if direction == "in" and (rule.mode is not None or rule.owner is not None or rule.group is not None):
-        # Never create the file with looser permissions than the rule asks for.
-        return Decision(rule, visible, error=errno.ENOSYS,
-                        reason="mode=, owner= and group= are not supported yet")
-    if kind == "dgram":
-        return Decision(rule, visible, error=errno.ENOSYS,
-                        reason="datagram (UDP) sockets are not supported yet")
-    if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
-        visible = replace(visible, port=ports.allocate())
-    if rule.action == "blackhole":
-        return Decision(rule, visible)
-    if isinstance(visible, IPAddr):
-        port, address = visible.port, str(visible.host)
-    else:
-        port, address = 0, ""
-    name = os.fsencode(expand(rule.target or "", port=port, address=address,
-                              socket_type=kind))
-    real = UnixAddr(name, abstract=rule.action == "abstract")
-    if not name or not unix_path_fits(name, real.abstract):
-        return Decision(rule, visible, real, error=errno.ENAMETOOLONG,
-                        reason=f"socket path {real} is too long for a Unix socket (max 107 bytes)")
-    return Decision(rule, visible, real)
 
 
 def _prepare(call: Call, direction: str):

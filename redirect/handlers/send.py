@@ -14,7 +14,8 @@ import struct
 
 from ..sockaddr import IPAddr, unpack
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
-from .bind_connect import connect_to, decide
+from ..decision import decide
+from .bind_connect import connect_to
 from .common import Call, identify, read_sockaddr, socket_type
 
 MSG_FASTOPEN = 0x20000000
