@@ -198,8 +198,12 @@ def unix_request(path: Path, data: bytes, timeout: float = 10) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
+        if data:  # sendall(b"") still sends: EPIPE if the server already answered and closed
+            s.sendall(data)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may have closed first; its answer is still there to read
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
