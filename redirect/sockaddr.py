@@ -116,9 +116,9 @@ def loopback(family: int) -> IPAddress:
 def local_of_connection(listener: IPAddr) -> IPAddr:
     """getsockname of an accepted connection: the listener's address, with a
     wildcard host replaced by 127.0.0.1 (IPv4-mapped on IPv6, like the peer)."""
-    host = listener.host
-    if host.is_unspecified:
-        host = loopback(AF_INET) if listener.family == AF_INET else _MAPPED_LOOPBACK
+    if not listener.host.is_unspecified:
+        return listener  # with its IPv6 scope id, as the kernel would show it
+    host = loopback(AF_INET) if listener.family == AF_INET else _MAPPED_LOOPBACK
     return IPAddr(listener.family, host, listener.port)
 
 

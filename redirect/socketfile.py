@@ -33,19 +33,17 @@ def clear_stale(path: bytes, socket_type: int) -> int:
     return 0
 
 
-_SO_ACCEPTCON = 0x10000  # the "listening" flag in /proc/net/unix
-
-
 def _listed(path: bytes, socket_type: int) -> bool:
-    """Whether /proc/net/unix shows a socket bound at path that is listening
-    (stream) or just bound (datagram): no need to disturb it with a probe."""
+    """Whether /proc/net/unix shows a socket of this type bound at path (one
+    bound but not listening yet counts: it is about to be used); then there is
+    no need to disturb it with a probe."""
     try:
         with open("/proc/net/unix", "rb") as table:
             next(table)
             for line in table:
                 fields = line.rstrip(b"\n").split(None, 7)  # the path may hold spaces
                 if len(fields) == 8 and fields[7] == path and int(fields[4], 16) == socket_type:
-                    return socket_type != socket.SOCK_STREAM or bool(int(fields[3], 16) & _SO_ACCEPTCON)
+                    return True
     except OSError:
         pass
     return False

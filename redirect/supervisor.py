@@ -282,12 +282,10 @@ class Supervisor:
 
     # ---- socket files --------------------------------------------------------------
     def _fd_holders(self):
-        """One thread per fd table to look at: each process's, and children
-        forked a moment ago whose first stop we have not seen yet."""
-        for process in list(self.processes.values()):
-            thread = process.any_thread()
-            if thread is None:
-                continue
+        """Every thread whose fd table may hold a socket: all traced threads (a
+        thread may have its own table, the leader may be a zombie with none),
+        and children forked a moment ago whose first stop we have not seen."""
+        for thread in list(self.threads.values()):
             yield thread
             for child in _children_of(thread.tid):
                 if child not in self.threads:

@@ -63,9 +63,6 @@ class Process:
         self._mem: int | None = None
         self.free_pages: list[int] = []
 
-    def any_thread(self) -> "Thread | None":
-        return next(iter(self.threads.values()), None)
-
     # memory -----------------------------------------------------------------------
     def mem_fd(self, tid: int) -> int:
         """/proc/TID/mem, opened through a thread that is stopped right now (the

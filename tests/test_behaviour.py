@@ -248,6 +248,36 @@ def test_tcp_fast_open_goes_through_the_rules(sockdir, background):
             real.accept()
 
 
+def test_bound_but_not_listening_is_not_stale(sockdir, background):
+    port, sock = free_port(), sockdir / "taken.sock"
+    rule = f"in,port={port},path={sock}"
+    first = subprocess.Popen([str(a) for a in redirect(rule) + PROBE + ["bind_then_wait", port]],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert json.loads(first.stdout.readline())["error"] is None
+        second = run(redirect(rule) + PROBE + ["bind_then_wait", port])
+        assert json.loads(second.stdout.splitlines()[0])["error"] == 98, second.stderr  # EADDRINUSE
+        first.stdin.write("\n")
+        first.stdin.flush()
+        assert '"listening"' in first.stdout.readline()
+        assert unix_request(sock, b"") == b"first"
+        assert first.wait(10) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+def test_epoll_registration_of_a_dup_survives(sockdir, background):
+    port, sock = free_port(), sockdir / "epdup.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["epoll_dup", port])
+    proc.wait_for_line('"check": "epoll_dup_ready"')
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(sock))
+        proc.wait_for_line('"check": "epoll_dup"')
+    assert probe_lines(proc)["epoll_dup"]["ready"]
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

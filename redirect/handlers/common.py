@@ -185,7 +185,7 @@ class _SocketState:
     options: dict[int, bytes]
     owner: bytes
     signal: int
-    epoll: list[tuple[int, int, int]]   # (epoll fd, events, data) watching this socket
+    epoll: list[tuple[int, int, int, int]]  # (epoll fd, watched fd, events, data) on this socket
     siblings: list[int]                 # other fds of the same socket in this fd table
 
 
@@ -212,23 +212,26 @@ def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
     )
 
 
-def _scan_fds(thread: Thread, fd: int, inode: int) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """What else refers to the socket being swapped: registrations of (fd, it)
-    in epoll instances, and other fds of it (dup'ed before bind). The swap
-    drops the first and would leave the second on TCP, so both are redone."""
-    watches, siblings = [], []
+def _scan_fds(thread: Thread, fd: int, inode: int) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+    """What else refers to the socket being swapped: other fds of it (dup'ed
+    before bind) and epoll registrations of any of those fds. The swap would
+    leave the first on TCP and drops the second, so both are redone."""
     target = f"socket:[{inode}]"
+    siblings, epolls = [], []
     for other, link in thread.fds():
         if link == target and other != fd:
             siblings.append(other)
-        if link != "anon_inode:[eventpoll]":
-            continue
+        elif link == "anon_inode:[eventpoll]":
+            epolls.append(other)
+    ours = {fd, *siblings}
+    watches = []  # (epoll fd, watched fd, events, data)
+    for epfd in epolls:
         try:
-            with open(f"/proc/{thread.tid}/fdinfo/{other}") as info:
+            with open(f"/proc/{thread.tid}/fdinfo/{epfd}") as info:
                 for line in info:
                     found = _EPOLL_LINE.match(line)
-                    if found and int(found["tfd"]) == fd and int(found["ino"], 16) == inode:
-                        watches.append((other, int(found["events"], 16), int(found["data"], 16)))
+                    if found and int(found["tfd"]) in ours and int(found["ino"], 16) == inode:
+                        watches.append((epfd, int(found["tfd"]), int(found["events"], 16), int(found["data"], 16)))
         except OSError:
             continue
     return watches, siblings
@@ -274,12 +277,11 @@ def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
         if unix is None:
             return -errno.EBADF  # the program closed it meanwhile (another thread)
         _restore(unix, state, call.ctx.log)
-    for epfd, events, data in state.epoll:
+    for epfd, watched, events, data in state.epoll:
         event = yield Scratch(struct.pack("=IQ", events, data))
-        res = yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, fd, event)
+        res = yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, watched, event)
         if res < 0:
-            call.ctx.log(0, f"could not re-register fd {fd} in epoll fd {epfd}: "
-                                      f"{os.strerror(-res)}")
+            call.ctx.log(0, f"could not re-register fd {watched} in epoll fd {epfd}: {os.strerror(-res)}")
     return 0
 
 

@@ -1,10 +1,12 @@
-/* The main thread exits (pthread_exit) and another thread binds, listens and
- * serves one connection: the supervisor must still see this process's fds. */
+/* The main thread exits (pthread_exit) and another thread binds, listens,
+ * forks a short-lived child and serves one connection: the supervisor must
+ * still see this process's fds (the leader's are gone). */
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int port;
@@ -20,6 +22,11 @@ static void *serve(void *arg)
         perror("bind/listen");
         exit(1);
     }
+    /* A child that comes and goes must not make the listener look closed. */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    waitpid(child, NULL, 0);
     printf("listening\n");
     fflush(stdout);
     int c = accept(l, NULL, NULL);

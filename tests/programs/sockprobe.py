@@ -229,6 +229,35 @@ def fast_open(port):
         say(check="fast_open", error=err.errno, answer=None)
 
 
+def bind_then_wait(port):
+    """Bound, not listening yet: the path is taken all the same."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError as err:
+        say(check="bound", error=err.errno)
+        return
+    say(check="bound", error=None)
+    sys.stdin.readline()
+    s.listen()
+    say(check="listening")
+    conn, _ = s.accept()
+    conn.sendall(b"first")
+    conn.close()
+
+
+def epoll_dup(port):
+    """An epoll registration made through a dup before bind survives too."""
+    s = socket.socket()
+    d = os.dup(s.fileno())
+    ep = select.epoll()
+    ep.register(d, select.EPOLLIN)
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    say(check="epoll_dup_ready")
+    say(check="epoll_dup", ready=[fd for fd, _ in ep.poll(20)] == [d])
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
