@@ -46,11 +46,11 @@ def sockdir():
 class Background:
     """A command running in the background with its output collected line by line."""
 
-    def __init__(self, argv: list[str], **kwargs) -> None:
+    def __init__(self, argv: list[str], interactive: bool = False, **kwargs) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                     **kwargs)
+                                     stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
+                                     text=True, start_new_session=True, **kwargs)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -63,6 +63,11 @@ class Background:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def send_line(self, text: str = "") -> None:
+        """A line on the program's stdin (interactive=True): tells a probe to go on."""
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
 
     @property
     def pid(self) -> int:
@@ -114,7 +119,7 @@ def background():
     """Start commands in the background; all of them are ended by pid afterwards."""
     started: list[Background] = []
 
-    def start(argv: list[str], **kwargs) -> Background:
+    def start(argv: list, **kwargs) -> Background:
         proc = Background([str(a) for a in argv], **kwargs)
         started.append(proc)
         return proc

@@ -113,32 +113,22 @@ def test_thread_blocked_in_accept_does_not_stall_others(sockdir, background):
     assert done["signal"] == ["signal"]
 
 
-def test_socket_file_lives_while_any_fd_does(sockdir):
+def test_socket_file_lives_while_any_fd_does(sockdir, background):
     port, sock = free_port(), sockdir / "dup.sock"
-    proc = subprocess.Popen([str(a) for a in redirect(f"in,port={port},path={sock}") + PROBE + ["dups", port]],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def expect(check):
-            line = proc.stdout.readline()
-            assert f'"check": "{check}"' in line, line + proc.stderr.read() if not line else line
-            return json.loads(line)
-
-        assert expect("dup")["name"] == ["127.0.0.1", port]
-        assert sock.is_socket(), "the original fd's close, or the child's, removed the file"
-        assert unix_request(sock, b"") == b""
-        assert expect("dup2")["fd"] == 100
-        assert sock.is_socket()
-        assert unix_request(sock, b"") == b""
-        assert expect("accepted")["peer"][0] == "127.0.0.1"
-        expect("closed")
-        assert not sock.exists(), "the last close must remove the socket file"
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["dups", port], interactive=True)
+    proc.wait_for_line('"check": "dup"')
+    assert probe_lines(proc)["dup"]["name"] == ["127.0.0.1", port]
+    assert sock.is_socket(), "the original fd's close, or the child's, removed the file"
+    assert unix_request(sock, b"") == b""
+    proc.wait_for_line('"check": "dup2"')
+    assert probe_lines(proc)["dup2"]["fd"] == 100
+    assert sock.is_socket()
+    assert unix_request(sock, b"") == b""
+    proc.wait_for_line('"check": "closed"')
+    assert probe_lines(proc)["accepted"]["peer"][0] == "127.0.0.1"
+    assert not sock.exists(), "the last close must remove the socket file"
+    proc.send_line()
+    assert proc.wait(10) == 0
 
 
 def test_dup_made_before_bind_is_converted_too(sockdir, background):
@@ -251,21 +241,15 @@ def test_tcp_fast_open_goes_through_the_rules(sockdir, background):
 def test_bound_but_not_listening_is_not_stale(sockdir, background):
     port, sock = free_port(), sockdir / "taken.sock"
     rule = f"in,port={port},path={sock}"
-    first = subprocess.Popen([str(a) for a in redirect(rule) + PROBE + ["bind_then_wait", port]],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert json.loads(first.stdout.readline())["error"] is None
-        second = run(redirect(rule) + PROBE + ["bind_then_wait", port])
-        assert json.loads(second.stdout.splitlines()[0])["error"] == 98, second.stderr  # EADDRINUSE
-        first.stdin.write("\n")
-        first.stdin.flush()
-        assert '"listening"' in first.stdout.readline()
-        assert unix_request(sock, b"") == b"first"
-        assert first.wait(10) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    first = background(redirect(rule) + PROBE + ["bind_then_wait", port], interactive=True)
+    first.wait_for_line('"check": "bound"')
+    assert probe_lines(first)["bound"]["error"] is None
+    second = run(redirect(rule) + PROBE + ["bind_then_wait", port])
+    assert json.loads(second.stdout.splitlines()[0])["error"] == 98, second.stderr  # EADDRINUSE
+    first.send_line()
+    first.wait_for_line('"check": "listening"')
+    assert unix_request(sock, b"") == b"first"
+    assert first.wait(10) == 0
 
 
 def test_epoll_registration_of_a_dup_survives(sockdir, background):
