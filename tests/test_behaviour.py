@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,12 +169,8 @@ def test_listen_without_bind_is_a_bind_to_port_zero(sockdir, background):
 
 
 @pytest.fixture(scope="session")
-def leader_exit(tmp_path_factory):
-    out = tmp_path_factory.mktemp("leader") / "leader-exit"
-    result = run(["gcc", "-O2", "-pthread", "-o", out, Path(__file__).parent / "programs" / "leader-exit.c"])
-    assert result.returncode == 0, result.stderr
-    yield out
-    out.unlink()
+def leader_exit():
+    yield from _compiled("leader-exit", "-pthread")
 
 
 def test_converted_after_the_main_thread_exited(leader_exit, sockdir, background):
@@ -487,14 +485,21 @@ def test_program_dies_with_the_supervisor(bins, sockdir, background):
 
 # ---- the filter cannot be gone around ---------------------------------------------------
 
+def _compiled(name: str, *flags: str):
+    """A test program from tests/programs, compiled into a directory of its own."""
+    where = Path(tempfile.mkdtemp(prefix="rd-prog-"))
+    try:
+        out = where / name
+        result = run(["gcc", "-O2", *flags, "-o", out, Path(__file__).parent / "programs" / f"{name}.c"])
+        assert result.returncode == 0, result.stderr
+        yield out
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def bypass_probe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("probe") / "bypass-probe"
-    source = Path(__file__).parent / "programs" / "bypass-probe.c"
-    result = run(["gcc", "-O2", "-static", "-no-pie", "-o", out, source])
-    assert result.returncode == 0, result.stderr
-    yield out
-    out.unlink()
+def bypass_probe():
+    yield from _compiled("bypass-probe", "-static", "-no-pie")
 
 
 def _results(stdout: str) -> dict[str, int]:
