@@ -41,13 +41,6 @@ ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 PC_REG = "rip"
 SYSCALL_INSN_LEN = 2  # `syscall` is 0f 05: step back this far to run it again
 
-# Socket-family syscalls of the i386 ABI (int 0x80), which a 64-bit filter must
-# also cover or a program could go around it. socketcall multiplexes them all.
-I386_SOCKETCALL = 102
-I386_SOCKETCALL_OPS = {"bind": 2, "connect": 3, "sendto": 11, "sendmsg": 16, "sendmmsg": 20}
-I386_NR = {"bind": 361, "connect": 362, "sendto": 369, "sendmsg": 370, "sendmmsg": 345,
-           "io_uring_setup": 425}
-
 
 def to_signed(value: int) -> int:
     """A register value as the signed long the kernel returned."""
