@@ -6,25 +6,34 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
+import sys
+import types
 
 
 @contextlib.contextmanager
-def _fast_find_library():
-    # python-ptrace and pyseccomp call ctypes.util.find_library at import, which
-    # runs ldconfig/gcc in a subprocess (~40 ms each). The sonames are fixed on Linux.
-    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-    original = ctypes.util.find_library
-    ctypes.util.find_library = lambda name: known.get(name) or original(name)
+def _fixed_sonames():
+    """python-ptrace and pyseccomp use ctypes.util only for find_library, at
+    import. The real module runs ldconfig/gcc in a subprocess (~40 ms a call)
+    and imports subprocess, shutil and tempfile (~20 ms); on Linux the sonames
+    are fixed. So they get a stand-in while they import, then it is gone."""
+    sonames = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    stand_in = types.ModuleType("ctypes.util")
+    stand_in.find_library = sonames.get
+    real = sys.modules.get("ctypes.util")
+    sys.modules["ctypes.util"] = ctypes.util = stand_in
     try:
         yield
     finally:
-        ctypes.util.find_library = original
+        if real is None:
+            del sys.modules["ctypes.util"]
+            del ctypes.util
+        else:
+            sys.modules["ctypes.util"] = ctypes.util = real
 
 
-with _fast_find_library():
+with _fixed_sonames():
     import pyseccomp  # noqa: E402  (re-exported for the filter module)
     from ptrace import PtraceError  # noqa: E402
     from ptrace.binding import func as _pt  # noqa: E402

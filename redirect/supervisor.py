@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import sys
 
@@ -316,6 +315,8 @@ class Supervisor:
 
 def _exec_error(argv0: str, err: int) -> SpawnError:
     """The one-line message a shell would give, with its exit status."""
+    import shutil  # only on this error path: keep it off the start-up path
+
     path = argv0 if "/" in argv0 else shutil.which(argv0)
     if err == errno.ENOENT and path is None:
         return SpawnError(f"{argv0}: command not found", 127)

@@ -4,9 +4,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import shutil
 import socket
-import tempfile
 
 from .. import socketfile
 from ..registry import Client, Listener
@@ -125,6 +123,8 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
         ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is already bound here; blackholing")
         blackhole = True
     if blackhole:
+        import tempfile  # rare: keep it off the start-up path
+
         # Bound in a fresh 0700 directory that goes away right after: listen and
         # accept work, nobody can ever connect, nothing is left on disk.
         real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
@@ -143,7 +143,9 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     packed = pack(real)
     res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
     if blackhole:
-        shutil.rmtree(os.path.dirname(real.name), ignore_errors=True)
+        if res >= 0:
+            os.unlink(real.name)
+        os.rmdir(os.path.dirname(real.name))
     if res < 0:
         ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}")
         _release_port(call, verdict)
