@@ -84,6 +84,7 @@ class Process:
         self.free_pages.clear()
         for thread in self.threads.values():
             thread.page = None
+            thread.close_pidfd()  # after an exec from another thread, it names the old task
 
     def close(self) -> None:
         if self._mem is not None:
@@ -292,6 +293,9 @@ class Thread:
         if self.page is not None:
             self.process.free_pages.append(self.page)
             self.page = None
+        self.close_pidfd()
+
+    def close_pidfd(self) -> None:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

@@ -260,6 +260,16 @@ def test_epoll_registration_of_a_dup_survives(sockdir, background):
     assert probe_lines(proc)["epoll_dup"]["ready"]
 
 
+def test_exec_from_a_thread_then_convert(sockdir, background):
+    port, sock = free_port(), sockdir / "exec.sock"
+    proc = background(redirect(f"in,port={port},path={sock}") + PROBE + ["exec_from_thread", port])
+    proc.wait_for_line('"check": "serving"')
+    assert probe_lines(proc)["serving"]["name"] == ["127.0.0.1", port]
+    wait_for_socket(sock, proc=proc)
+    assert unix_request(sock, b"") == b"127.0.0.1"
+    assert tcp_listening(port) == []
+
+
 def test_getsockname_before_bind_is_untouched():
     result = run(redirect("in,path=/tmp/never-%p.sock") + PROBE + ["before_bind"])
     assert json.loads(result.stdout)["name"] == ["0.0.0.0", 0], result.stderr

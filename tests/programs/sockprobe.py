@@ -258,6 +258,28 @@ def epoll_dup(port):
     say(check="epoll_dup", ready=[fd for fd, _ in ep.poll(20)] == [d])
 
 
+def exec_from_thread(port):
+    """A thread (not the main one) execs; the new image binds and serves."""
+    import threading
+
+    def run():
+        socket.socket().bind(("127.0.0.1", 0))  # the supervisor looks at this thread's fds first
+        os.execv(sys.executable, [sys.executable, __file__, "serve_one", str(port)])
+
+    threading.Thread(target=run).start()
+    threading.Event().wait(30)
+
+
+def serve_one(port):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    say(check="serving", name=list(s.getsockname()))
+    conn, peer = s.accept()
+    conn.sendall(f"{peer[0]}".encode())
+    conn.close()
+
+
 def before_bind():
     """getsockname before bind, and an unconverted socket, are untouched."""
     s = socket.socket()
