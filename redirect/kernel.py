@@ -157,10 +157,11 @@ def pidfd_open_thread(tid: int) -> int:
     except OSError as err:
         if err.errno != errno.EINVAL:
             raise
-        return os.pidfd_open(_tgid_of(tid))
+        return os.pidfd_open(tgid_of(tid))
 
 
-def _tgid_of(tid: int) -> int:
+def tgid_of(tid: int) -> int:
+    """The thread group (process) a thread belongs to; OSError if it is gone."""
     with open(f"/proc/{tid}/status") as status:
         for line in status:
             if line.startswith("Tgid:"):

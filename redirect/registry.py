@@ -68,10 +68,6 @@ class Registry:
     def listener_at(self, real: Address | None) -> Listener | None:
         return self.listeners.get(real) if isinstance(real, UnixAddr) else None
 
-    def path_taken(self, real: UnixAddr) -> bool:
-        """Whether a socket of this program already holds that address."""
-        return real in self.listeners
-
     def add_client(self, inode: int, client: Client) -> None:
         _remember(self.clients, inode, client, self.max_clients)
 

@@ -193,9 +193,10 @@ class Supervisor:
         """A new traced thread (its first stop may come before its parent's event)."""
         if tid in self.threads:
             return self.threads[tid]
-        tgid = _tgid(tid)
-        if tgid is None:
-            return None
+        try:
+            tgid = kernel.tgid_of(tid)
+        except OSError:
+            return None  # gone already
         process = self.processes.get(tgid)
         if process is None:
             process = self.processes[tgid] = Process(tgid)
@@ -336,17 +337,6 @@ def _children_of(tid: int) -> list[int]:
             return [int(pid) for pid in children.read().split()]
     except OSError:
         return []
-
-
-def _tgid(tid: int) -> int | None:
-    try:
-        with open(f"/proc/{tid}/status") as status:
-            for line in status:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _terminal_sent_it() -> bool:

@@ -110,10 +110,9 @@ def test_registry_listeners():
     reg = Registry()
     listener = Listener(UnixAddr(b"/run/a.sock"), IPAddr(AF_INET, ipaddress.IPv4Address("0.0.0.0"), 80), "stream", 42)
     reg.add_listener(listener)
-    assert reg.path_taken(UnixAddr(b"/run/a.sock"))
     assert reg.listener_at(UnixAddr(b"/run/a.sock")) is listener and reg.listener_inodes[42] is listener
     reg.drop_listener(listener)
-    assert not reg.path_taken(UnixAddr(b"/run/a.sock")) and 42 not in reg.listener_inodes
+    assert reg.listener_at(UnixAddr(b"/run/a.sock")) is None and 42 not in reg.listener_inodes
 
 
 # ---- decisions -------------------------------------------------------------------------
