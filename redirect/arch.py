@@ -28,6 +28,7 @@ NR = {
     "epoll_ctl": 233,
     "accept4": 288,
     "dup3": 292,
+    "recvmmsg": 299,
     "sendmmsg": 307,
     "io_uring_setup": 425,
     "close_range": 436,

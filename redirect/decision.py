@@ -46,9 +46,6 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
         # Never create the file with looser permissions than the rule asks for.
         return Decision(rule, visible, error=errno.ENOSYS,
                         reason="mode=, owner= and group= are not supported yet")
-    if kind == "dgram":
-        return Decision(rule, visible, error=errno.ENOSYS,
-                        reason="datagram (UDP) sockets are not supported yet")
     if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
         visible = replace(visible, port=ports.allocate())
     if rule.action == "blackhole":

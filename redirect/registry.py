@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .peers import PeerTable
 from .sockaddr import Address, UnixAddr
 
 
@@ -24,10 +25,14 @@ class Listener:
 
 @dataclass
 class Client:
-    """A socket the program connected to `visible`; it is connected to `real` instead."""
+    """A socket the program connected (or first sent a datagram) to `visible`;
+    it goes to `real` instead."""
     real: UnixAddr
     visible: Address
     socket_type: str
+    local: Address | None = None  # the UDP address it had before (shown by getsockname)
+    own: UnixAddr | None = None   # a datagram client's private reply address
+    file_id: tuple[int, int] | None = None
 
 
 @dataclass
@@ -54,6 +59,13 @@ class Registry:
     clients: OrderedDict[int, Client] = field(default_factory=OrderedDict)
     accepted: OrderedDict[int, Accepted] = field(default_factory=OrderedDict)
     max_clients: int = 65536
+    # Datagram clients bound to a reply address: not bounded, their files must go.
+    bound_clients: dict[int, Client] = field(default_factory=dict)
+    # Datagram senders and the IP addresses they are shown as.
+    peers: PeerTable = field(default_factory=PeerTable)
+    # Datagram sockets the program bound to a real UDP port of its choice: they
+    # live on the network, so they are never converted behind its back.
+    pinned: OrderedDict[int, None] = field(default_factory=OrderedDict)
     # Option values the program set on converted sockets at levels Unix sockets lack.
     options: OrderedDict[tuple[int, int, int], bytes] = field(default_factory=OrderedDict)
 
@@ -75,7 +87,22 @@ class Registry:
         _remember(self.accepted, inode, accepted, self.max_clients)
 
     def client(self, inode: int) -> Client | None:
-        return self.clients.get(inode)
+        return self.bound_clients.get(inode) or self.clients.get(inode)
+
+    def add_bound_client(self, inode: int, client: Client) -> None:
+        self.bound_clients[inode] = client
+        self.add_client(inode, client)
+
+    def drop_bound_client(self, inode: int) -> None:
+        self.bound_clients.pop(inode, None)
+        self.clients.pop(inode, None)
+
+    def owns_file(self, inode: int | None) -> bool:
+        """Whether closing this socket may leave a file of ours to remove."""
+        return inode in self.listener_inodes or inode in self.bound_clients
+
+    def pin(self, inode: int) -> None:
+        _remember(self.pinned, inode, None, self.max_clients)
 
     def set_option(self, inode: int, level: int, name: int, value: bytes) -> None:
         _remember(self.options, (inode, level, name), value, self.max_clients)

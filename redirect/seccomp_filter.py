@@ -17,7 +17,7 @@ SO_PROTOCOL, SO_DOMAIN = 38, 39
 
 # Trapped whatever their arguments.
 _ALWAYS = ["bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
-           "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg"]
+           "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg", "recvmsg", "recvmmsg"]
 _I386 = ["bind", "connect", "sendto", "sendmsg", "sendmmsg"]
 
 
@@ -30,6 +30,8 @@ def build() -> sc.SyscallFilter:
         native.add_rule(trace, name)
     # sendto without an address goes to the connected peer: nothing to decide.
     native.add_rule(trace, "sendto", sc.Arg(4, sc.NE, 0))
+    # recvfrom without an address buffer reveals nothing about the sender.
+    native.add_rule(trace, "recvfrom", sc.Arg(4, sc.NE, 0))
     # SOL_SOCKET options work on Unix sockets, except these two which would say AF_UNIX.
     native.add_rule(trace, "getsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
     for name in (SO_DOMAIN, SO_PROTOCOL):

@@ -98,7 +98,7 @@ def unix_path_fits(name: bytes, abstract: bool) -> bool:
 # ---- the addresses a program is shown -----------------------------------------------
 
 _LOOPBACK = {AF_INET: ipaddress.IPv4Address("127.0.0.1"), AF_INET6: ipaddress.IPv6Address("::1")}
-_MAPPED_LOOPBACK = ipaddress.IPv6Address("::ffff:127.0.0.1")
+MAPPED_LOOPBACK = ipaddress.IPv6Address("::ffff:127.0.0.1")
 FIRST_PEER_PORT = 1024
 EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
 
@@ -118,31 +118,33 @@ def local_of_connection(listener: IPAddr) -> IPAddr:
     wildcard host replaced by 127.0.0.1 (IPv4-mapped on IPv6, like the peer)."""
     if not listener.host.is_unspecified:
         return listener  # with its IPv6 scope id, as the kernel would show it
-    host = loopback(AF_INET) if listener.family == AF_INET else _MAPPED_LOOPBACK
+    host = loopback(AF_INET) if listener.family == AF_INET else MAPPED_LOOPBACK
     return IPAddr(listener.family, host, listener.port)
 
 
-def peer_of_connection(listener: IPAddr, peer_inode: int, peer_uid: int | None) -> IPAddr:
-    """The IP address an accepted Unix connection pretends to come from.
-
-    Loopback listeners see loopback peers. Others see 127.U.U.1 with the peer's uid
-    in the middle octets (IPv4-mapped for IPv6), so logs still tell users apart.
-    The port is derived from the socket's inode: stable across calls and processes.
-    """
-    port = port_from_inode(peer_inode)
+def peer_host(listener: IPAddr, peer_uid: int | None) -> IPAddress:
+    """The host a peer of a converted socket is shown as: the socket's loopback
+    host for loopback sockets; otherwise 127.U.U.1 with the peer's uid in the
+    middle octets (IPv4-mapped for IPv6), so logs still tell users apart."""
     if listener.host.is_loopback or peer_uid is None:
-        return IPAddr(listener.family, loopback(listener.family), port)
+        return loopback(listener.family)
     v4 = (127 << 24) | (peer_uid & 0xFFFF) << 8 | 1
     if listener.family == AF_INET:
-        return IPAddr(AF_INET, ipaddress.IPv4Address(v4), port)
-    return IPAddr(AF_INET6, ipaddress.IPv6Address(0xFFFF << 32 | v4), port)
+        return ipaddress.IPv4Address(v4)
+    return ipaddress.IPv6Address(0xFFFF << 32 | v4)
+
+
+def peer_of_connection(listener: IPAddr, peer_inode: int, peer_uid: int | None) -> IPAddr:
+    """The IP address an accepted Unix connection pretends to come from; the
+    port is derived from the socket's inode: stable across calls and processes."""
+    return IPAddr(listener.family, peer_host(listener, peer_uid), port_from_inode(peer_inode))
 
 
 def local_of_client(target: IPAddr, inode: int) -> IPAddr:
     """getsockname of a redirected client: a loopback address of the target's family."""
     host = loopback(target.family)
     if target.family == AF_INET6 and target.host.ipv4_mapped:
-        host = _MAPPED_LOOPBACK
+        host = MAPPED_LOOPBACK
     return IPAddr(target.family, host, port_from_inode(inode))
 
 

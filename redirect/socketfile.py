@@ -84,3 +84,77 @@ def remove_if_ours(path: bytes, ident: tuple[int, int] | None) -> bool:
     except OSError:
         return False
     return True
+
+
+class ReplyDirs:
+    """Where datagram clients get their private reply addresses.
+
+    A client that sends without binding must still get answers, so it is bound
+    to a socket file of its own, never to an abstract name that anyone could
+    write to. The files live in a directory made for this run (in
+    $XDG_RUNTIME_DIR, else /tmp) and are removed with their socket; who may
+    reach them follows who owns the server:
+    - the program's own user: a 0700 directory, nobody else gets in;
+    - another user in a group we share (or we are root): a directory of that
+      group, 02710, sockets 0660 - that group and nobody else;
+    - anyone else: a 0711 directory, sockets 0666 (logged: any local user who
+      learns the name can send to it, as with UDP on loopback).
+    """
+
+    def __init__(self) -> None:
+        self.top: str | None = None
+        self.dirs: dict[tuple, str] = {}
+        self.count = 0
+
+    def new_path(self, uid: int, server: os.stat_result | None) -> tuple[bytes, str, int | None]:
+        """A fresh path for a reply socket of a program running as `uid` that
+        talks to a server whose socket file is `server` (None: abstract or
+        unknown). Returns (path, access: "private"/"group"/"anyone", file mode)."""
+        access, gid = "private", None
+        if server is not None and server.st_uid != uid:
+            if os.geteuid() == 0 or server.st_gid in os.getgroups() or server.st_gid == os.getegid():
+                access, gid = "group", server.st_gid
+            else:
+                access = "anyone"
+        folder = self._folder(uid, access, gid)
+        self.count += 1
+        mode = {"private": None, "group": 0o660, "anyone": 0o666}[access]
+        return os.fsencode(os.path.join(folder, f"c{self.count}")), access, mode
+
+    def _folder(self, uid: int, access: str, gid: int | None) -> str:
+        key = (uid, access, gid)
+        if key in self.dirs:
+            return self.dirs[key]
+        if self.top is None:
+            import tempfile  # only for datagram clients: keep it off the start-up path
+
+            base = os.environ.get("XDG_RUNTIME_DIR")
+            if not base or not os.access(base, os.W_OK | os.X_OK):
+                base = "/tmp"
+            self.top = tempfile.mkdtemp(prefix="redirect-", dir=base)
+            os.chmod(self.top, 0o711)  # no listing; each folder inside guards itself
+        folder = os.path.join(self.top, f"{access}-{uid}" + (f"-{gid}" if gid is not None else ""))
+        os.mkdir(folder, 0o700)
+        if gid is not None:
+            os.chown(folder, -1, gid)
+            os.chmod(folder, 0o2710)  # new files get the group; members may enter, not list
+        elif access == "anyone":
+            os.chmod(folder, 0o711)
+        if uid != os.geteuid():
+            os.chown(folder, uid, -1)  # a program that dropped privileges binds here itself
+        self.dirs[key] = folder
+        return folder
+
+    def remove(self) -> None:
+        """At the end: remove the folders (files of sockets still held by a
+        program that outlived us stay, and so do their folders)."""
+        for folder in self.dirs.values():
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        if self.top is not None:
+            try:
+                os.rmdir(self.top)
+            except OSError:
+                pass

@@ -125,6 +125,7 @@ class Supervisor:
                 raise failure
         finally:
             self.reap()
+            self.ctx.replies.remove()
         status = self.main_status or 0
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
@@ -294,9 +295,10 @@ class Supervisor:
                         yield adopted
 
     def reap(self) -> None:
-        """Forget listeners no traced process holds any more; remove their files."""
+        """Forget converted sockets no traced process holds any more; remove
+        their files (listeners' unless noremove, datagram clients' reply sockets)."""
         registry = self.ctx.registry
-        if not registry.listeners:
+        if not registry.listeners and not registry.bound_clients:
             return
         held = set()
         for thread in self._fd_holders():
@@ -312,6 +314,10 @@ class Supervisor:
             if listener.remove and not listener.real.abstract:
                 if socketfile.remove_if_ours(listener.real.name, listener.file_id):
                     self.log(1, f"removed {listener.real}")
+        for inode, client in list(registry.bound_clients.items()):
+            if inode not in held:
+                registry.drop_bound_client(inode)
+                socketfile.remove_if_ours(client.own.name, client.file_id)
 
 
 def _exec_error(argv0: str, err: int) -> SpawnError:

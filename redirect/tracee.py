@@ -22,7 +22,7 @@ from . import arch, kernel
 
 PASS = None  # a handler's return value: let the trapped syscall run as it is
 
-_PAGE = 4096
+_SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
 
@@ -134,6 +134,13 @@ class Thread:
                     return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
         return False
 
+    def euid(self) -> int:
+        with open(f"/proc/{self.tid}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+        raise OSError(errno.ESRCH, f"no thread {self.tid}")
+
     def fds(self) -> Iterator[tuple[int, str]]:
         try:
             names = os.listdir(f"/proc/{self.tid}/fd")
@@ -237,7 +244,7 @@ class Thread:
                     if self.page is None:
                         handler.close()
                         return -errno.ENOMEM
-                if self._scratch_used + len(request.data) > _PAGE:
+                if self._scratch_used + len(request.data) > _SCRATCH_SIZE:
                     raise RuntimeError("scratch page overflow")
                 addr = self.page + self._scratch_used
                 self.write(addr, request.data)
@@ -250,7 +257,7 @@ class Thread:
         if self.process.free_pages:
             return self.process.free_pages.pop()
         # Scratch lives in a mapping of its own: below the stack pointer is unsafe in Go.
-        addr = yield Syscall("mmap", 0, _PAGE, _PROT_RW, _MAP_PRIVATE_ANON, arch.to_unsigned(-1), 0)
+        addr = yield Syscall("mmap", 0, _SCRATCH_SIZE, _PROT_RW, _MAP_PRIVATE_ANON, arch.to_unsigned(-1), 0)
         return None if addr < 0 else addr
 
     def _inject(self, request: Syscall) -> None:

@@ -325,17 +325,6 @@ def test_connect_to_missing_socket_is_refused(sockdir):
     assert not (sockdir / "nobody.sock").exists()
 
 
-def test_datagram_rule_fails_loudly_until_supported(sockdir):
-    port = free_port()
-    code = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"try:\n    s.bind(('127.0.0.1', {port}))\n    print('bound')\n"
-            "except OSError as e:\n    print('errno', e.errno)\n")
-    result = run(redirect(f"in,udp,port={port},path={sockdir}/u.sock") + [sys.executable, "-c", code])
-    assert result.stdout.strip() == "errno 38"  # ENOSYS, never a silent UDP bind
-    assert "datagram (UDP) sockets are not supported yet" in result.stderr
-    assert tcp_listening(port) == []
-
-
 def test_path_too_long_at_run_time(bins, sockdir):
     port = free_port()
     # Short enough for the rule check, too long once %p and %a are filled in.

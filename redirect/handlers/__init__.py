@@ -4,7 +4,7 @@ addresses, never registers. Each handler returns a result, PASS, or a generator
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, close, names, send, sockopt
+from . import accept, bind_connect, close, datagram, names, send, sockopt
 from .common import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS"]
@@ -26,4 +26,7 @@ HANDLERS = {
     "sendto": send.sendto,
     "sendmsg": send.sendmsg,
     "sendmmsg": send.sendmmsg,
+    "recvfrom": datagram.recvfrom,
+    "recvmsg": datagram.recvmsg,
+    "recvmmsg": datagram.recvmmsg,
 }

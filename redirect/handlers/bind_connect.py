@@ -11,7 +11,8 @@ from ..registry import Client, Listener
 from ..decision import Decision, decide
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
-from .common import Call, read_sockaddr, socket_type, swap_to_unix
+from . import datagram
+from .common import Call, identify, make_unix, read_sockaddr, socket_type
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 # What a TCP client expects when nobody listens, whatever the Unix reason.
@@ -49,6 +50,8 @@ def _prepare(call: Call, direction: str):
                             "Unix socket now, and no out rule matches this connect (ECONNREFUSED)")
             return -errno.ECONNREFUSED, kind, is_unix
     if verdict is None:
+        if direction == "in" and kind == "dgram" and isinstance(visible, IPAddr) and visible.port:
+            call.ctx.registry.pin(call.thread.fd_inode(fd))  # a UDP port of its choosing: keep it real
         return PASS, None, False
     if direction == "in" and not verdict.error and verdict.real and not verdict.real.abstract \
             and isinstance(visible, IPAddr) and visible.port == 0:
@@ -92,17 +95,6 @@ def _release_port(call: Call, verdict: Decision) -> None:
         call.ctx.ports.release(verdict.visible.port)
 
 
-def _make_unix(call: Call, fd: int, kind: str):
-    """Generator: swap the IP socket at fd for a Unix one; 0 or -errno (logged)."""
-    with call.thread.socket(fd) as sock:
-        if sock is None:
-            return -errno.EBADF
-        err = yield from swap_to_unix(call, fd, sock, kind)
-    if err < 0:
-        call.ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
-    return err
-
-
 def bind(call: Call):
     verdict, kind, is_unix = _prepare(call, "in")
     if not isinstance(verdict, Decision):
@@ -136,7 +128,7 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
             _release_port(call, verdict)
             return -err
     if not is_unix:
-        err = yield from _make_unix(call, fd, kind)
+        err = yield from make_unix(call, fd, kind)
         if err < 0:
             _release_port(call, verdict)
             return err
@@ -191,6 +183,9 @@ def _reuses_port(call: Call, fd: int) -> bool:
 
 
 def connect(call: Call):
+    conv = identify(call, call.args[0])
+    if conv is not None and conv.socket_type == "dgram" and datagram.shown_family(conv) is not None:
+        return datagram.connect(call, conv)
     verdict, kind, is_unix = _prepare(call, "out")
     if not isinstance(verdict, Decision):
         return verdict
@@ -201,11 +196,16 @@ def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
     """Generator: make fd a Unix socket (unless it is one) and connect it where
     the verdict says. Returns the connect result."""
     ctx = call.ctx
-    if not is_unix:
-        err = yield from _make_unix(call, fd, kind)
+    if kind == "dgram" and not is_unix:
+        err = yield from datagram.become_client(call, fd, verdict)
         if err < 0:
             return err
-    ctx.registry.add_client(call.thread.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
+    else:
+        if not is_unix:
+            err = yield from make_unix(call, fd, kind)
+            if err < 0:
+                return err
+        ctx.registry.add_client(call.thread.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
     packed = pack(verdict.real)
     res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
     if -res in _REFUSED:

@@ -1,5 +1,6 @@
 """close(), dup2()/dup3() over an fd, close_range(): when the last reference to a
-bound socket goes, its socket file goes too (unless the rule says noremove)."""
+bound socket goes, its socket file goes too (unless the rule says noremove), and
+so does a datagram client's private reply socket."""
 from __future__ import annotations
 
 from ..tracee import PASS, Syscall
@@ -18,14 +19,15 @@ def dup2(call: Call):
 
 
 def close_range(call: Call):
-    if call.args[2] & CLOSE_RANGE_CLOEXEC or not call.ctx.registry.listener_inodes:
+    registry = call.ctx.registry
+    if call.args[2] & CLOSE_RANGE_CLOEXEC or not (registry.listener_inodes or registry.bound_clients):
         return PASS
     return _run_then_reap(call)
 
 
 def _if_listener(call: Call, fd: int):
-    listeners = call.ctx.registry.listener_inodes
-    if not listeners or call.thread.fd_inode(fd) not in listeners:
+    registry = call.ctx.registry
+    if not (registry.listener_inodes or registry.bound_clients) or not registry.owns_file(call.thread.fd_inode(fd)):
         return PASS
     return _run_then_reap(call)
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import re
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 
 from .. import sockaddr
-from ..registry import Accepted, Registry
+from ..registry import Accepted, Client, Registry
 from ..rules import Rule
+from ..socketfile import ReplyDirs
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
@@ -28,6 +30,13 @@ class Context:
     ports: PortAllocator
     log: Callable[[int, str], None]   # (verbosity needed, message); 0 = always shown
     reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
+    replies: ReplyDirs = field(default_factory=ReplyDirs)
+    warned: set = field(default_factory=set)  # things logged once
+
+    def warn_once(self, key, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.log(0, message)
 
     def __post_init__(self) -> None:
         # Most rule sets never look at Unix sockets: skip them without a lookup.
@@ -80,10 +89,19 @@ def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int
 
 def unix_name(sock: socket.socket) -> UnixAddr | None:
     """The real address a Unix socket is bound to (None if unnamed)."""
-    name = sock.getsockname()
-    if isinstance(name, str):
-        return UnixAddr(os.fsencode(name)) if name else None
-    return UnixAddr(name[1:], abstract=True) if name else None
+    return address_of(socket.AF_UNIX, sock.getsockname())
+
+
+def address_of(family: int, name) -> Address | None:
+    """An address as Python's socket module returns it, as ours."""
+    if family == socket.AF_UNIX:
+        if isinstance(name, str):
+            return UnixAddr(os.fsencode(name)) if name else None
+        return UnixAddr(name[1:], abstract=True) if name else None
+    if family in (socket.AF_INET, socket.AF_INET6):
+        host = ipaddress.ip_address(name[0].split("%")[0])
+        return IPAddr(family, host, name[1], *name[2:4])
+    return None
 
 
 def socket_type(sock: socket.socket) -> str | None:
@@ -122,8 +140,7 @@ def identify(call: Call, fd: int) -> Converted | None:
         return Converted("listener", listener.socket_type, inode, listener.visible, None)
     client = registry.client(inode)
     if client is not None:
-        local = sockaddr.local_of_client(client.visible, inode) if isinstance(client.visible, IPAddr) else None
-        return Converted("client", client.socket_type, inode, local, client.visible)
+        return Converted("client", client.socket_type, inode, client_face(client, inode), client.visible)
     accepted = registry.accepted.get(inode) or _accepted_from(call, fd, inode)
     if accepted is None:
         return None
@@ -133,6 +150,14 @@ def identify(call: Call, fd: int) -> Converted | None:
     return Converted("accepted", listener.socket_type, inode,
                      sockaddr.local_of_connection(listener.visible),
                      sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid))
+
+
+def client_face(client: Client, inode: int) -> Address | None:
+    """getsockname of a redirected client: the UDP address it had before the
+    conversion, else a loopback address of the target's family."""
+    if client.local is not None:
+        return client.local
+    return sockaddr.local_of_client(client.visible, inode) if isinstance(client.visible, IPAddr) else None
 
 
 def _accepted_from(call: Call, fd: int, inode: int) -> Accepted | None:
@@ -170,6 +195,14 @@ _COPIED_OPTIONS = [
     (socket.SO_REUSEPORT, 4), (socket.SO_LINGER, 8), (20, 16), (21, 16),  # SO_RCVTIMEO, SO_SNDTIMEO
     (36, 4),  # SO_MARK
 ]
+# IP-level options a program may set before bind and read back (or rely on, as
+# IP_PKTINFO): the Unix socket has no such level, so their values are kept for it.
+_IP_OPTIONS = [
+    (socket.IPPROTO_IP, 1), (socket.IPPROTO_IP, 2), (socket.IPPROTO_IP, 8),         # IP_TOS, IP_TTL, IP_PKTINFO
+    (socket.IPPROTO_IP, 12), (socket.IPPROTO_IP, 13),                                 # IP_RECVTTL, IP_RECVTOS
+    (socket.IPPROTO_IPV6, 26), (socket.IPPROTO_IPV6, 49), (socket.IPPROTO_IPV6, 51),  # V6ONLY, RECVPKTINFO, RECVHOPLIMIT
+    (socket.IPPROTO_TCP, 1),                                                          # TCP_NODELAY
+]
 _DOUBLED = {socket.SO_SNDBUF, socket.SO_RCVBUF}  # the kernel reports twice what was set
 _EPOLL_CTL_ADD = 1
 # A line of an epoll fd's fdinfo: "tfd: 5 events: 19 data: 5  pos:0 ino:1c0b sdev:8"
@@ -183,6 +216,7 @@ class _SocketState:
     status_flags: int
     cloexec: bool
     options: dict[int, bytes]
+    ip_options: dict[tuple[int, int], bytes]
     owner: bytes
     signal: int
     epoll: list[tuple[int, int, int, int]]  # (epoll fd, watched fd, events, data) on this socket
@@ -199,12 +233,25 @@ def _options(sock: socket.socket) -> dict[int, bytes]:
     return options
 
 
+def _ip_options(sock: socket.socket) -> dict[tuple[int, int], bytes]:
+    found = {}
+    for level, name in _IP_OPTIONS:
+        try:
+            value = sock.getsockopt(level, name, 4)
+        except OSError:
+            continue  # not for this family or protocol
+        if any(value):
+            found[(level, name)] = value
+    return found
+
+
 def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
     watches, siblings = _scan_fds(call.thread, fd, os.fstat(sock.fileno()).st_ino)
     return _SocketState(
         status_flags=fcntl.fcntl(sock.fileno(), fcntl.F_GETFL),
         cloexec=call.thread.fd_cloexec(fd),
         options=_options(sock),
+        ip_options=_ip_options(sock),
         owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
         signal=fcntl.fcntl(sock.fileno(), F_GETSIG),
         epoll=watches,
@@ -277,6 +324,9 @@ def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
         if unix is None:
             return -errno.EBADF  # the program closed it meanwhile (another thread)
         _restore(unix, state, call.ctx.log)
+        inode = os.fstat(unix.fileno()).st_ino
+    for (level, name), value in state.ip_options.items():
+        call.ctx.registry.set_option(inode, level, name, value)
     for epfd, watched, events, data in state.epoll:
         event = yield Scratch(struct.pack("=IQ", events, data))
         res = yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, watched, event)
@@ -285,3 +335,14 @@ def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
     return 0
 
 
+
+
+def make_unix(call: Call, fd: int, kind: str):
+    """Generator: swap the IP socket at fd for a Unix one; 0 or -errno (logged)."""
+    with call.thread.socket(fd) as sock:
+        if sock is None:
+            return -errno.EBADF
+        err = yield from swap_to_unix(call, fd, sock, kind)
+    if err < 0:
+        call.ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
+    return err

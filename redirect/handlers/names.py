@@ -5,6 +5,7 @@ import errno
 
 from .. import sockaddr
 from ..tracee import PASS
+from . import datagram
 from .common import Call, identify, write_sockaddr
 
 
@@ -13,13 +14,21 @@ def getsockname(call: Call):
     converted = identify(call, fd)
     if converted is None or converted.local is None:
         return PASS
-    return write_sockaddr(call, addr, len_ptr, sockaddr.pack(converted.local))
+    local = converted.local
+    if converted.role == "listener" and converted.socket_type == "dgram" and isinstance(local, sockaddr.IPAddr) \
+            and local.host.is_unspecified and datagram.connected(call, fd):
+        local = sockaddr.local_of_connection(local)  # a connected UDP socket has a definite address
+    return write_sockaddr(call, addr, len_ptr, sockaddr.pack(local))
 
 
 def getpeername(call: Call):
     fd, addr, len_ptr = call.args[:3]
     converted = identify(call, fd)
-    if converted is None or converted.peer is None:
+    if converted is None:
+        return PASS
+    if converted.socket_type == "dgram" and datagram.shown_family(converted) is not None:
+        return datagram.getpeername(call, converted)  # whoever it is connected to now
+    if converted.peer is None:
         return PASS
     if converted.role == "client":
         with call.thread.socket(fd) as sock:

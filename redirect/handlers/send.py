@@ -3,19 +3,18 @@
 Stream sockets: TCP ignores the address on a connected socket (a Unix socket
 would refuse it, so it is dropped for converted ones), and MSG_FASTOPEN
 connects to it (so it goes through the out rules like connect()).
-Datagram sockets are not converted yet; until they are, a datagram that a rule
-would redirect fails loudly instead of leaving on the real network.
+Datagram sockets: see datagram.py.
 """
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 
 from ..sockaddr import IPAddr, unpack
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
 from ..decision import decide
 from .bind_connect import connect_to
+from . import datagram
 from .common import Call, identify, read_sockaddr, socket_type
 
 MSG_FASTOPEN = 0x20000000
@@ -52,8 +51,8 @@ def _names(call: Call, ptr: int, count: int, stride: int) -> list[tuple[int, int
 
 
 def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
-    addresses = [unpack(data) for data in (read_sockaddr(call, p, n) for p, n in names) if data]
-    addresses = [a for a in addresses if isinstance(a, IPAddr)]
+    dests = [unpack(data) if data else None for data in (read_sockaddr(call, p, n) for p, n in names)]
+    addresses = [a for a in dests if isinstance(a, IPAddr)]
     if not addresses:
         return PASS
     with call.thread.socket(fd) as sock:
@@ -62,13 +61,8 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
         kind, family = socket_type(sock), sock.family
     if kind == "stream":
         return _stream(call, fd, addresses[0], flags)
-    if kind != "dgram" or family == socket.AF_UNIX:
-        return PASS
-    for visible in addresses:
-        verdict = decide(call.ctx.rules, "out", kind, visible, call.ctx.ports)
-        if verdict is not None:
-            return _refuse(call, visible, verdict.error or errno.ENOSYS,
-                           verdict.reason or "datagram (UDP) sockets are not supported yet", verdict.rule.text)
+    if kind == "dgram":
+        return datagram.send(call, fd, family, dests)
     return PASS
 
 

@@ -17,6 +17,9 @@ from .common import Call, identify
 SO_PROTOCOL, SO_DOMAIN = 38, 39
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
 _MAX_VALUE = 256
+# UDP segmentation offload: a Unix socket would deliver one big datagram, so
+# say the kernel lacks it and programs send datagram by datagram.
+_REFUSED = {(socket.IPPROTO_UDP, 103), (socket.IPPROTO_UDP, 104)}  # UDP_SEGMENT, UDP_GRO
 
 
 def _visible_family(call: Call, fd: int):
@@ -36,6 +39,8 @@ def getsockopt(call: Call):
     converted, family = _visible_family(call, fd)
     if converted is None:
         return PASS
+    if (level, name) in _REFUSED:
+        return -errno.ENOPROTOOPT
     if level == socket.SOL_SOCKET:
         if name == SO_DOMAIN:
             value = struct.pack("=i", family)
@@ -90,6 +95,8 @@ def setsockopt(call: Call):
     converted, _ = _visible_family(call, fd)
     if converted is None:
         return PASS
+    if (level, name) in _REFUSED:
+        return -errno.ENOPROTOOPT
     try:
         value = call.thread.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
     except OSError:

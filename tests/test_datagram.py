@@ -1,0 +1,414 @@
+"""End to end: UDP servers and clients (static glibc, static musl, Go, dynamic
+Python) under the real supervisor, their datagram sockets moved onto Unix
+datagram sockets, with replies and addresses that still work."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import redirect, run, tcp_listening
+
+PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "udpprobe.py")]
+C_VARIANTS = ["glibc", "musl"]
+SERVERS = ["glibc", "musl", "go"]
+CLIENTS = ["glibc", "musl", "go"]
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing is bound to now (the tests check it stays that way)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_dgram(path: Path, proc, timeout: float = 10) -> None:
+    """Until a datagram socket is bound at path (from /proc/net/unix)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+            with open("/proc/net/unix") as table:
+                if any(line.split()[7:8] == [str(path)] for line in table):
+                    return
+        if proc.proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"no datagram socket at {path}; output:\n{proc.output}")
+
+
+def records(text: str) -> dict[str, dict]:
+    """udpprobe's JSON lines by check name (the last of each)."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            found[record["check"]] = record
+    return found
+
+
+def server_argv(bins: Path, kind: str, host: str, port: int, *extra: str) -> list:
+    if kind == "go":
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return [bins / "go-udp-server", "-addr", target, *extra]
+    return [bins / f"udp-server-{kind}", *extra, host, port]
+
+
+def client_argv(bins: Path, kind: str, host: str, port: int, *messages: str, connected: bool = False) -> list:
+    if kind == "go":
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return [bins / "go-udp-client", *(["-connected"] if connected else []), target, *messages]
+    return [bins / f"udp-client-{kind}", *(["--mode", "connect"] if connected else []), host, port, *messages]
+
+
+def split_addr(text: str) -> tuple[str, int]:
+    """'1.2.3.4 80' (C fixtures) or '1.2.3.4:80' / '[::1]:80' (Go) -> (host, port)."""
+    if " " in text:
+        host, port = text.split(" ")
+    else:
+        host, port = text.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def reply_dirs() -> set[str]:
+    return {name for name in os.listdir("/tmp") if name.startswith("redirect-")}
+
+
+# ---- every pair ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("client_kind", CLIENTS)
+@pytest.mark.parametrize("server_kind", SERVERS)
+def test_pairs_both_redirected(bins, sockdir, background, server_kind, client_kind):
+    port, sock = free_udp_port(), sockdir / "udp.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}")
+                        + server_argv(bins, server_kind, "127.0.0.1", port))
+    wait_for_dgram(sock, server)
+    assert tcp_listening(port) == []
+    result = run(redirect(f"out,udp,port={port},path={sock}")
+                 + client_argv(bins, client_kind, "127.0.0.1", port, "question one", "question two"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    replies = re.findall(r"^reply (\S+(?: \d+)?) (.*)$", result.stdout, re.M)
+    assert [data for _, data in replies] == ["echo:question one", "echo:question two"], result.stdout
+    assert {split_addr(addr) for addr, _ in replies} == {("127.0.0.1", port)}
+    seen = re.findall(r"^received (\S+(?: \d+)?) len=(\d+) (.*)$", server.output, re.M)
+    assert [data for _, _, data in seen] == ["question one", "question two"], server.output
+    peers = {split_addr(addr) for addr, _, _ in seen}
+    assert len(peers) == 1, peers                           # one sender, one stable address
+    (host, peer_port), = peers
+    assert host == "127.0.0.1" and peer_port >= 1024
+    assert "bad-addr" not in server.output and "family=" not in server.output
+    assert tcp_listening(port) == []                        # nothing on UDP, then or now
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("kind", C_VARIANTS + ["go"])
+def test_server_redirected_native_unix_client(bins, sockdir, background, kind, host):
+    port, sock = free_udp_port(), sockdir / "udp.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + server_argv(bins, kind, host, port))
+    wait_for_dgram(sock, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(str(sockdir / "client.sock"))
+        client.settimeout(10)
+        for message in (b"one", b"two"):
+            client.sendto(message, str(sock))
+            data, source = client.recvfrom(100)
+            assert data == b"echo:" + message and source == str(sock)
+    addr = split_addr(server.wait_for_line(r"^received (\S+(?: \d+)?) len=3 two$").group(1))
+    assert ipaddress.ip_address(addr[0]) == ipaddress.ip_address(host) and addr[1] >= 1024
+    assert tcp_listening(port) == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("kind", C_VARIANTS + ["go"])
+def test_client_redirected_native_unix_server(bins, sockdir, kind, host):
+    port, sock = free_udp_port(), sockdir / "udp.sock"
+    seen = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(sock))
+        server.settimeout(15)
+
+        def answer():
+            for _ in range(2):
+                data, source = server.recvfrom(100)
+                seen.append((source, os.stat(source), os.stat(os.path.dirname(source))))
+                server.sendto(b"echo:" + data, source)
+
+        helper = threading.Thread(target=answer, daemon=True)
+        helper.start()
+        before = reply_dirs()
+        result = run(redirect(f"out,udp,port={port},path={sock}") + client_argv(bins, kind, host, port, "a", "b"))
+        helper.join(15)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^reply \S+(?: \d+)? (.*)$", result.stdout, re.M) == ["echo:a", "echo:b"]
+    # The client never bound: it got a private reply socket, the same for both.
+    (source, st, folder), second = seen
+    assert second[0] == source and source.startswith("/tmp/redirect-")
+    assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.geteuid()
+    assert not os.path.exists(source)                       # removed with the socket
+    assert reply_dirs() == before                           # and its folders at the end
+    local = re.search(r"^local (\S+(?: \d+)?)$", result.stdout, re.M).group(1)
+    local_host, local_port = split_addr(local)
+    assert local_port >= 1024
+    if kind == "go":  # bound the dual-stack wildcard, port 0 first: that is what it keeps showing
+        assert local_host == "::"
+    else:
+        assert ipaddress.ip_address(local_host).version == (6 if ":" in host else 4)
+
+
+def test_python_server_and_client_with_pktinfo(sockdir, background):
+    """A dynamic program: recvmsg with IP_PKTINFO, sendmsg to the shown address."""
+    for host in ("127.0.0.1", "::1"):
+        port = free_udp_port()
+        sock = sockdir / f"py{port}.sock"
+        server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["serve", host, port, 2])
+        wait_for_dgram(sock, server)
+        result = run(redirect(f"out,udp,port={port},path={sock}") + PROBE + ["ask", host, port, "x", "y"])
+        assert result.returncode == 0, result.stderr
+        assert server.wait() == 0
+        listening, received = records(server.output)["listening"], records(server.output)["received"]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        assert listening["name"] == [host, port] and listening["domain"] == family
+        assert listening["protocol"] == socket.IPPROTO_UDP
+        assert received["data"] == "y" and received["peer"][0] == host and received["peer"][1] >= 1024
+        level, kind, data = received["ancillary"][0]
+        if family == socket.AF_INET:
+            assert (level, kind) == (socket.IPPROTO_IP, 8)  # IP_PKTINFO
+            assert bytes.fromhex(data)[4:8] == socket.inet_aton(host)
+        else:
+            assert (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+            assert bytes.fromhex(data)[:16] == socket.inet_pton(socket.AF_INET6, host)
+        reply = records(result.stdout)["reply"]
+        assert reply["data"] == "echo:y" and reply["peer"] == [host, port]
+        assert tcp_listening(port) == []
+
+
+# ---- sockets that talk to several destinations ---------------------------------------
+
+def test_converted_socket_refuses_unmatched_destinations(sockdir, background):
+    """Documented choice: a socket a rule converted stays converted; an IP
+    destination that no rule (and no shown peer) maps fails with ENETUNREACH."""
+    port, other = free_udp_port(), free_udp_port()
+    sock = sockdir / "udp.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["serve", "127.0.0.1", port, 2])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}") + PROBE + ["mixed", port, other])
+    found = records(result.stdout)
+    assert found["matched"]["data"] == "echo:first" and found["matched"]["peer"] == ["127.0.0.1", port]
+    assert found["unmatched"]["error"] == "ENETUNREACH"
+    assert f"127.0.0.1:{other}: this socket is a Unix socket now" in result.stderr
+    assert found["matched-again"]["data"] == "echo:third"
+    assert tcp_listening(other) == []
+
+
+def test_socket_bound_to_its_own_udp_port_is_not_converted(sockdir):
+    port, own = free_udp_port(), free_udp_port()
+    result = run(redirect(f"out,udp,port={port},path={sockdir}/x.sock") + PROBE + ["pinned", port, own])
+    found = records(result.stdout)
+    assert found["pinned"]["error"] == "ENETUNREACH"
+    assert found["still-bound"]["name"] == ["127.0.0.1", own]
+    assert f"is bound to UDP 127.0.0.1:{own} by the program" in result.stderr
+
+
+def test_client_bound_to_port_zero_is_converted(sockdir, background):
+    port, sock = free_udp_port(), sockdir / "udp.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["serve", "127.0.0.1", port, 1])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}") + PROBE + ["ephemeral", port])
+    found = records(result.stdout)["ephemeral"]
+    assert found["data"] == "echo:eph" and found["peer"] == ["127.0.0.1", port]
+    assert found["after"] == found["before"] and found["before"][1] >= 1024  # its address does not change
+    assert tcp_listening(found["before"][1]) == []                           # but it left UDP
+
+
+# ---- rules ---------------------------------------------------------------------------
+
+def test_reject_applies_to_datagram_bind_connect_and_send(sockdir):
+    port = free_udp_port()
+    for call in ("bind", "connect", "sendto"):
+        result = run(redirect(f"udp,port={port},reject=EPERM") + PROBE + ["try-call", call, "127.0.0.1", port])
+        assert records(result.stdout)[call]["error"] == "EPERM", result.stdout + result.stderr
+    # A tcp rule does not catch datagram sockets.
+    result = run(redirect(f"tcp,port={port},reject=EPERM") + PROBE + ["try-call", "connect", "127.0.0.1", port])
+    assert records(result.stdout)["connect"]["error"] is None
+    assert tcp_listening(port) == []
+
+
+def test_blackhole_datagram_server(sockdir):
+    port = free_udp_port()
+    result = run(redirect(f"in,udp,port={port},blackhole") + PROBE + ["try-call", "bind", "127.0.0.1", port])
+    assert records(result.stdout)["bind"] == {"check": "bind", "error": None, "name": ["127.0.0.1", port]}
+    assert tcp_listening(port) == []
+
+
+def test_type_placeholder_expands_to_udp(sockdir, background):
+    port = free_udp_port()
+    sock = sockdir / f"{port}-udp.sock"
+    server = background(redirect(f"in,path={sockdir}/%p-%t.sock") + PROBE + ["serve", "127.0.0.1", port, 1])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,path={sockdir}/%p-%t.sock") + PROBE + ["ask", "127.0.0.1", port, "typed"])
+    assert records(result.stdout)["reply"]["data"] == "echo:typed"
+    assert server.wait() == 0 and not sock.exists()
+
+
+def test_unusable_path_fails_closed(sockdir):
+    port = free_udp_port()
+    result = run(redirect(f"in,udp,port={port},path={sockdir}/missing/dir/u.sock")
+                 + PROBE + ["try-call", "bind", "127.0.0.1", port])
+    assert records(result.stdout)["bind"]["error"] == "ENOENT"
+    assert "u.sock failed: No such file or directory" in result.stderr
+    assert tcp_listening(port) == []
+    result = run(redirect(f"out,udp,port={port},path={sockdir}/nobody.sock") + PROBE + ["try-call", "sendto", "127.0.0.1", port])
+    assert records(result.stdout)["sendto"]["error"] == "ECONNREFUSED"
+
+
+# ---- what the program must not notice --------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_flags_and_options_survive(sockdir, host):
+    port = free_udp_port()
+    result = run(redirect(f"in,udp,port={port},path={sockdir}/o.sock") + PROBE + ["options", host, port])
+    found = records(result.stdout)["options"]
+    assert found == {"check": "options", "name": [host, port],
+                     "domain": socket.AF_INET6 if ":" in host else socket.AF_INET, "protocol": socket.IPPROTO_UDP,
+                     "type": socket.SOCK_DGRAM, "rcvbuf_same": True, "broadcast": 1, "tos": 0x10,
+                     "nonblock": True, "cloexec": True, "empty": "EAGAIN", "gso": "ENOPROTOOPT"}, result.stderr
+    assert not (sockdir / "o.sock").exists()
+
+
+def test_fork_child_serves_and_socket_file_goes(sockdir, background):
+    port, sock = free_udp_port(), sockdir / "f.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["fork-server", "127.0.0.1", port])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}") + PROBE + ["ask", "127.0.0.1", port, "hi"])
+    assert records(result.stdout)["reply"]["data"] == "child:hi"
+    assert server.wait() == 0
+    assert records(server.output)["child"]["peer"][0] == "127.0.0.1"
+    assert not sock.exists()
+
+
+def test_tcp_recvfrom_reports_no_sender(sockdir, background):
+    """recvfrom with an address buffer on a converted TCP socket: TCP gives no
+    address (length 0); the Unix path of the peer must not show."""
+    port, sock = free_udp_port(), sockdir / "t.sock"
+    code = ("import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\ns.listen()\n"
+            "c,_=s.accept()\ndata,addr=c.recvfrom(100)\nprint(repr(data),repr(addr),flush=True)\n"
+            "data,anc,flags,addr=c.recvmsg(100)\nprint(repr(data),repr(addr),flush=True)\n")
+    server = background(redirect(f"in,tcp,port={port},path={sock}") + [sys.executable, "-c", code, port])
+    from conftest import wait_for_socket
+    wait_for_socket(sock, proc=server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.bind(str(sockdir / "named.sock"))  # a named peer: Unix would report its path
+        client.connect(str(sock))
+        client.sendall(b"one")
+        server.wait_for_line("^b'one'")
+        client.sendall(b"two")
+        server.wait_for_line("^b'two'")
+    assert server.wait() == 0
+    assert "named.sock" not in server.output and server.output.count(" None") == 2, server.output
+
+
+# ---- the calls and their details ------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("control", [False, True], ids=["plain", "pktinfo"])
+def test_sendmsg_recvmsg(bins, sockdir, background, host, control):
+    port, sock = free_udp_port(), sockdir / "m.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [
+        bins / "udp-server-glibc", "--mode", "recvmsg", *(["--pktinfo"] if control else []), host, port])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}")
+                 + [bins / "udp-client-musl", "--mode", "sendmsg", host, port, "alpha", "beta"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^reply (\S+) (\d+) (.*)$", result.stdout, re.M) == [
+        (host, str(port), "echo:alpha"), (host, str(port), "echo:beta")]
+    server.wait_for_line(r"^received \S+ \d+ len=4 beta$")
+    if control:
+        assert server.output.count(f"pktinfo {host}") == 2, server.output
+    else:
+        assert "pktinfo" not in server.output
+
+
+def test_sendmmsg_recvmmsg_batches(bins, sockdir, background):
+    port, sock = free_udp_port(), sockdir / "b.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [
+        bins / "udp-server-musl", "--mode", "recvmmsg", "::", port])
+    wait_for_dgram(sock, server)
+    messages = [f"m{i}" for i in range(12)]
+    result = run(redirect(f"out,udp,port={port},path={sock}")
+                 + [bins / "udp-client-glibc", "--mode", "sendmmsg", "::1", port, *messages])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sent 12" in result.stdout
+    assert sorted(re.findall(r"^reply ::1 \d+ echo:(\S+)$", result.stdout, re.M)) == sorted(messages)
+    server.wait_for_line(r"^received \S+ \d+ len=3 m11$")
+    assert sum(int(n) for n in re.findall(r"^batch (\d+)$", server.output, re.M)) == 12
+    assert sum(int(n) for n in re.findall(r"^replied (\d+)$", server.output, re.M)) == 12
+    peers = set(re.findall(r"^received (\S+ \d+) ", server.output, re.M))
+    # A wildcard server sees 127.U.U.1 (U: the sender's uid), IPv4-mapped on IPv6, as for TCP.
+    assert len(peers) == 1 and peers.pop().startswith("::ffff:127.0.0.1 ")
+
+
+def test_peek_truncation_and_empty_datagrams(bins, sockdir, background):
+    port, sock = free_udp_port(), sockdir / "p.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [
+        bins / "udp-server-glibc", "--mode", "recvmsg", "--peek", "--bufsize", "4", "127.0.0.1", port])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}")
+                 + [bins / "udp-client-glibc", "127.0.0.1", port, "abcdefgh", ""])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^reply \S+ \d+ (.*)$", result.stdout, re.M) == ["echo:abcd", "echo:"]
+    server.wait_for_line(r"^received \S+ \d+ len=0 $")
+    lines = server.output.splitlines()
+    peeked = [line for line in lines if line.startswith("peeked")]
+    assert [line.split(" ", 3)[3] for line in peeked] == ["len=8 abcd", "len=0 "]
+    assert lines.count("truncated") == 1
+    addrs = {tuple(line.split()[1:3]) for line in lines if line.startswith(("peeked", "received"))}
+    assert len(addrs) == 1 and addrs.pop()[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("client_kind", ["glibc", "go"])
+def test_connected_client_and_connected_server(bins, sockdir, background, client_kind):
+    """The client connects then sends; the server connects to the address it
+    was shown, then answers with send()."""
+    port, sock = free_udp_port(), sockdir / "c.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [
+        bins / "udp-server-glibc", "--connect", "0.0.0.0", port])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}")
+                 + client_argv(bins, client_kind, "127.0.0.1", port, "one", "two", connected=True))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.findall(r"^reply \S+(?: \d+)? (.*)$", result.stdout, re.M) == ["echo:one", "echo:two"]
+    if client_kind == "glibc":
+        assert f"connected peer 127.0.0.1 {port}" in result.stdout
+    else:
+        assert f"remote 127.0.0.1:{port}" in result.stdout
+    shown = server.wait_for_line(r"^received (\S+ \d+) len=3 one$").group(1)
+    assert server.wait_for_line(r"^peer (\S+ \d+)$").group(1) == shown
+    assert server.wait_for_line(r"^local (\S+ \d+)$").group(1) == f"127.0.0.1 {port}"
+    server.wait_for_line(r"^received \S+ \d+ len=3 two$")
+
+
+def test_concurrent_clients_get_their_own_answers(bins, sockdir, background):
+    port, sock = free_udp_port(), sockdir / "many.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [bins / "go-udp-server", "-addr", f":{port}", "-quiet"])
+    wait_for_dgram(sock, server)
+    load = run(redirect(f"out,udp,port={port},path={sock}")
+               + [bins / "go-udp-client", "-n", "400", "-c", "8", f"127.0.0.1:{port}"], timeout=120)
+    assert load.returncode == 0, load.stdout + load.stderr
+    assert "ok=400 fail=0" in load.stdout
+    # Separate processes at once: each gets the answer to its own question.
+    clients = [background(redirect(f"out,udp,port={port},path={sock}", verbose=0)
+                          + [bins / f"udp-client-{C_VARIANTS[i % 2]}", "127.0.0.1", port, f"from-{i}", f"again-{i}"])
+               for i in range(6)]
+    for i, client in enumerate(clients):
+        assert client.wait(60) == 0, client.output
+        assert re.findall(r"^reply 127.0.0.1 \d+ (.*)$", client.output, re.M) == [f"echo:from-{i}", f"echo:again-{i}"]
+    assert "bad-addr" not in server.output
+    assert tcp_listening(port) == []
