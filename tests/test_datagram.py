@@ -412,3 +412,43 @@ def test_concurrent_clients_get_their_own_answers(bins, sockdir, background):
         assert re.findall(r"^reply 127.0.0.1 \d+ (.*)$", client.output, re.M) == [f"echo:from-{i}", f"echo:again-{i}"]
     assert "bad-addr" not in server.output
     assert tcp_listening(port) == []
+
+
+def test_exec_keeps_the_socket_and_threads_share_it(sockdir, background):
+    port, sock = free_udp_port(), sockdir / "e.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["exec-server", "127.0.0.1", port])
+    server.wait_for_line('"check": "inherited"')
+    result = run(redirect(f"out,udp,port={port},path={sock}") + PROBE + ["ask", "127.0.0.1", port, "x"])
+    assert records(result.stdout)["reply"]["data"] == "exec:x"
+    assert server.wait() == 0
+    assert records(server.output)["inherited"] == {"check": "inherited", "name": ["127.0.0.1", port],
+                                                   "family": socket.AF_INET}
+    assert not sock.exists()
+
+    port, sock = free_udp_port(), sockdir / "t.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["thread-server", "::1", port, 4])
+    wait_for_dgram(sock, server)
+    clients = [background(redirect(f"out,udp,port={port},path={sock}", verbose=0)
+                          + PROBE + ["ask", "::1", port, f"q{i}"]) for i in range(4)]
+    for i, client in enumerate(clients):
+        assert client.wait(30) == 0, client.output
+        assert records(client.output)["reply"]["data"] == f"thread:q{i}"
+    assert server.wait() == 0
+    peers = records(server.output)["threads"]["peers"]
+    assert len({tuple(p) for p in peers}) == 4 and all(p[0] == "::1" for p in peers)
+
+
+def test_programs_under_one_redirect_see_each_others_faces(bins, sockdir):
+    """Client and server under the same supervisor: the server sees the client
+    at the address the client's getsockname shows."""
+    port, sock = free_udp_port(), sockdir / "same.sock"
+    script = (f"{bins}/udp-server-glibc --count 2 127.0.0.1 {port} & "
+              f"while ! [ -S {sock} ]; do sleep 0.05; done; "
+              f"{bins}/udp-client-musl 127.0.0.1 {port} a b; wait")
+    result = run(redirect(f"in,udp,port={port},path={sock}", f"out,udp,port={port},path={sock}")
+                 + ["sh", "-c", script])
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = set(re.findall(r"^received (\S+ \d+) len=1", result.stdout, re.M))
+    local = re.search(r"^local (\S+ \d+)$", result.stdout, re.M).group(1)
+    assert seen == {local}, result.stdout
+    assert re.findall(r"^reply (\S+ \d+) ", result.stdout, re.M) == [f"127.0.0.1 {port}"] * 2

@@ -5,7 +5,10 @@ import importlib.util
 import os
 import pwd
 import shutil
+import socket
+import stat
 import subprocess
+import threading
 import tempfile
 from pathlib import Path
 
@@ -42,6 +45,7 @@ def world_readable_install(bins):
             else:
                 shutil.copy(origin, root / origin.name)
         shutil.copy(bins / "tcp-server-glibc", root / "tcp-server")
+        shutil.copy(bins / "udp-client-glibc", root / "udp-client")
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
         yield root
@@ -69,5 +73,52 @@ def test_runs_as_unprivileged_user(unprivileged_user, world_readable_install, ba
         with open(f"/proc/{supervisor_pid}/status") as status:
             uids = next(line for line in status if line.startswith("Uid:")).split()[1:]
         assert set(map(int, uids)) == {user.pw_uid}
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a server of another user: run as root")
+def test_udp_reply_sockets_follow_the_servers_owner(unprivileged_user, world_readable_install):
+    """A redirected UDP client of an unprivileged user talks to a server of
+    another user (root): its private reply socket is reachable through the
+    server socket's group when they share one, by anyone (logged) otherwise."""
+    user = unprivileged_user
+    sockdir = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    sockdir.chmod(0o755)
+    try:
+        for group, expected in ((user.pw_gid, "group"), (0, "anyone")):
+            sock = sockdir / f"{expected}.sock"
+            seen = []
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+                server.bind(str(sock))
+                os.chown(sock, 0, group)
+                sock.chmod(0o660 if expected == "group" else 0o666)
+                server.settimeout(20)
+
+                def answer():
+                    data, source = server.recvfrom(100)
+                    seen.append((os.stat(source), os.stat(os.path.dirname(source))))
+                    server.sendto(b"echo:" + data, source)
+
+                helper = threading.Thread(target=answer, daemon=True)
+                helper.start()
+                port = free_port()
+                command = ["/usr/sbin/runuser", "-u", user.pw_name, "--", "/usr/bin/python3", "-m", "redirect",
+                           "-r", f"out,udp,port={port},path={sock}", "--",
+                           world_readable_install / "udp-client", "127.0.0.1", port, "hi"]
+                result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=30,
+                                        cwd="/", env={"PYTHONPATH": str(world_readable_install), "PATH": "/usr/bin:/bin"})
+                helper.join(20)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"reply 127.0.0.1 {port} echo:hi" in result.stdout
+            (reply, folder), = seen
+            assert reply.st_uid == user.pw_uid and folder.st_uid == user.pw_uid
+            if expected == "group":
+                assert (stat.S_IMODE(folder.st_mode), folder.st_gid) == (0o2710, user.pw_gid)
+                assert (stat.S_IMODE(reply.st_mode), reply.st_gid) == (0o660, user.pw_gid)
+                assert "any local user" not in result.stderr
+            else:
+                assert stat.S_IMODE(folder.st_mode) == 0o711 and stat.S_IMODE(reply.st_mode) == 0o666
+                assert "replies come to sockets that any local user may write to" in result.stderr
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)

@@ -132,6 +132,44 @@ def fork_server(host, port):
     say(check="parent", status=status)
 
 
+def exec_server(host, port):
+    """Bind, then exec a new image that serves on the inherited fd."""
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    say(check="listening", name=list(s.getsockname()[:2]))
+    os.set_inheritable(s.fileno(), True)
+    os.execv(sys.executable, [sys.executable, __file__, "inherited", str(s.fileno())])
+
+
+def inherited(fd):
+    s = socket.socket(fileno=int(fd))
+    say(check="inherited", name=list(s.getsockname()[:2]), family=s.family)
+    data, peer = s.recvfrom(2048)
+    s.sendto(b"exec:" + data, peer)
+    say(check="served", peer=list(peer[:2]))
+
+
+def thread_server(host, port, count):
+    """Several threads block in recvfrom on one socket; each answers what it gets."""
+    import threading
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    say(check="listening", name=list(s.getsockname()[:2]))
+    peers = []
+
+    def serve():
+        data, peer = s.recvfrom(2048)
+        peers.append(list(peer[:2]))
+        s.sendto(b"thread:" + data, peer)
+
+    threads = [threading.Thread(target=serve) for _ in range(int(count))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    say(check="threads", peers=peers)
+
+
 def try_call(call, host, port):
     """bind, connect or sendto once; the errno it gets."""
     s = socket.socket(family(host), socket.SOCK_DGRAM)
