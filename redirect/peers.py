@@ -52,15 +52,21 @@ class PeerTable:
         """The address to show for a datagram from `real` on a socket of `family`:
         the one shown before, else `preferred` (the sender's own IP face, when we
         know it) if no other sender has it, else `host` with a port of its own."""
-        known = self._shown.get((family, real))
+        known = self.known(real, family)
         if known is not None:
-            self._shown.move_to_end((family, real))
             return known
         candidate = in_family(preferred, family) if preferred is not None else None
         if candidate is None or self._taken(candidate, real):
             candidate = self._free(real, family, host)
         self._add(family, real, candidate)
         return candidate
+
+    def known(self, real: UnixAddr, family: int) -> IPAddr | None:
+        """The address shown for `real` so far, if any."""
+        shown = self._shown.get((family, real))
+        if shown is not None:
+            self._shown.move_to_end((family, real))
+        return shown
 
     def remember(self, shown: IPAddr, real: UnixAddr) -> None:
         """The program sent to `shown` and it went to `real`: answers from `real`

@@ -169,26 +169,30 @@ def _deliver(call: Call, conv: Converted, at: int, header: bytes, copy: int, nam
 def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:
     """The IP address a datagram from the Unix address `real` is shown from."""
     real = real if isinstance(real, UnixAddr) else UNNAMED
-    registry, face = call.ctx.registry, _face(conv)
-    family = face.family
-    preferred = None
+    peers, face = call.ctx.registry.peers, _face(conv)
+    known = peers.known(real, face.family)
+    if known is not None:
+        return known  # the common case: no lookups
+    uid = None
+    if not face.host.is_loopback and real.name and not real.abstract:
+        try:
+            uid = os.stat(real.name).st_uid  # the sender's user, as 127.U.U.1
+        except OSError:
+            pass
+    return peers.show(real, face.family, peer_host(face, uid), _own_face(call, real))
+
+
+def _own_face(call: Call, real: UnixAddr) -> IPAddr | None:
+    """The IP address a sender that is a socket of ours shows itself."""
+    registry = call.ctx.registry
     listener = registry.listener_at(real)
-    if listener is not None and isinstance(listener.visible, IPAddr):
-        preferred = local_of_connection(listener.visible)  # a peer of ours: its own address
-    else:
-        for inode, client in registry.bound_clients.items():
-            if client.own == real:
-                preferred = client_face(client, inode)
-                break
-    if preferred is None and registry.peers.real(face) is None:
-        uid = None
-        if not face.host.is_loopback and real.name and not real.abstract:
-            try:
-                uid = os.stat(real.name).st_uid
-            except OSError:
-                pass
-        return registry.peers.show(real, family, peer_host(face, uid))
-    return registry.peers.show(real, family, peer_host(face, None), preferred)
+    if listener is not None:
+        return local_of_connection(listener.visible) if isinstance(listener.visible, IPAddr) else None
+    for inode, client in registry.bound_clients.items():
+        if client.own == real:
+            face = client_face(client, inode)
+            return face if isinstance(face, IPAddr) else None
+    return None
 
 
 def _wanted_cmsgs(call: Call, conv: Converted) -> bool:
