@@ -4,8 +4,8 @@ from __future__ import annotations
 from .. import sockaddr
 from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
-from ..tracee import PASS, MemoryUnavailable, Syscall
-from .common import Call, peer_uid, write_sockaddr
+from ..tracee import PASS, Syscall
+from .common import Call, peer_uid, read_room, write_sockaddr
 
 
 def accept(call: Call):
@@ -16,13 +16,8 @@ def accept(call: Call):
     listener = call.ctx.registry.listener_inodes.get(inode) if inode is not None else None
     if listener is None or not isinstance(listener.visible, IPAddr):
         return PASS
-    try:
-        room = call.thread.read_int(call.args[2])
-    except MemoryUnavailable:
-        raise
-    except OSError:
-        return PASS  # a bad pointer: the kernel says EFAULT
-    return _accept(call, listener, room)
+    room = read_room(call, call.args[2])
+    return PASS if room is None else _accept(call, listener, room)
 
 
 def _accept(call: Call, listener: Listener, room: int):

@@ -69,6 +69,17 @@ def read_sockaddr(call: Call, addr: int, length: int) -> bytes | None:
         return None  # a bad pointer: the kernel will say EFAULT
 
 
+def read_room(call: Call, len_ptr: int) -> int | None:
+    """The size of the program's address buffer, read before the kernel
+    overwrites it; None for a bad pointer (the kernel will say EFAULT)."""
+    try:
+        return call.thread.read_int(len_ptr)
+    except MemoryUnavailable:
+        raise  # not a bad pointer: we cannot judge the call, so it must fail
+    except OSError:
+        return None
+
+
 def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:
     """Store an address for the program the way the kernel does: truncate to the
     caller's buffer (`room`: its size, if read before the kernel changed it),

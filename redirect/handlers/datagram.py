@@ -27,7 +27,8 @@ from ..registry import Client
 from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, UnixAddr, local_of_connection,
                         loopback, pack, peer_host, unpack)
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
-from .common import Call, Converted, address_of, client_face, identify, make_unix, read_sockaddr, write_sockaddr
+from .common import (Call, Converted, address_of, client_face, identify, make_unix, read_room, read_sockaddr,
+                     write_sockaddr)
 
 _NAME_ROOM = 112                               # sizeof(struct sockaddr_un), rounded up
 _MSGHDR = struct.Struct("=QI4xQQQQi4x")        # struct msghdr on x86_64 (56 bytes)
@@ -61,14 +62,8 @@ def recvfrom(call: Call):
     conv = identify(call, call.args[0])
     if conv is None or (conv.socket_type == "dgram" and shown_family(conv) is None):
         return PASS
-    len_ptr = call.args[5]
-    try:
-        room = call.thread.read_int(len_ptr)
-    except MemoryUnavailable:
-        raise
-    except OSError:
-        return PASS  # a bad pointer: the kernel says EFAULT
-    return _recvfrom(call, conv, room)
+    room = read_room(call, call.args[5])
+    return PASS if room is None else _recvfrom(call, conv, room)
 
 
 def _recvfrom(call: Call, conv: Converted, room: int):
