@@ -452,3 +452,17 @@ def test_programs_under_one_redirect_see_each_others_faces(bins, sockdir):
     local = re.search(r"^local (\S+ \d+)$", result.stdout, re.M).group(1)
     assert seen == {local}, result.stdout
     assert re.findall(r"^reply (\S+ \d+) ", result.stdout, re.M) == [f"127.0.0.1 {port}"] * 2
+
+
+def test_sender_without_an_address_is_shown_but_cannot_be_answered(bins, sockdir, background):
+    """An unbound Unix client has no address to answer to: the server still sees
+    an IP sender (never an empty or Unix address); its reply fails loudly."""
+    port, sock = free_udp_port(), sockdir / "anon.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + [bins / "udp-server-musl", "127.0.0.1", port])
+    wait_for_dgram(sock, server)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.sendto(b"anon", str(sock))
+    host, shown_port = server.wait_for_line(r"^received (\S+) (\d+) len=4 anon$").groups()
+    assert host == "127.0.0.1" and int(shown_port) >= 1024
+    server.wait_for_line(r"^error sendto: Connection refused$")
+    assert "had no address to answer to" in server.output
