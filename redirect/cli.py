@@ -81,10 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print_rules:
         print_table(rules)
-    for rule in rules:
-        if rule.mode is not None or rule.owner is not None or rule.group is not None:
-            print(f"redirect: warning: {rule.text}: mode=, owner= and group= are not carried out yet; "
-                  "a bind that matches this rule fails with ENOSYS", file=sys.stderr)
     if args.check:
         print(f"redirect: {len(rules)} rule(s) OK", file=sys.stderr)
         return 0

@@ -42,10 +42,6 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
         return Decision(rule, visible, error=rule.errno or errno.EACCES, reason="rejected by rule")
     if rule.action in _UNSUPPORTED:
         return Decision(rule, visible, error=errno.ENOSYS, reason=_UNSUPPORTED[rule.action])
-    if direction == "in" and (rule.mode is not None or rule.owner is not None or rule.group is not None):
-        # Never create the file with looser permissions than the rule asks for.
-        return Decision(rule, visible, error=errno.ENOSYS,
-                        reason="mode=, owner= and group= are not supported yet")
     if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
         visible = replace(visible, port=ports.allocate())
     if rule.action == "blackhole":

@@ -86,6 +86,39 @@ def remove_if_ours(path: bytes, ident: tuple[int, int] | None) -> bool:
     return True
 
 
+def has_permissions(rule) -> bool:
+    return rule.mode is not None or rule.owner is not None or rule.group is not None
+
+
+def permission_problem(rule) -> str | None:
+    """Why this supervisor could not give a socket file the rule's owner or
+    group (checked before the bind, so a refused rule leaves nothing behind)."""
+    if os.geteuid() == 0:
+        return None
+    if rule.owner is not None and rule.owner != os.geteuid():
+        return f"only root can give a socket file to another owner (owner={rule.owner})"
+    if rule.group is not None and rule.group != os.getegid() and rule.group not in os.getgroups():
+        return f"this user is not in group {rule.group}, so it cannot give the socket file to it"
+    return None
+
+
+def apply_permissions(path: bytes, rule, umask: int) -> int:
+    """Give a freshly bound (0600) socket file the rule's owner, group and mode
+    (without mode=: what the program's umask would have given). 0 or -errno;
+    on failure the file is removed, so nobody connects to a half-made socket."""
+    try:
+        if rule.owner is not None or rule.group is not None:
+            os.chown(path, -1 if rule.owner is None else rule.owner, -1 if rule.group is None else rule.group)
+        os.chmod(path, rule.mode if rule.mode is not None else 0o777 & ~umask)
+    except OSError as err:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return -(err.errno or errno.EPERM)
+    return 0
+
+
 class ReplyDirs:
     """Where datagram clients get their private reply addresses.
 

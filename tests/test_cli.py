@@ -72,7 +72,10 @@ def test_rules_from_stdin():
     assert result.returncode == 2 and "/dev/stdin:2" in result.stderr
 
 
-def test_warnings_for_no_rules_and_unimplemented_options():
+def test_warning_for_no_rules_and_permission_options_check():
     assert "no rules given" in run(REDIRECT + ["--", "true"]).stderr
-    result = run(REDIRECT + ["-c", "-r", "in,port=80,path=/run/a.sock,mode=0660"])
-    assert result.returncode == 0 and "not carried out yet" in result.stderr
+    result = run(REDIRECT + ["-c", "-r", "in,port=80,path=/run/a.sock,mode=0660,owner=root,group=0"])
+    assert result.returncode == 0 and "warning" not in result.stderr
+    for bad in ("mode=0998", "owner=no-such-user-here", "group=no-such-group-here"):
+        result = run(REDIRECT + ["-c", "-r", f"in,port=80,path=/run/a.sock,{bad}"])
+        assert result.returncode == 2 and "^" in result.stderr, (bad, result.stderr)

@@ -143,7 +143,8 @@ def test_decide_datagram_rules_and_udp_placeholder():
 
 def test_decide_fails_closed_on_what_is_not_supported_yet():
     assert decide([parse_rule("in,systemd")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator()).error == errno.ENOSYS
-    assert decide([parse_rule("in,path=/x,mode=0600")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator()).error == errno.ENOSYS
+    verdict = decide([parse_rule("in,path=/x,mode=0600")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator())
+    assert not verdict.error and verdict.rule.mode == 0o600
 
 
 def test_decide_reject_and_too_long():

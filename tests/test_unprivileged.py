@@ -1,9 +1,7 @@
 """redirect needs no root: run it as an unprivileged user the test creates."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
 import shutil
 import socket
 import stat
@@ -14,44 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, curl_unix, free_port, tcp_listening, wait_for_socket
-
-USER = "redirect-test"
-
-
-@pytest.fixture(scope="session")
-def unprivileged_user() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())  # already unprivileged: run as ourselves
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                       check=True, capture_output=True)
-        return pwd.getpwnam(USER)
-
-
-@pytest.fixture
-def world_readable_install(bins):
-    """The package, its pure-Python dependencies and one fixture program, copied
-    where any user can read them (the checkout may live under /root)."""
-    root = Path(tempfile.mkdtemp(prefix="rd-user-", dir="/tmp"))
-    try:
-        shutil.copytree(REPO / "redirect", root / "redirect", ignore=shutil.ignore_patterns("__pycache__"))
-        for module in ("ptrace", "pyseccomp"):
-            origin = Path(importlib.util.find_spec(module).origin)
-            if origin.name == "__init__.py":
-                shutil.copytree(origin.parent, root / module, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy(origin, root / origin.name)
-        shutil.copy(bins / "tcp-server-glibc", root / "tcp-server")
-        shutil.copy(bins / "udp-client-glibc", root / "udp-client")
-        for path in [root, *root.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
+from conftest import curl_unix, free_port, tcp_listening, wait_for_socket
 
 def test_runs_as_unprivileged_user(unprivileged_user, world_readable_install, background):
     user = unprivileged_user

@@ -121,6 +121,11 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
         # accept work, nobody can ever connect, nothing is left on disk.
         real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
     elif not real.abstract:
+        problem = socketfile.permission_problem(verdict.rule)
+        if problem:
+            ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {problem} (EPERM)")
+            _release_port(call, verdict)
+            return -errno.EPERM
         err = socketfile.clear_stale(real.name, stype)
         if err:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {os.strerror(err)}"
@@ -133,13 +138,23 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
             _release_port(call, verdict)
             return err
     packed = pack(real)
+    restricted = not blackhole and socketfile.has_permissions(verdict.rule)
+    if restricted:
+        # Created 0600 (the program's user only), then given its owner, group
+        # and mode: never looser than the rule asks, not even for an instant.
+        umask = yield Syscall("umask", 0o177)
     res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
+    if restricted:
+        yield Syscall("umask", umask)
+        if res >= 0:
+            res = socketfile.apply_permissions(real.name, verdict.rule, umask)
     if blackhole:
         if res >= 0:
             os.unlink(real.name)
         os.rmdir(os.path.dirname(real.name))
     if res < 0:
-        ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}")
+        missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
+        ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
         _release_port(call, verdict)
         return res
     ident = None if real.abstract or blackhole else socketfile.file_id(real.name)
