@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """redirect's benchmark: one command, standard library only.
 
-    python3 bench/run.py               # full run: 5 interleaved rounds, about 2-3 minutes
+    python3 bench/run.py               # full run: 5 interleaved rounds, about 3-5 minutes
     python3 bench/run.py --quick       # smoke run: 1 round, small counts, a few seconds
     python3 bench/run.py --json FILE   # also save every raw sample
 
@@ -15,6 +15,10 @@ What it measures (see docs/performance.md for results and analysis):
     under redirect on a Unix socket, natively on TCP and natively on a Unix
     socket. The load client (go-http-client) always runs natively.
 (d) wall time of `redirect -r in,port=1,reject -- /bin/true` against /bin/true.
+(e) the static Go UDP echo server, request/reply round trips/s with
+    go-udp-client -connected: natively on UDP, and with both sides under
+    redirect (server `in,udp`, client `out,udp`: Unix datagram sockets end to
+    end). The counts differ (redirect is far slower); the rates are comparable.
 
 The machine is assumed to be small and shared: every round runs every
 configuration once (in a rotating order), and the table reports medians over
@@ -46,17 +50,24 @@ REDIRECT = ROOT / ".venv" / "bin" / "redirect"
 LOOP = BINS / "syscall-loop-glibc"
 SERVER = BINS / "go-http-server"
 CLIENT = BINS / "go-http-client"
+UDP_SERVER = BINS / "go-udp-server"
+UDP_CLIENT = BINS / "go-udp-client"
 SOURCES = {
     LOOP: ["syscall-loop.c", "common.h"],
     SERVER: ["go-server/main.go", "go.mod"],
     CLIENT: ["go-client/main.go", "go.mod"],
+    UDP_SERVER: ["go-udp-server/main.go", "go.mod"],
+    UDP_CLIENT: ["go-udp-client/main.go", "go.mod"],
 }
 REJECT_RULE = ["-r", "in,port=1,reject"]   # a rule that matches nothing the programs do
 
 FULL = dict(rounds=5, loop_n=300_000, trap_n=20_000, keepalive_n=40_000, conn_n=6_000,
-            concurrency=8, true_reps=10)
+            concurrency=8, true_reps=10, udp_native_n=100_000, udp_redirect_n=5_000,
+            udp_concurrency=4)
 QUICK = dict(rounds=1, loop_n=20_000, trap_n=1_000, keepalive_n=2_000, conn_n=300,
-             concurrency=8, true_reps=3)
+             concurrency=8, true_reps=3, udp_native_n=2_000, udp_redirect_n=200,
+             udp_concurrency=4)
+HTTP_SERVERS = ("redirect", "tcp", "unix")
 
 TARGETS = {
     "keepalive": ("keep-alive >= 1.0x native TCP", lambda ratio: ratio >= 1.0),
@@ -172,8 +183,8 @@ def ensure_built() -> None:
     run([LOOP, 1, "getsockname"], timeout=10, expect="done 1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -231,9 +242,23 @@ class Server:
         return argv + [self.url]
 
 
-def start_servers(procs: Procs, tmp: Path) -> dict[str, Server]:
+class UdpServer:
+    """go-udp-server and how its load client reaches it: natively on UDP, or (with
+    client_rule) a redirected client talking to the redirected server's socket file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, log: Path, port: int, client_rule: str | None) -> None:
+        self.name, self.proc, self.log, self.port, self.client_rule = name, proc, log, port, client_rule
+
+    def client_argv(self, n: int, concurrency: int) -> list:
+        red = [REDIRECT, "-r", self.client_rule, "--"] if self.client_rule else []
+        return red + [UDP_CLIENT, "-connected", "-n", n, "-c", concurrency, "-timeout", "20s",
+                      f"127.0.0.1:{self.port}"]
+
+
+def start_servers(procs: Procs, tmp: Path) -> dict[str, Server | UdpServer]:
     servers = {}
     tcp_port, virtual_port = free_port(), free_port()
+    udp_port, udp_virtual_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     specs = {
         "redirect": ([REDIRECT, "-r", f"in,port={virtual_port},path={tmp / 'redirect.sock'}", "--",
                       SERVER, "-addr", f"127.0.0.1:{virtual_port}", "-quiet"],
@@ -246,6 +271,18 @@ def start_servers(procs: Procs, tmp: Path) -> dict[str, Server]:
         with open(log, "wb") as out:
             proc = procs.start(argv, stdout=out, stderr=subprocess.STDOUT)
         servers[name] = Server(name, proc, log, url, unix, tcp_port if name == "tcp" else None)
+    udp_sock = tmp / "udp-redirect.sock"
+    udp_specs = {
+        "udp-native": ([UDP_SERVER, "-addr", f"127.0.0.1:{udp_port}", "-quiet"], udp_port, None),
+        "udp-redirect": ([REDIRECT, "-r", f"in,udp,port={udp_virtual_port},path={udp_sock}", "--",
+                          UDP_SERVER, "-addr", f"127.0.0.1:{udp_virtual_port}", "-quiet"],
+                         udp_virtual_port, f"out,udp,port={udp_virtual_port},path={udp_sock}"),
+    }
+    for name, (argv, port, client_rule) in udp_specs.items():
+        log = tmp / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = procs.start(argv, stdout=out, stderr=subprocess.STDOUT)
+        servers[name] = UdpServer(name, proc, log, port, client_rule)
     deadline = time.monotonic() + 20
     for server in servers.values():
         while "listening" not in server.log.read_text(errors="replace"):
@@ -256,6 +293,12 @@ def start_servers(procs: Procs, tmp: Path) -> dict[str, Server]:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", virtual_port)) == 0:
             raise BenchError(f"the server under redirect opened TCP port {virtual_port}")
+    # Nor a UDP port: if it had one, this bind would fail with EADDRINUSE.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", udp_virtual_port))
+        except OSError as err:
+            raise BenchError(f"the UDP server under redirect opened UDP port {udp_virtual_port}: {err}") from None
     return servers
 
 
@@ -268,6 +311,15 @@ def load(server: Server, n: int, concurrency: int, keepalive: bool) -> float:
     return float(found[1])
 
 
+def udp_load(server: UdpServer, n: int, concurrency: int) -> float:
+    """One run of go-udp-client against server; round trips per second."""
+    _, out = run(server.client_argv(n, concurrency), timeout=300, expect=f"ok={n} fail=0")
+    found = re.search(r"^rate=([0-9.]+)$", out, re.M)
+    if not found:
+        raise BenchError(f"go-udp-client printed no rate= line (rebuild the fixtures?):\n{out}")
+    return float(found[1])
+
+
 # ---- rounds -----------------------------------------------------------------------------
 
 def rotated(items: list, k: int) -> list:
@@ -275,7 +327,7 @@ def rotated(items: list, k: int) -> list:
     return items[k:] + items[:k]
 
 
-def one_round(r: int, cfg: dict, servers: dict[str, Server], samples: dict) -> None:
+def one_round(r: int, cfg: dict, servers: dict[str, Server | UdpServer], samples: dict) -> None:
     red = [REDIRECT, *REJECT_RULE, "--"]
     # (a) untrapped syscalls
     for which in rotated(["native", "redirect"], r):
@@ -295,9 +347,13 @@ def one_round(r: int, cfg: dict, servers: dict[str, Server], samples: dict) -> N
             samples["startup"][which].append(t)
     # (c) HTTP
     for mode, n in rotated([("keepalive", cfg["keepalive_n"]), ("newconn", cfg["conn_n"])], r):
-        for name in rotated(["redirect", "tcp", "unix"], r):
+        for name in rotated(list(HTTP_SERVERS), r):
             rate = load(servers[name], n, cfg["concurrency"], keepalive=mode == "keepalive")
             samples[mode][name].append(rate)
+    # (e) UDP round trips (client and server both redirected, or both native)
+    for which in rotated(["native", "redirect"], r):
+        rate = udp_load(servers[f"udp-{which}"], cfg[f"udp_{which}_n"], cfg["udp_concurrency"])
+        samples["udp"][which].append(rate)
 
 
 def summarise(samples: dict, cfg: dict) -> dict:
@@ -323,6 +379,10 @@ def summarise(samples: dict, cfg: dict) -> dict:
         s[mode]["vs_tcp"] = s[mode]["redirect"] / s[mode]["tcp"]
         s[mode]["vs_unix"] = s[mode]["redirect"] / s[mode]["unix"]
         s[mode]["met"] = TARGETS[mode][1](s[mode]["vs_tcp"])
+    u = samples["udp"]
+    s["udp"] = {name: med(v) for name, v in u.items()}
+    # Ratio of medians, as in (c); the spread line shows the per-round ratios.
+    s["udp"]["ratio"] = s["udp"]["redirect"] / s["udp"]["native"]
     st = samples["startup"]
     s["startup"] = {"native_ms": med(st["native"]) * 1e3, "redirect_ms": med(st["redirect"]) * 1e3}
     s["startup"]["added_ms"] = s["startup"]["redirect_ms"] - s["startup"]["native_ms"]
@@ -356,6 +416,9 @@ def report(s: dict, samples: dict, cfg: dict, info: dict) -> str:
         ("(d) /bin/true wall, ms",
          f"{s['startup']['native_ms']:.1f}", "-", f"{s['startup']['redirect_ms']:.1f}",
          f"+{s['startup']['added_ms']:.1f} ms", f"<60 ms: {met(s['startup']['met'])}"),
+        (f"(e) UDP round trips/s (c={cfg['udp_concurrency']}, n={cfg['udp_native_n']}/{cfg['udp_redirect_n']})",
+         f"{s['udp']['native']:.0f}", "-", f"{s['udp']['redirect']:.0f}",
+         f"{s['udp']['ratio']:.3f}x native UDP", "-"),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"redirect benchmark: {cfg['rounds']} round(s), medians; {info['nproc']} CPUs, "
@@ -383,6 +446,9 @@ def report(s: dict, samples: dict, cfg: dict, info: dict) -> str:
     lines.append(f"  (d) native {spread(samples['startup']['native'], 1e3, '{:.1f}')} ms, "
                  f"redirect {spread(samples['startup']['redirect'], 1e3, '{:.1f}')} ms "
                  f"({len(samples['startup']['redirect'])} runs each)")
+    u = samples["udp"]
+    lines.append(f"  (e) native {spread(u['native'])}, redirect {spread(u['redirect'])} round trips/s; "
+                 f"ratio per round {spread([b / a for a, b in zip(u['native'], u['redirect'])], 1, '{:.3f}')}")
     return "\n".join(lines)
 
 
@@ -416,12 +482,15 @@ def main() -> int:
             "keepalive": {"redirect": [], "tcp": [], "unix": []},
             "newconn": {"redirect": [], "tcp": [], "unix": []},
             "startup": {"native": [], "redirect": []},
+            "udp": {"native": [], "redirect": []},
         }
         # Warm-up, not recorded: page cache, .pyc files, the servers' first connections.
         run([REDIRECT, *REJECT_RULE, "--", "/bin/true"], timeout=30)
-        for server in servers.values():
-            load(server, max(200, cfg["conn_n"] // 10), cfg["concurrency"], keepalive=False)
-            load(server, max(200, cfg["keepalive_n"] // 20), cfg["concurrency"], keepalive=True)
+        for name in HTTP_SERVERS:
+            load(servers[name], max(200, cfg["conn_n"] // 10), cfg["concurrency"], keepalive=False)
+            load(servers[name], max(200, cfg["keepalive_n"] // 20), cfg["concurrency"], keepalive=True)
+        for which in ("native", "redirect"):
+            udp_load(servers[f"udp-{which}"], max(100, cfg[f"udp_{which}_n"] // 20), cfg["udp_concurrency"])
         for r in range(cfg["rounds"]):
             t0 = time.monotonic()
             one_round(r, cfg, servers, samples)
@@ -433,9 +502,10 @@ def main() -> int:
             text = server.log.read_text(errors="replace")
             if status != 0 or "shutdown" not in text:
                 raise BenchError(f"{name} server did not shut down cleanly (exit {status}):\n{text[-1000:]}")
-            bad[name] = text.count("bad-remote-addr")
-        if bad["redirect"]:
-            raise BenchError(f"the server under redirect saw {bad['redirect']} non-IP remote addresses")
+            bad[name] = text.count("bad-remote-addr") + text.count("bad-addr ")
+        for name in ("redirect", "udp-redirect"):
+            if bad[name]:
+                raise BenchError(f"the {name} server saw {bad[name]} non-IP remote addresses")
         info["loadavg_end"] = os.getloadavg()
         info["bench_seconds"] = round(time.monotonic() - started, 1)
         summary = summarise(samples, cfg)

@@ -232,13 +232,13 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
 
 # ---- sending -------------------------------------------------------------------------
 
-def send(call: Call, fd: int, family: int, dests: list[Address | None]):
-    """sendto/sendmsg/sendmmsg with at least one IP destination, on a datagram socket."""
-    conv = identify(call, fd)
-    if conv is not None:
-        return PASS if shown_family(conv) is None else _send(call, fd, dests)
-    if family == socket.AF_UNIX:
-        return PASS
+def send(call: Call, fd: int, conv: Converted, dests: list[Address | None]):
+    """sendto/sendmsg/sendmmsg with at least one IP destination, on a converted datagram socket."""
+    return PASS if shown_family(conv) is None else _send(call, fd, dests)
+
+
+def convert_and_send(call: Call, fd: int, dests: list[Address | None]):
+    """The same on an IP datagram socket: real UDP, unless a rule wants a destination."""
     for visible in dests:
         verdict = decide(call.ctx.rules, "out", "dgram", visible, call.ctx.ports) \
             if isinstance(visible, IPAddr) else None

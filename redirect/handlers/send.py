@@ -8,6 +8,7 @@ Datagram sockets: see datagram.py.
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 
 from ..sockaddr import IPAddr, unpack
@@ -55,14 +56,19 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     addresses = [a for a in dests if isinstance(a, IPAddr)]
     if not addresses:
         return PASS
+    conv = identify(call, fd)  # ours: known by inode, no need to look at the socket
+    if conv is not None and conv.socket_type == "stream":
+        return _without_address(call)  # as TCP: the address of a connected socket is ignored
+    if conv is not None:
+        return datagram.send(call, fd, conv, dests)
     with call.thread.socket(fd) as sock:
         if sock is None:
             return PASS
         kind, family = socket_type(sock), sock.family
     if kind == "stream":
         return _stream(call, fd, addresses[0], flags)
-    if kind == "dgram":
-        return datagram.send(call, fd, family, dests)
+    if kind == "dgram" and family != socket.AF_UNIX:
+        return datagram.convert_and_send(call, fd, dests)
     return PASS
 
 
@@ -73,8 +79,6 @@ def _refuse(call: Call, visible: IPAddr, error: int, reason: str, rule: str) -> 
 
 
 def _stream(call: Call, fd: int, visible: IPAddr, flags: int):
-    if identify(call, fd) is not None:
-        return _without_address(call)  # as TCP: the address of a connected socket is ignored
     if not flags & MSG_FASTOPEN:
         return PASS  # TCP ignores the address (or says ENOTCONN): no connection is made
     verdict = decide(call.ctx.rules, "out", "stream", visible, call.ctx.ports)
