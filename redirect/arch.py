@@ -10,6 +10,7 @@ if os.uname().machine != "x86_64":  # pragma: no cover - we only run on x86_64 f
 NR = {
     "close": 3,
     "mmap": 9,
+    "nanosleep": 35,
     "dup2": 33,
     "socket": 41,
     "connect": 42,

@@ -15,12 +15,17 @@ _UNSUPPORTED = {"systemd": "systemd socket activation is not supported yet"}
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one bind/connect/send, decided from rules alone."""
-    rule: Rule
+    """What to do with one bind/connect/send, decided from rules alone (or, for
+    a datagram to an address shown for a sender, from the peer table: no rule)."""
+    rule: Rule | None
     visible: Address                 # the address the program asked for (port 0 filled in)
     real: UnixAddr | None = None     # where it goes instead
     error: int = 0                   # fail the call with this errno
     reason: str = ""                 # why, for the log
+
+    @property
+    def source(self) -> str:
+        return f"rule {self.rule.text}" if self.rule is not None else "an address shown for a datagram sender"
 
 
 def facts(direction: str, kind: str, visible: Address) -> SocketFacts:

@@ -74,7 +74,8 @@ class Registry:
         self.listener_inodes[listener.inode] = listener
 
     def drop_listener(self, listener: Listener) -> None:
-        self.listeners.pop(listener.real, None)
+        if self.listeners.get(listener.real) is listener:  # a newer socket may hold the path now
+            del self.listeners[listener.real]
         self.listener_inodes.pop(listener.inode, None)
 
     def listener_at(self, real: Address | None) -> Listener | None:

@@ -56,7 +56,7 @@ def unpack(data: bytes) -> Address | None:
     if len(data) < 2:
         return None
     family = struct.unpack_from("=H", data)[0]
-    if family == AF_INET and len(data) >= 8:
+    if family == AF_INET and len(data) >= 16:  # the kernel refuses a shorter one (EINVAL)
         port, raw = struct.unpack_from("!H4s", data, 2)
         return IPAddr(AF_INET, ipaddress.IPv4Address(raw), port)
     if family == AF_INET6 and len(data) >= 24:

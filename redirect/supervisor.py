@@ -298,14 +298,14 @@ class Supervisor:
         """Forget converted sockets no traced process holds any more; remove
         their files (listeners' unless noremove, datagram clients' reply sockets)."""
         registry = self.ctx.registry
-        if not registry.listeners and not registry.bound_clients:
+        if not registry.listener_inodes and not registry.bound_clients:
             return
         held = set()
         for thread in self._fd_holders():
             for _, link in thread.fds():
                 if link.startswith("socket:["):
                     held.add(int(link[8:-1]))
-        for listener in list(registry.listeners.values()):
+        for listener in list(registry.listener_inodes.values()):
             if listener.inode in held:
                 continue
             registry.drop_listener(listener)

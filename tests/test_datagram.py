@@ -466,3 +466,63 @@ def test_sender_without_an_address_is_shown_but_cannot_be_answered(bins, sockdir
     assert host == "127.0.0.1" and int(shown_port) >= 1024
     server.wait_for_line(r"^error sendto: Connection refused$")
     assert "had no address to answer to" in server.output
+
+
+# ---- what UDP does that a Unix datagram socket would not ------------------------------
+
+def test_full_receiver_drops_instead_of_blocking(sockdir):
+    """A Unix datagram socket queues 10 datagrams (net.unix.max_dgram_qlen);
+    UDP drops what does not fit. The program must never hang in a send."""
+    port = free_udp_port()
+    result = run(redirect(f"udp,port={port},path={sockdir}/f.sock") + PROBE + ["flood", port, 40], timeout=30)
+    found = records(result.stdout)["flood"]
+    assert found["sent"] == 40 and 10 <= found["received"] <= 40 and found["in_order"], result.stderr
+
+
+def test_answer_from_a_new_socket_reaches_the_sender(bins, sockdir, background):
+    """A server that answers the shown sender from another socket (TFTP): the
+    answer goes to the sender, never out on real UDP to whoever holds that port."""
+    port, sock = free_udp_port(), sockdir / "tftp.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}") + PROBE + ["answer-from-new-socket", "127.0.0.1", port])
+    wait_for_dgram(sock, server)
+    result = run(redirect(f"out,udp,port={port},path={sock}") + [bins / "udp-client-glibc", "127.0.0.1", port, "RRQ"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^reply 127.0.0.1 \d+ fresh:RRQ$", result.stdout, re.M)
+    assert server.wait() == 0
+    peer = records(server.output)["answered"]["peer"]
+    assert tcp_listening(peer[1]) == []
+
+
+def test_wildcard_bound_client_is_seen_from_loopback(bins, sockdir):
+    """A client bound to 0.0.0.0 sends from loopback, as on UDP; under the same
+    redirect the server sees the very port the client bound."""
+    port, sock = free_udp_port(), sockdir / "w.sock"
+    script = (f"{bins}/udp-server-glibc --count 1 127.0.0.1 {port} & "
+              f"while ! [ -S {sock} ]; do sleep 0.05; done; "
+              f"{bins}/udp-client-musl --bind 0.0.0.0 0 127.0.0.1 {port} w; wait")
+    result = run(redirect(f"in,udp,port={port},path={sock}", f"out,udp,port={port},path={sock}") + ["sh", "-c", script])
+    assert result.returncode == 0, result.stdout + result.stderr
+    bound = re.search(r"^bound 0.0.0.0 (\d+)$", result.stdout, re.M).group(1)
+    assert re.search(r"^received (\S+ \d+) len=1 w$", result.stdout, re.M).group(1) == f"127.0.0.1 {bound}"
+
+
+def test_timestamps_error_queue_and_gso(sockdir):
+    port = free_udp_port()
+    result = run(redirect(f"udp,port={port},path={sockdir}/x.sock") + PROBE + ["extras", port])
+    found = records(result.stdout)["extras"]
+    assert found == {"check": "extras", "errqueue": "EAGAIN", "data": "x", "cmsgs": [[socket.SOL_SOCKET, 29]],
+                     "gso": "EIO"}, result.stderr
+
+
+def test_socat_udp_listen_fork(sockdir, background):
+    """socat's UDP-LISTEN,fork binds the same address again (SO_REUSEADDR) for
+    each new client: the newest socket takes new senders."""
+    port, sock = free_udp_port(), sockdir / "socat.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}")
+                        + ["socat", f"UDP4-LISTEN:{port},fork,reuseaddr", "EXEC:cat"])
+    wait_for_dgram(sock, server)
+    for i in range(3):
+        result = run(redirect(f"out,udp,port={port},path={sock}") + ["socat", "-T1", "-", f"UDP4:127.0.0.1:{port}"],
+                     input=f"hello {i}\n")
+        assert result.stdout == f"hello {i}\n", result.stderr
+    assert tcp_listening(port) == []

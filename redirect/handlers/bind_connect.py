@@ -40,6 +40,8 @@ def _prepare(call: Call, direction: str):
     if kind is None or not usable:
         return PASS, None, False
     verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
+    if verdict is None and direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
+        verdict = datagram.shown_sender_verdict(call, visible)  # a reply from a fresh socket
     if isinstance(ours, Listener):
         # bind() before connect(): an in rule made it a Unix socket, so only an
         # out rule can take it further; it is a client now, not a listener.
@@ -59,7 +61,7 @@ def _prepare(call: Call, direction: str):
     if verdict.error:
         level = 1 if verdict.reason == "rejected by rule" else 0
         call.ctx.log(level, f"{call.describe()}: {visible}: {verdict.reason} "
-                            f"({errno.errorcode.get(verdict.error, verdict.error)}; rule {verdict.rule.text})")
+                            f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")
         if direction == "in":
             _release_port(call, verdict)
         return -verdict.error, kind, is_unix
@@ -107,8 +109,14 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     real, blackhole = verdict.real, verdict.rule.action == "blackhole"
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     holder = None if blackhole else ctx.registry.listener_at(real)
+    if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
+            and _reuses(call, fd, socket.SO_REUSEADDR):
+        # UDP with SO_REUSEADDR (socat's UDP-LISTEN,fork): the newest socket gets
+        # new senders, the older one keeps the peer it is connected to.
+        socketfile.remove_if_ours(real.name, holder.file_id)
+        holder = None
     if holder is not None:
-        if holder.visible == verdict.visible and not _reuses_port(call, fd):
+        if holder.visible == verdict.visible and not _reuses(call, fd, socket.SO_REUSEPORT):
             ctx.log(1, f"{call.describe()}: {verdict.visible} is already bound by this program")
             return -errno.EADDRINUSE  # as TCP would say: "is this port free?" gets a true answer
         # The IPv4 and IPv6 listeners of one port: the second gets nothing, quietly.
@@ -192,9 +200,9 @@ def _bind_then_listen(call: Call, fd: int, verdict: Decision):
     return (yield Syscall("listen", *call.args))
 
 
-def _reuses_port(call: Call, fd: int) -> bool:
+def _reuses(call: Call, fd: int, option: int) -> bool:
     with call.thread.socket(fd) as sock:
-        return sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) != 0
+        return sock is not None and sock.getsockopt(socket.SOL_SOCKET, option) != 0
 
 
 def connect(call: Call):

@@ -205,6 +205,7 @@ _COPIED_OPTIONS = [
     (socket.SO_RCVLOWAT, 4), (socket.SO_PRIORITY, 4), (socket.SO_PASSCRED, 4),
     (socket.SO_REUSEPORT, 4), (socket.SO_LINGER, 8), (20, 16), (21, 16),  # SO_RCVTIMEO, SO_SNDTIMEO
     (36, 4),  # SO_MARK
+    (29, 4), (35, 4),  # SO_TIMESTAMP, SO_TIMESTAMPNS: control messages the program asked for
 ]
 # IP-level options a program may set before bind and read back (or rely on, as
 # IP_PKTINFO): the Unix socket has no such level, so their values are kept for it.

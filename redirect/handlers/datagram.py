@@ -19,6 +19,7 @@ import errno
 import os
 import socket
 import struct
+from dataclasses import dataclass
 
 from .. import socketfile
 from ..decision import Decision, decide
@@ -36,6 +37,7 @@ _NAME, _NAMELEN, _IOV, _IOVLEN, _CONTROL, _CONTROLLEN, _FLAGS = range(7)
 _MMSGHDR_SIZE = 64                             # msghdr + unsigned msg_len, padded
 _MAX_BATCH = 32                                # per recvmmsg/sendmmsg: what fits in scratch memory
 MSG_CTRUNC = 0x8
+MSG_ERRQUEUE = 0x2000
 
 # Control messages a UDP socket gives on request and a Unix socket cannot.
 IP_PKTINFO, IP_RECVTTL, IP_TTL = 8, 12, 2
@@ -95,6 +97,8 @@ def _receive_batch(call: Call, vec: int, count: int, stride: int):
     conv = identify(call, call.args[0])
     if conv is None or count <= 0 or (conv.socket_type == "dgram" and shown_family(conv) is None):
         return PASS
+    if call.args[2 if call.name == "recvmsg" else 3] & MSG_ERRQUEUE:
+        return -errno.EAGAIN  # a Unix socket has no error queue (and would hand out data instead)
     try:
         headers = [call.thread.read(vec + i * stride, stride) for i in range(count)]
     except MemoryUnavailable:
@@ -128,7 +132,12 @@ def _receive(call: Call, conv: Converted, vec: int, headers: list[bytes], stride
         res = yield Syscall("recvmmsg", call.args[0], copy, len(headers), call.args[3], call.args[4])
         done = max(res, 0)
     for i in range(done):
-        _deliver(call, conv, vec + i * stride, headers[i], copy + i * stride, names[i], stride)
+        try:
+            _deliver(call, conv, vec + i * stride, headers[i], copy + i * stride, names[i], stride)
+        except MemoryUnavailable:
+            raise
+        except OSError:  # the program's buffer is bad: as the kernel, EFAULT (the datagram is gone)
+            return i if i else -errno.EFAULT
     return res
 
 
@@ -151,10 +160,14 @@ def _deliver(call: Call, conv: Converted, at: int, header: bytes, copy: int, nam
     if conv.socket_type == "dgram":
         extra = _cmsgs(call, conv, sender)
         if extra:
-            if mine[_CONTROL] and mine[_CONTROLLEN] - used >= len(extra):
+            try:
+                if not mine[_CONTROL] or mine[_CONTROLLEN] - used < len(extra):
+                    raise OSError(errno.ENOBUFS, "no room")
                 thread.write(mine[_CONTROL] + used, extra)
                 used += len(extra)
-            else:
+            except MemoryUnavailable:
+                raise
+            except OSError:  # no room, or a bad control pointer: the kernel says MSG_CTRUNC
                 flags |= MSG_CTRUNC
     thread.write(at + 40, struct.pack("=Qi", used, flags))
     if stride == _MMSGHDR_SIZE:
@@ -185,8 +198,8 @@ def _own_face(call: Call, real: UnixAddr) -> IPAddr | None:
         return local_of_connection(listener.visible) if isinstance(listener.visible, IPAddr) else None
     for inode, client in registry.bound_clients.items():
         if client.own == real:
-            face = client_face(client, inode)
-            return face if isinstance(face, IPAddr) else None
+            face = client_face(client, inode)  # a wildcard it bound: its datagrams come from loopback
+            return local_of_connection(face) if isinstance(face, IPAddr) else None
     return None
 
 
@@ -234,34 +247,51 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
 
 def send(call: Call, fd: int, conv: Converted, dests: list[Address | None]):
     """sendto/sendmsg/sendmmsg with at least one IP destination, on a converted datagram socket."""
-    return PASS if shown_family(conv) is None else _send(call, fd, dests)
+    family = shown_family(conv)
+    return PASS if family is None else _send(call, fd, dests, family)
 
 
-def convert_and_send(call: Call, fd: int, dests: list[Address | None]):
-    """The same on an IP datagram socket: real UDP, unless a rule wants a destination."""
+def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | None]):
+    """The same on an IP datagram socket: real UDP, unless a rule wants a
+    destination or it is a sender we showed (answered from another socket)."""
     for visible in dests:
+        if not isinstance(visible, IPAddr):
+            continue
         verdict = decide(call.ctx.rules, "out", "dgram", visible, call.ctx.ports) \
-            if isinstance(visible, IPAddr) else None
+            or shown_sender_verdict(call, visible)
         if verdict is not None:
             break
     else:
-        return PASS  # no rule wants any of them: real UDP
+        return PASS  # nobody wants any of them: real UDP
+    if family == AF_INET and visible.family == AF_INET6:
+        return -errno.EAFNOSUPPORT  # as an IPv4 UDP socket says
     if verdict.error:
         return _refuse(call, visible, verdict)
-    return _convert_then_send(call, fd, verdict, dests)
+    return _convert_then_send(call, fd, verdict, dests, family)
 
 
-def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None]):
+def shown_sender_verdict(call: Call, visible: IPAddr) -> Decision | None:
+    """Where an IP socket's datagram to an address we showed for a sender goes:
+    to that sender, never out on real UDP to whoever holds that port."""
+    real = call.ctx.registry.peers.real(visible)
+    if real is None:
+        return None
+    if real == UNNAMED:
+        return Decision(None, visible, error=errno.ECONNREFUSED, reason="that sender had no address to answer to")
+    return Decision(None, visible, real)
+
+
+def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None], family: int):
     err = yield from become_client(call, fd, verdict)
     if err < 0:
         return err
-    return (yield from _send(call, fd, dests))
+    return (yield from _send(call, fd, dests, family))
 
 
 def _refuse(call: Call, visible: IPAddr, verdict: Decision) -> int:
     call.ctx.log(0 if verdict.reason != "rejected by rule" else 1,
                  f"{call.describe()}: {visible}: {verdict.reason} "
-                 f"({errno.errorcode.get(verdict.error, verdict.error)}; rule {verdict.rule.text})")
+                 f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")
     return -verdict.error
 
 
@@ -333,7 +363,7 @@ def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
     return verdict.real
 
 
-def _send(call: Call, fd: int, dests: list[Address | None]):
+def _send(call: Call, fd: int, dests: list[Address | None], family: int):
     """Generator: the program's send with every IP destination replaced by its
     Unix address; a batch stops before the first destination that fails."""
     reals: list[Address | None] = []
@@ -344,37 +374,130 @@ def _send(call: Call, fd: int, dests: list[Address | None]):
                 return real
             break
         reals.append(real)
-    res = yield from _send_to(call, fd, dests, reals)
+    request = _Request.read(call, reals, family)
+    if isinstance(request, int):
+        return request
+    res = yield from request.send(call, fd, reals, dests)
     if -res in (errno.ENOENT, errno.ECONNREFUSED):  # nobody bound there: UDP's "port unreachable"
         call.ctx.log(1, f"{call.describe()}: nobody receives at {reals[0]} (ECONNREFUSED)")
-        res = -errno.ECONNREFUSED
+        return -errno.ECONNREFUSED
+    if -res in (errno.EAGAIN, errno.EPERM):
+        # The receiver's queue stayed full (a Unix datagram socket queues only
+        # net.unix.max_dgram_qlen datagrams) or it is connected to someone
+        # else: UDP would drop the datagram, not block or fail. So do we.
+        call.ctx.log(2, f"{call.describe()}: {reals[0]} takes no datagram now; dropped, as UDP would")
+        return request.dropped(call)
     return res
 
 
-def _send_to(call: Call, fd: int, dests: list[Address | None], reals: list[Address | None]):
-    args = list(call.args)
-    if call.name == "sendto":
-        packed = pack(reals[0])
-        args[4], args[5] = (yield Scratch(packed)), len(packed)
-        return (yield Syscall("sendto", *args))
-    stride = _MSGHDR.size if call.name == "sendmsg" else _MMSGHDR_SIZE
-    copies = bytearray()
-    for i, real in enumerate(reals):
-        header = call.thread.read(args[1] + i * stride, stride)
-        if isinstance(dests[i], IPAddr):
-            fields = list(_MSGHDR.unpack(header[:_MSGHDR.size]))
-            packed = pack(real)
-            fields[_NAME], fields[_NAMELEN] = (yield Scratch(packed)), len(packed)
-            header = _MSGHDR.pack(*fields) + header[_MSGHDR.size:]
-        copies += header
-    copy = yield Scratch(bytes(copies))
-    if call.name == "sendmsg":
-        return (yield Syscall("sendmsg", fd, copy, args[2]))
-    res = yield Syscall("sendmmsg", fd, copy, len(reals), args[3])
-    for i in range(max(res, 0)):  # the kernel wrote each message's length into our copy
-        call.thread.write(args[1] + i * stride + _MSGHDR.size,
-                          call.thread.read(copy + i * stride + _MSGHDR.size, 4))
-    return res
+_MAX_UDP_PAYLOAD = {AF_INET: 65507, AF_INET6: 65527}
+_SOL_UDP, _UDP_SEGMENT = 17, 103
+_BACKOFF_NS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, 16_000_000)  # 32 ms in all
+MSG_DONTWAIT = 0x40
+
+
+@dataclass
+class _Request:
+    """A send as the program made it: headers (none for sendto), lengths."""
+    headers: list[bytes]
+    lengths: list[int]
+
+    @classmethod
+    def read(cls, call: Call, reals: list, family: int) -> "_Request | int":
+        """The program's headers and payload sizes, or -errno for a send UDP
+        would refuse (too big; GSO, which a Unix socket would glue together)."""
+        thread = call.thread
+        if call.name == "sendto":
+            request = cls([], [call.args[2]])
+        else:
+            stride = _MSGHDR.size if call.name == "sendmsg" else _MMSGHDR_SIZE
+            headers = [thread.read(call.args[1] + i * stride, stride) for i in range(len(reals))]
+            request = cls(headers, [])
+            for header in headers:
+                fields = _MSGHDR.unpack(header[:_MSGHDR.size])
+                iov = thread.read(fields[_IOV], 16 * min(fields[_IOVLEN], 1024)) if fields[_IOVLEN] else b""
+                request.lengths.append(sum(struct.unpack_from("=QQ", iov, i)[1] for i in range(0, len(iov), 16)))
+                if fields[_CONTROLLEN] and _asks_gso(thread.read(fields[_CONTROL], min(fields[_CONTROLLEN], 4096))):
+                    call.ctx.warn_once(("gso", call.thread.process.tgid), f"{call.describe()}: UDP segmentation "
+                                       "offload (UDP_SEGMENT) on a Unix socket: refused with EIO, so the program "
+                                       "sends datagram by datagram")
+                    return -errno.EIO  # what a device without GSO answers; programs fall back
+        if max(request.lengths) > _MAX_UDP_PAYLOAD[family]:
+            return -errno.EMSGSIZE
+        return request
+
+    def send(self, call: Call, fd: int, reals: list, dests: list):
+        """Generator: send without blocking; while the receiver's queue is full,
+        wait a little (in the sending thread only) and try again."""
+        args, thread = list(call.args), call.thread
+        flag_index = 3 if call.name in ("sendto", "sendmmsg") else 2
+        args[flag_index] |= MSG_DONTWAIT
+        if call.name == "sendto":
+            packed = pack(reals[0])
+            args[4], args[5] = (yield Scratch(packed)), len(packed)
+        else:
+            stride = _MSGHDR.size if call.name == "sendmsg" else _MMSGHDR_SIZE
+            copies = bytearray()
+            for header, real, visible in zip(self.headers, reals, dests):
+                if isinstance(visible, IPAddr):
+                    fields = list(_MSGHDR.unpack(header[:_MSGHDR.size]))
+                    packed = pack(real)
+                    fields[_NAME], fields[_NAMELEN] = (yield Scratch(packed)), len(packed)
+                    header = _MSGHDR.pack(*fields) + header[_MSGHDR.size:]
+                copies += header
+            args[1] = yield Scratch(bytes(copies))
+            if call.name == "sendmmsg":
+                args[2] = len(reals)
+        if call.name != "sendmmsg":
+            return (yield from self._patiently(call, args))
+        # A batch goes on past a full queue, as UDP's would: message by message
+        # after a wait, each one that still finds no room is dropped.
+        sent, dropped, base = 0, set(), args[1]
+        while sent < len(reals):
+            args[1], args[2] = base + sent * stride, len(reals) - sent
+            res = yield from self._patiently(call, args)
+            if res > 0:
+                sent += res
+            elif -res in (errno.EAGAIN, errno.EPERM):
+                dropped.add(sent)
+                sent += 1
+            else:
+                if not sent:
+                    return res
+                break
+        for i in range(sent):  # the kernel wrote each message's length into our copy
+            length = struct.pack("=I", self.lengths[i]) if i in dropped else \
+                thread.read(base + i * stride + _MSGHDR.size, 4)
+            thread.write(call.args[1] + i * stride + _MSGHDR.size, length)
+        return sent
+
+    @staticmethod
+    def _patiently(call: Call, args: list[int]):
+        """Generator: the send; while the receiver's queue is full, wait a
+        little (this thread only: the supervisor serves the others) and retry."""
+        for pause in (0, *_BACKOFF_NS):
+            if pause:
+                yield Syscall("nanosleep", (yield Scratch(struct.pack("=qq", 0, pause))), 0)
+            res = yield Syscall(call.name, *args)
+            if res != -errno.EAGAIN:
+                return res
+        return res
+
+    def dropped(self, call: Call) -> int:
+        """The result of a sendto/sendmsg whose datagram was dropped."""
+        return self.lengths[0]
+
+
+def _asks_gso(control: bytes) -> bool:
+    offset = 0
+    while offset + _CMSGHDR.size <= len(control):
+        length, level, kind = _CMSGHDR.unpack_from(control, offset)
+        if level == _SOL_UDP and kind == _UDP_SEGMENT:
+            return True
+        if length < _CMSGHDR.size:
+            return False
+        offset += (length + 7) & ~7
+    return False
 
 
 def connect(call: Call, conv: Converted):

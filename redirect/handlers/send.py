@@ -68,7 +68,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     if kind == "stream":
         return _stream(call, fd, addresses[0], flags)
     if kind == "dgram" and family != socket.AF_UNIX:
-        return datagram.convert_and_send(call, fd, dests)
+        return datagram.convert_and_send(call, fd, family, dests)
     return PASS
 
 

@@ -170,6 +170,56 @@ def thread_server(host, port, count):
     say(check="threads", peers=peers)
 
 
+def flood(port, count):
+    """Sends more datagrams to its own server socket than a Unix datagram queue
+    holds, before reading any: the sends must not block forever (UDP drops)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", int(port)))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(int(count)):
+        c.sendto(b"q%d" % i, ("127.0.0.1", int(port)))
+    s.settimeout(0.5)
+    got = []
+    try:
+        while True:
+            got.append(s.recv(10).decode())
+    except socket.timeout:
+        pass
+    say(check="flood", sent=int(count), received=len(got), in_order=got == sorted(got, key=lambda x: int(x[1:])))
+
+
+def answer_from_new_socket(host, port):
+    """TFTP-style: read a request, answer the shown sender from a fresh socket."""
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    say(check="listening", name=list(s.getsockname()[:2]))
+    data, peer = s.recvfrom(2048)
+    t = socket.socket(family(host), socket.SOCK_DGRAM)
+    t.sendto(b"fresh:" + data, peer)
+    say(check="answered", peer=list(peer[:2]))
+
+
+def extras(port):
+    """SO_TIMESTAMP set before bind, MSG_ERRQUEUE, GSO through a control message."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 29, 1)  # SO_TIMESTAMP
+    s.bind(("127.0.0.1", int(port)))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.sendto(b"x", ("127.0.0.1", int(port)))
+    try:
+        s.recvmsg(10, 256, 0x2000)  # MSG_ERRQUEUE: nothing there, the data stays
+        errqueue = None
+    except OSError as err:
+        errqueue = errno.errorcode[err.errno]
+    data, anc, flags, peer = s.recvmsg(10, 256)
+    try:
+        c.sendmsg([b"a" * 300], [(17, 103, (100).to_bytes(2, "little"))], 0, ("127.0.0.1", int(port)))
+        gso = None
+    except OSError as err:
+        gso = errno.errorcode[err.errno]
+    say(check="extras", errqueue=errqueue, data=data.decode(), cmsgs=[[level, kind] for level, kind, _ in anc], gso=gso)
+
+
 def try_call(call, host, port):
     """bind, connect or sendto once; the errno it gets."""
     s = socket.socket(family(host), socket.SOCK_DGRAM)
