@@ -11,7 +11,7 @@ from ..registry import Client, Listener
 from ..decision import Decision, decide
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
-from . import datagram
+from . import datagram, datagram_send
 from .common import Call, identify, make_unix, read_sockaddr, socket_type
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
@@ -41,7 +41,7 @@ def _prepare(call: Call, direction: str):
         return PASS, None, False
     verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
     if verdict is None and direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
-        verdict = datagram.shown_sender_verdict(call, visible)  # a reply from a fresh socket
+        verdict = datagram_send.shown_sender_verdict(call, visible)  # a reply from a fresh socket
     if isinstance(ours, Listener):
         # bind() before connect(): an in rule made it a Unix socket, so only an
         # out rule can take it further; it is a client now, not a listener.
@@ -208,7 +208,7 @@ def _reuses(call: Call, fd: int, option: int) -> bool:
 def connect(call: Call):
     conv = identify(call, call.args[0])
     if conv is not None and conv.socket_type == "dgram" and datagram.shown_family(conv) is not None:
-        return datagram.connect(call, conv)
+        return datagram_send.connect(call, conv)
     verdict, kind, is_unix = _prepare(call, "out")
     if not isinstance(verdict, Decision):
         return verdict
@@ -220,7 +220,7 @@ def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
     the verdict says. Returns the connect result."""
     ctx = call.ctx
     if kind == "dgram" and not is_unix:
-        err = yield from datagram.become_client(call, fd, verdict)
+        err = yield from datagram_send.become_client(call, fd, verdict)
         if err < 0:
             return err
     else:

@@ -20,6 +20,13 @@ from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
+
+# struct msghdr and struct mmsghdr on x86_64, and struct cmsghdr.
+MSGHDR = struct.Struct("=QI4xQQQQi4x")
+MSG_NAME, MSG_NAMELEN, MSG_IOV, MSG_IOVLEN, MSG_CONTROL, MSG_CONTROLLEN, MSG_FLAGS = range(7)
+MMSGHDR_SIZE = 64          # a msghdr, then unsigned msg_len, padded
+CMSGHDR = struct.Struct("=Qii")
+MAX_BATCH = 32             # messages per recvmmsg/sendmmsg we rewrite: what fits in scratch memory
 IPPROTO_MPTCP = 262
 
 

@@ -3,26 +3,22 @@
 Stream sockets: TCP ignores the address on a connected socket (a Unix socket
 would refuse it, so it is dropped for converted ones), and MSG_FASTOPEN
 connects to it (so it goes through the out rules like connect()).
-Datagram sockets: see datagram.py.
+Datagram sockets: see datagram_send.py.
 """
 from __future__ import annotations
 
 import errno
 import socket
-import struct
 
 from ..sockaddr import IPAddr, unpack
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
 from ..decision import decide
 from .bind_connect import connect_to
-from . import datagram
-from .common import Call, identify, read_sockaddr, socket_type
+from . import datagram_send
+from .common import MMSGHDR_SIZE, MSG_NAME, MSG_NAMELEN, MSGHDR, Call, identify, read_sockaddr, socket_type
 
 MSG_FASTOPEN = 0x20000000
-_MSGHDR = struct.Struct("=QI")     # msg_name, msg_namelen: the start of struct msghdr
-_MSGHDR_SIZE = 56
-_MMSGHDR_SIZE = 64                 # struct mmsghdr: msghdr (56) + msg_len, padded
-_MAX_BATCH = 1024                  # UIO_MAXIOV: the kernel's own limit on vlen
+_MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
 
 
 def sendto(call: Call):
@@ -35,7 +31,7 @@ def sendmsg(call: Call):
 
 
 def sendmmsg(call: Call):
-    names = _names(call, call.args[1], min(call.args[2], _MAX_BATCH), _MMSGHDR_SIZE)
+    names = _names(call, call.args[1], min(call.args[2], _MAX_VLEN), MMSGHDR_SIZE)
     return _check(call, call.args[0], names, call.args[3])
 
 
@@ -43,7 +39,8 @@ def _names(call: Call, ptr: int, count: int, stride: int) -> list[tuple[int, int
     names = []
     try:
         for i in range(count):
-            names.append(_MSGHDR.unpack(call.thread.read(ptr + i * stride, _MSGHDR.size)))
+            fields = MSGHDR.unpack(call.thread.read(ptr + i * stride, MSGHDR.size))
+            names.append((fields[MSG_NAME], fields[MSG_NAMELEN]))
     except MemoryUnavailable:
         raise  # cannot judge the call: it must fail
     except OSError:
@@ -60,7 +57,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     if conv is not None and conv.socket_type == "stream":
         return _without_address(call)  # as TCP: the address of a connected socket is ignored
     if conv is not None:
-        return datagram.send(call, fd, conv, dests)
+        return datagram_send.send(call, fd, conv, dests)
     with call.thread.socket(fd) as sock:
         if sock is None:
             return PASS
@@ -68,7 +65,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     if kind == "stream":
         return _stream(call, fd, addresses[0], flags)
     if kind == "dgram" and family != socket.AF_UNIX:
-        return datagram.convert_and_send(call, fd, family, dests)
+        return datagram_send.convert_and_send(call, fd, family, dests)
     return PASS
 
 
@@ -109,9 +106,9 @@ def _without_address(call: Call):
         args[4] = args[5] = 0
         return (yield Syscall("sendto", *args))
     if call.name == "sendmsg":
-        header = bytearray(call.thread.read(args[1], _MSGHDR_SIZE))
-        header[:_MSGHDR.size] = bytes(_MSGHDR.size)  # msg_name = NULL, msg_namelen = 0
-        args[1] = yield Scratch(bytes(header))
+        fields = list(MSGHDR.unpack(call.thread.read(args[1], MSGHDR.size)))
+        fields[MSG_NAME] = fields[MSG_NAMELEN] = 0
+        args[1] = yield Scratch(MSGHDR.pack(*fields))
         args[2] &= ~MSG_FASTOPEN
         return (yield Syscall("sendmsg", *args))
     return (yield Syscall(call.name, *args))  # sendmmsg: rare on stream sockets; the kernel decides
