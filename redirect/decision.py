@@ -10,8 +10,6 @@ from dataclasses import dataclass, replace
 from .rules import Rule, SocketFacts, expand, first_match
 from .sockaddr import Address, IPAddr, PortAllocator, UnixAddr, unix_path_fits
 
-_UNSUPPORTED = {"systemd": "systemd socket activation is not supported yet"}
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -45,8 +43,9 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
         return None
     if rule.action == "reject":
         return Decision(rule, visible, error=rule.errno or errno.EACCES, reason="rejected by rule")
-    if rule.action in _UNSUPPORTED:
-        return Decision(rule, visible, error=errno.ENOSYS, reason=_UNSUPPORTED[rule.action])
+    if rule.action == "systemd":
+        # A passed listening socket serves binds; a connect is left alone.
+        return Decision(rule, visible) if direction == "in" else None
     if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
         visible = replace(visible, port=ports.allocate())
     if rule.action == "blackhole":

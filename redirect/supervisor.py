@@ -8,6 +8,7 @@ import signal
 import sys
 
 from . import arch, kernel, seccomp_filter, socketfile
+from .activation import Activation, program_environment
 from .handlers import HANDLERS, Call, Context
 from .registry import Registry
 from .rules import Rule
@@ -35,8 +36,9 @@ class Supervisor:
         self.processes: dict[int, Process] = {}
         self.threads: dict[int, Thread] = {}
         ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
+        activation = Activation.from_environment(os.environ, self.log)
         self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
-                           reap=self.reap)
+                           reap=self.reap, held=self.held_inodes, activation=activation)
         self.main_pid = 0
         self.main_status: int | None = None
 
@@ -112,6 +114,8 @@ class Supervisor:
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         """Run argv to the end; the exit status as a shell would report it."""
         self.argv0 = argv[0]
+        # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
+        env = program_environment(os.environ if env is None else env)
         try:
             self.spawn(argv, env)
             previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
@@ -126,6 +130,7 @@ class Supervisor:
         finally:
             self.reap()
             self.ctx.replies.remove()
+            self.ctx.activation.close()
         status = self.main_status or 0
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
@@ -294,17 +299,22 @@ class Supervisor:
                     if adopted is not None:
                         yield adopted
 
+    def held_inodes(self) -> set[int]:
+        """The inodes of every socket a traced process holds right now."""
+        held = set()
+        for thread in self._fd_holders():
+            for _, link in thread.fds():
+                if link.startswith("socket:["):
+                    held.add(int(link[8:-1]))
+        return held
+
     def reap(self) -> None:
         """Forget converted sockets no traced process holds any more; remove
         their files (listeners' unless noremove, datagram clients' reply sockets)."""
         registry = self.ctx.registry
         if not registry.listener_inodes and not registry.bound_clients:
             return
-        held = set()
-        for thread in self._fd_holders():
-            for _, link in thread.fds():
-                if link.startswith("socket:["):
-                    held.add(int(link[8:-1]))
+        held = self.held_inodes()
         for listener in list(registry.listener_inodes.values()):
             if listener.inode in held:
                 continue

@@ -141,8 +141,10 @@ def test_decide_datagram_rules_and_udp_placeholder():
     assert decide([parse_rule("in,udp,blackhole")], "in", "dgram", _v4("0.0.0.0", 53), PortAllocator()).real is None
 
 
-def test_decide_fails_closed_on_what_is_not_supported_yet():
-    assert decide([parse_rule("in,systemd")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator()).error == errno.ENOSYS
+def test_decide_systemd_serves_binds_only_and_permissions_pass():
+    verdict = decide([parse_rule("systemd=web")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator())
+    assert verdict.rule.target == "web" and verdict.real is None and not verdict.error
+    assert decide([parse_rule("systemd")], "out", "stream", _v4("127.0.0.1", 80), PortAllocator()) is None
     verdict = decide([parse_rule("in,path=/x,mode=0600")], "in", "stream", _v4("127.0.0.1", 80), PortAllocator())
     assert not verdict.error and verdict.rule.mode == 0o600
 

@@ -12,7 +12,7 @@ from ..decision import Decision, decide
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from . import datagram, datagram_send
-from .common import Call, identify, make_unix, read_sockaddr, socket_type
+from .common import Call, identify, make_unix, read_sockaddr, socket_type, swap_to_unix, unix_name
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 # What a TCP client expects when nobody listens, whatever the Unix reason.
@@ -104,9 +104,11 @@ def bind(call: Call):
     return _bind(call, call.args[0], kind, verdict, is_unix)
 
 
-def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blackhole: bool = False):
     ctx = call.ctx
-    real, blackhole = verdict.real, verdict.rule.action == "blackhole"
+    if verdict.rule.action == "systemd" and not blackhole:
+        return (yield from _hand_over(call, fd, kind, verdict, is_unix))
+    real, blackhole = verdict.real, blackhole or verdict.rule.action == "blackhole"
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     holder = None if blackhole else ctx.registry.listener_at(real)
     if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
@@ -170,6 +172,35 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
     ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
                                        remove=not (blackhole or verdict.rule.noremove)))
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
+    return 0
+
+
+def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+    """Generator: a bind that a systemd rule matched gets a passed listening
+    socket instead (a duplicate: the supervisor keeps its own); with none left,
+    a blackholed one and a warning."""
+    ctx, rule = call.ctx, verdict.rule
+    claimed = {r.target for r in ctx.rules if r.action == "systemd" and r.target is not None}
+    passed = ctx.activation.pick(rule.target, claimed, ctx.held())
+    if passed is None:
+        ctx.log(0, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
+                   f"({len(ctx.activation.passed)} passed in all); bound where nobody can connect")
+        return (yield from _bind(call, fd, kind, verdict, is_unix, blackhole=True))
+    if passed.kind != kind:
+        ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a {passed.kind} socket, "
+                   f"the program's is a {kind} one (EPROTOTYPE)")
+        return -errno.EPROTOTYPE
+    with call.thread.socket(fd) as sock:
+        if sock is None:
+            return -errno.EBADF
+        err = yield from swap_to_unix(call, fd, sock, kind, passed=passed.sock)
+    if err < 0:
+        ctx.log(0, f"{call.describe()}: could not hand {passed.describe()} over: {os.strerror(-err)}")
+        return err
+    if passed.sock.family == socket.AF_UNIX:  # the program must still see its IP address
+        real = unix_name(passed.sock) or UnixAddr(b"")
+        ctx.registry.add_listener(Listener(real, verdict.visible, kind, call.thread.fd_inode(fd), remove=False))
+    ctx.log(1, f"{call.describe()}: {verdict.visible} -> {passed.describe()}")
     return 0
 
 

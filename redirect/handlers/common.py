@@ -15,6 +15,7 @@ from collections.abc import Callable
 from .. import sockaddr
 from ..registry import Accepted, Client, Registry
 from ..rules import Rule
+from ..activation import Activation
 from ..socketfile import ReplyDirs
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
@@ -37,6 +38,8 @@ class Context:
     ports: PortAllocator
     log: Callable[[int, str], None]   # (verbosity needed, message); 0 = always shown
     reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
+    held: Callable[[], set[int]]      # inodes of the sockets traced processes hold now
+    activation: Activation            # sockets passed in by socket activation
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
 
@@ -322,14 +325,18 @@ def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str],
         fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
 
 
-def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
+def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str, passed: socket.socket | None = None):
     """Generator: replace the IP socket at fd with a fresh Unix socket of the same
-    type, keeping flags, close-on-exec, options, owner and epoll registrations.
+    type (or with a duplicate of `passed`, a socket of the supervisor's), keeping
+    flags, close-on-exec, options, owner and epoll registrations.
     Returns 0 or -errno (then the old socket is still in place)."""
     state = _capture(call, fd, sock)
-    flags = socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if state.status_flags & os.O_NONBLOCK else 0)
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
-    new = yield Syscall("socket", socket.AF_UNIX, stype | flags, 0)
+    if passed is None:
+        flags = socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if state.status_flags & os.O_NONBLOCK else 0)
+        stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+        new = yield Syscall("socket", socket.AF_UNIX, stype | flags, 0)
+    else:
+        new = yield from _receive_socket(call, passed)
     if new < 0:
         return new
     res = yield Syscall("dup3", new, fd, os.O_CLOEXEC if state.cloexec else 0)
@@ -354,6 +361,41 @@ def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str):
     return 0
 
 
+
+
+_SCM_RIGHTS, _MSG_CMSG_CLOEXEC = 1, 0x40000000
+
+
+def _receive_socket(call: Call, passed: socket.socket):
+    """Generator: a duplicate of a supervisor socket in the tracee, sent over
+    SCM_RIGHTS to a socket the tracee binds for the moment in a private folder.
+    Returns its fd there, or -errno."""
+    path = call.ctx.replies.new_path(call.thread.euid(), None)[0]
+    tmp = yield Syscall("socket", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    if tmp < 0:
+        return tmp
+    packed = sockaddr.pack(UnixAddr(path))
+    res = yield Syscall("bind", tmp, (yield Scratch(packed)), len(packed))
+    if res >= 0:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+                sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))],
+                               0, path)
+        except OSError as err:
+            res = -(err.errno or errno.EIO)
+        finally:
+            os.unlink(path)
+    if res >= 0:
+        byte = yield Scratch(bytes(8))
+        iov = yield Scratch(struct.pack("=QQ", byte, 1))
+        control = yield Scratch(bytes(24))
+        header = yield Scratch(MSGHDR.pack(0, 0, iov, 1, control, 24, 0))
+        res = yield Syscall("recvmsg", tmp, header, _MSG_CMSG_CLOEXEC)
+    yield Syscall("close", tmp)
+    if res < 0:
+        return res
+    _, level, kind, fd = struct.unpack("=Qiii", call.thread.read(control, 20))
+    return fd if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS) else -errno.EIO
 
 
 def make_unix(call: Call, fd: int, kind: str):

@@ -1,0 +1,178 @@
+"""Socket activation: `systemd` rules hand the program listening sockets that
+systemd-socket-activate (Debian's systemd package) passed in."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import curl_unix, free_port, redirect, run, tcp_listening, unix_request
+
+from redirect.activation import Activation, Passed, parse_listen_env
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+needs_activate = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate comes with Debian's systemd")
+
+
+def activated(sockets: list[str], names: str | None, rules: list[str], program: list, datagram: bool = False) -> list:
+    """systemd-socket-activate listening on `sockets`, running redirect with
+    `rules` around `program`. It execs on the first connection."""
+    argv = [ACTIVATE, *(["-d"] if datagram else [])]
+    for where in sockets:
+        argv += ["-l", where]
+    if names is not None:
+        argv.append(f"--fdname={names}")
+    return argv + redirect(*rules) + [str(a) for a in program]
+
+
+def http_get(port: int, timeout: float = 10) -> str:
+    result = run(["curl", "-sS", "--max-time", str(timeout), f"http://127.0.0.1:{port}/"], timeout=timeout + 5)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def wait_for_path(path: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+# ---- pure parts ---------------------------------------------------------------------------
+
+def test_listen_environment_is_parsed_and_checked():
+    env = {"LISTEN_FDS": "3", "LISTEN_PID": "42", "LISTEN_FDNAMES": "web:unknown:"}
+    assert parse_listen_env(env, 42) == ([(3, "web"), (4, None), (5, None)], None)
+    assert parse_listen_env({"LISTEN_FDS": "2", "LISTEN_PID": "42"}, 42) == ([(3, None), (4, None)], None)
+    fds, warning = parse_listen_env(env, 43)
+    assert fds == [] and "not this process" in warning
+    assert parse_listen_env({}, 42) == ([], None)
+    assert "not a number" in parse_listen_env({"LISTEN_FDS": "x", "LISTEN_PID": "42"}, 42)[1]
+
+
+def test_passed_sockets_are_picked_by_name_then_in_order():
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        passed = [Passed(s, name, "stream", i) for i, (s, name) in enumerate(zip(socks, ["web", None, "admin"]))]
+        activation = Activation(passed)
+        claimed = {"web"}
+        assert activation.pick("web", claimed, set()) is passed[0]
+        assert activation.pick(None, claimed, set()) is passed[1]          # skips the claimed one
+        assert activation.pick(None, claimed, {1}) is passed[2]            # "admin" is claimed by no rule
+        assert activation.pick(None, claimed | {"admin"}, {1}) is None     # none left
+        assert activation.pick("web", claimed, {0}) is None                # in use
+        assert activation.pick("nope", claimed, set()) is None
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- end to end -----------------------------------------------------------------------------
+
+@needs_activate
+def test_named_unix_and_unnamed_tcp_socket_to_c_and_go_servers(bins, sockdir, background):
+    """One named (Unix) and one unnamed (TCP) socket from systemd-socket-activate:
+    a static C server gets the named one, a static Go server the other."""
+    sock, port = sockdir / "web.sock", free_port()
+    program = ["sh", "-c", f"{bins}/tcp-server-glibc 127.0.0.1 8080 & exec {bins}/go-http-server -addr 127.0.0.1:9090"]
+    proc = background(activated([str(sock), f"127.0.0.1:{port}"], "web:unknown",
+                                ["in,port=8080,systemd=web", "in,port=9090,systemd"], program))
+    wait_for_path(sock)
+    # The first connection starts everything; it waits in the passed socket's backlog.
+    assert curl_unix(sock).startswith("hello from tcp-server peer=127.0.0.1:")
+    assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
+    proc.wait_for_line(r"^listening 127.0.0.1 8080$")                    # the C server sees its IP address
+    proc.wait_for_line(r"127.0.0.1:9090 -> passed socket unnamed")
+    assert tcp_listening(8080) == [] and tcp_listening(9090) == []       # nothing of the program's own
+    assert "bad-remote-addr" not in proc.output
+
+
+@needs_activate
+def test_busybox_httpd_behind_a_passed_unix_socket(sockdir, background):
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is not installed (scripts/setup.sh installs it)"
+    www = sockdir / "www"
+    www.mkdir()
+    (www / "index.html").write_text("activated\n")
+    sock = sockdir / "httpd.sock"
+    proc = background(activated([str(sock)], None, ["in,systemd"],
+                                [busybox, "httpd", "-f", "-p", "127.0.0.1:8081", "-h", www]))
+    wait_for_path(sock)
+    assert curl_unix(sock, "http://x/index.html") == "activated\n"
+    assert curl_unix(sock, "http://x/index.html") == "activated\n"
+    assert "passed socket unnamed" in proc.output and tcp_listening(8081) == []
+
+
+@needs_activate
+def test_program_that_closes_every_fd_keeps_its_sockets(bins, sockdir, background):
+    sock = sockdir / "c.sock"
+    closer = ("import os,sys\nos.closerange(3, 65536)\n"
+              "print('env', os.environ.get('LISTEN_FDS'), os.environ.get('LISTEN_PID'), flush=True)\n"
+              "os.execv(sys.argv[1], sys.argv[1:])\n")
+    proc = background(activated([str(sock)], "main", ["in,systemd=main"],
+                                [sys.executable, "-c", closer, bins / "tcp-server-musl", "127.0.0.1", "7000"]))
+    wait_for_path(sock)
+    assert unix_request(sock, b"still here\n") == b"still here\n"
+    assert proc.wait_for_line(r"^env .*$").group(0) == "env None None"  # the variables were for redirect
+    assert unix_request(sock, b"again\n") == b"again\n"
+
+
+@needs_activate
+def test_more_binds_than_sockets_and_rebinding(sockdir, background):
+    """The second bind finds no passed socket left: blackholed, with a warning.
+    A socket the program closed is handed out again to its next bind."""
+    sock = sockdir / "one.sock"
+    code = ("import json,socket\n"
+            "a=socket.socket(); a.bind(('127.0.0.1',7001)); a.listen()\n"
+            "b=socket.socket(); b.bind(('127.0.0.1',7002)); b.listen()\n"
+            "print(json.dumps({'a': a.getsockname(), 'b': b.getsockname()}), flush=True)\n"
+            "c,_=a.accept(); c.sendall(b'first\\n'); c.close(); a.close()\n"
+            "d=socket.socket(); d.bind(('127.0.0.1',7003)); d.listen()\n"
+            "print('rebound', flush=True)\n"
+            "c,_=d.accept(); c.sendall(b'second\\n'); c.close()\n")
+    proc = background(activated([str(sock)], None, ["in,systemd"], [sys.executable, "-c", code]))
+    wait_for_path(sock)
+    assert unix_request(sock, b"") == b"first\n"
+    names = json.loads(proc.wait_for_line(r"^\{.*\}$").group(0))
+    assert names == {"a": ["127.0.0.1", 7001], "b": ["127.0.0.1", 7002]}
+    assert re.search(r"127.0.0.1:7002: no passed socket left for rule in,systemd", proc.output)
+    proc.wait_for_line("^rebound$")
+    assert unix_request(sock, b"") == b"second\n"
+    assert tcp_listening(7001) == tcp_listening(7002) == tcp_listening(7003) == []
+
+
+@needs_activate
+def test_passed_datagram_socket(bins, sockdir, background):
+    """A Unix datagram socket passed in (systemd-socket-activate -d) serves a
+    UDP server; senders are shown as IP addresses it can answer."""
+    sock = sockdir / "dns.sock"
+    proc = background(activated([str(sock)], None, ["in,udp,systemd"],
+                                [bins / "udp-server-glibc", "127.0.0.1", "5353"], datagram=True))
+    wait_for_path(sock)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(str(sockdir / "client.sock"))
+        client.settimeout(10)
+        client.sendto(b"q", str(sock))  # starts the server; waits in the queue
+        assert client.recvfrom(100) == (b"echo:q", str(sock))
+    host, port = proc.wait_for_line(r"^received (\S+) (\d+) len=1 q$").groups()
+    assert host == "127.0.0.1" and int(port) >= 1024
+
+
+def test_passed_sockets_for_someone_else_are_ignored(sockdir):
+    """LISTEN_PID names another process: nothing is taken, a warning says why,
+    and the bind gets nothing rather than a real port."""
+    port = free_port()
+    code = ("import socket\ns=socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen()\nprint('bound')\n" % port)
+    env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID="1")
+    result = run(redirect("in,systemd") + [sys.executable, "-c", code], env=env)
+    assert result.stdout.strip() == "bound"
+    assert "LISTEN_PID='1' is not this process" in result.stderr
+    assert "no passed socket left" in result.stderr
+    assert tcp_listening(port) == []
