@@ -1,5 +1,6 @@
 """Socket activation: listening sockets passed in (systemd's LISTEN_FDS protocol)
-and which bind gets which of them.
+or opened by redirect itself before the program starts (--activate), and which
+bind gets which of them.
 
 The supervisor keeps every passed socket for its whole life and hands a
 duplicate to the program when it binds a socket that a `systemd` rule matches;
@@ -10,8 +11,13 @@ again to its next bind.
 from __future__ import annotations
 
 import os
+import select
 import socket
 from dataclasses import dataclass
+
+from . import socketfile
+from .rules import Rule, expand
+from .sockaddr import UnixAddr
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
@@ -47,8 +53,13 @@ class Passed:
     name: str | None
     kind: str                     # "stream" or "dgram"
     inode: int
+    real: UnixAddr | None = None  # opened by --activate: for the binds that rules send here
+    rule: Rule | None = None
+    file_id: tuple[int, int] | None = None  # of the socket file, to remove it at the end
 
     def describe(self) -> str:
+        if self.real is not None:
+            return f"the socket --activate opened at {self.real}"
         what = self.name or "unnamed"
         try:
             where = self.sock.getsockname()
@@ -61,7 +72,8 @@ class Activation:
     """The sockets passed to this supervisor, and which of them are handed out."""
 
     def __init__(self, passed: list[Passed]) -> None:
-        self.passed = passed
+        self.passed = passed      # from systemd, for `systemd` rules
+        self.opened: list[Passed] = []  # by --activate, for path=/abstract= rules
 
     @classmethod
     def from_environment(cls, env: dict[str, str], log) -> "Activation":
@@ -98,6 +110,79 @@ class Activation:
                 return passed
         return None
 
+    def opened_at(self, real: UnixAddr, kind: str) -> Passed | None:
+        return next((p for p in self.opened if p.real == real and p.kind == kind), None)
+
+    def open_rule_sockets(self, rules: list[Rule]) -> list[str]:
+        """--activate: create, bind and listen on the socket of every `in` rule
+        whose name is fixed (a single port for %p, addr= for %a), as systemd
+        would, before the program runs. Returns the rules skipped, and why.
+        Raises OSError (with the path) if a socket cannot be made."""
+        skipped = []
+        for rule in rules:
+            if rule.direction != "in" or rule.action not in ("path", "abstract"):
+                continue
+            target = fixed_target(rule)
+            if target is None:
+                skipped.append(f"{rule.text}: its socket name depends on the program's bind "
+                               "(a port range, or %a without addr=); it is made at the bind")
+                continue
+            real, kind = target
+            if self.opened_at(real, kind) is not None:
+                continue
+            self.opened.append(_open(rule, real, kind))
+        return skipped
+
+    def wait_for_traffic(self) -> None:
+        """--on-demand: block until a connection or datagram arrives on any of
+        the opened sockets (it stays queued for the program)."""
+        select.select([p.sock for p in self.opened], [], [])
+
     def close(self) -> None:
         for passed in self.passed:
             passed.sock.close()
+        for opened in self.opened:
+            opened.sock.close()
+            if not opened.real.abstract and not opened.rule.noremove:
+                socketfile.remove_if_ours(opened.real.name, opened.file_id)
+
+
+def fixed_target(rule: Rule) -> tuple[UnixAddr, str] | None:
+    """The Unix address and socket type an `in` rule always resolves to, if it
+    does not depend on the program's bind."""
+    template = rule.target or ""
+    if "%p" in template and (rule.port is None or rule.port[0] != rule.port[1]):
+        return None
+    if "%a" in template and rule.address is None:
+        return None
+    kind = rule.socket_type or "stream"
+    name = expand(template, port=rule.port[0] if rule.port else 0, address=str(rule.address), socket_type=kind)
+    return UnixAddr(os.fsencode(name), abstract=rule.action == "abstract"), kind
+
+
+def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    if not real.abstract:
+        err = socketfile.clear_stale(real.name, stype)
+        if err:
+            raise OSError(err, os.strerror(err), os.fsdecode(real.name))
+    sock = socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC)
+    try:
+        restricted = not real.abstract and socketfile.has_permissions(rule)
+        umask = os.umask(0o177) if restricted else None
+        try:
+            sock.bind(b"\0" + real.name if real.abstract else real.name)
+        finally:
+            if umask is not None:
+                os.umask(umask)
+        if restricted:
+            err = socketfile.apply_permissions(real.name, rule, umask)
+            if err:
+                raise OSError(-err, os.strerror(-err), os.fsdecode(real.name))
+        if kind == "stream":
+            sock.listen(socket.SOMAXCONN)
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, err.strerror, os.fsdecode(real.name)) from None
+    ident = None if real.abstract else socketfile.file_id(real.name)
+    return Passed(sock, None, kind, os.fstat(sock.fileno()).st_ino, real, rule, ident)

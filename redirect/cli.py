@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--check", action="store_true", help="check the rules and exit")
     p.add_argument("-p", "--print", action="store_true", dest="print_rules",
                    help="print the rule table (and exit if no PROGRAM is given)")
+    p.add_argument("--activate", action="store_true",
+                   help="create and listen on the socket of every in rule with path= or abstract= "
+                        "before the program starts; its bind gets that socket (as with systemd)")
+    p.add_argument("--on-demand", action="store_true",
+                   help="with --activate: start the program only when the first connection or "
+                        "datagram arrives (it waits in the socket for the program)")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: every conversion, -vv: more)")
     p.add_argument("--version", action="version", version=f"redirect {__version__}")
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
-    supervisor = Supervisor(rules, verbosity=args.verbose)
+    supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand)
     try:
         return supervisor.run(command)
     except SpawnError as err:

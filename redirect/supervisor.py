@@ -30,7 +30,8 @@ class SpawnError(Exception):
 
 
 class Supervisor:
-    def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None) -> None:
+    def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None,
+                 activate: bool = False, on_demand: bool = False) -> None:
         self.verbosity = verbosity
         self.log_file = log_file or sys.stderr
         self.processes: dict[int, Process] = {}
@@ -41,6 +42,7 @@ class Supervisor:
                            reap=self.reap, held=self.held_inodes, activation=activation)
         self.main_pid = 0
         self.main_status: int | None = None
+        self.activate, self.on_demand = activate or on_demand, on_demand
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
@@ -117,6 +119,8 @@ class Supervisor:
         # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
         env = program_environment(os.environ if env is None else env)
         try:
+            if self.activate:
+                self._open_rule_sockets()
             self.spawn(argv, env)
             previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
             try:
@@ -135,6 +139,32 @@ class Supervisor:
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
         return os.WEXITSTATUS(status)
+
+    def _open_rule_sockets(self) -> None:
+        """--activate: the rules' sockets exist and listen before the program
+        runs; --on-demand: it runs once somebody connects (or sends)."""
+        activation = self.ctx.activation
+        try:
+            skipped = activation.open_rule_sockets(self.ctx.rules)
+        except OSError as err:
+            raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}", 1) from None
+        for note in skipped:
+            self.log(0, f"--activate: {note}")
+        if not activation.opened:
+            raise SpawnError("--activate: no in rule with path= or abstract= names a socket it could make", 2)
+        for opened in activation.opened:
+            self.log(1, f"--activate: listening on {opened.real} ({opened.kind})")
+        if self.on_demand:
+            def stop(sig, frame):
+                raise SpawnError(f"stopped by signal {sig} before the first connection", 128 + sig)
+
+            previous = {sig: signal.signal(sig, stop) for sig in FORWARDED}
+            try:
+                activation.wait_for_traffic()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            self.log(1, "--on-demand: first connection; starting the program")
 
     def _forward(self, sig: int, frame) -> None:
         if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():

@@ -131,9 +131,9 @@ def background():
         proc.stop()
 
 
-def redirect(*rules: str, verbose: int = 1) -> list[str]:
+def redirect(*rules: str, verbose: int = 1, options: tuple[str, ...] = ()) -> list[str]:
     """The redirect command line for these rules, ready for a program to be appended."""
-    argv = list(REDIRECT) + ["-v"] * verbose
+    argv = list(REDIRECT) + ["-v"] * verbose + list(options)
     for rule in rules:
         argv += ["-r", rule]
     return argv + ["--"]

@@ -176,3 +176,52 @@ def test_passed_sockets_for_someone_else_are_ignored(sockdir):
     assert "LISTEN_PID='1' is not this process" in result.stderr
     assert "no passed socket left" in result.stderr
     assert tcp_listening(port) == []
+
+
+# ---- redirect as its own activator ------------------------------------------------------------
+
+def test_activate_on_demand_starts_at_first_connection(bins, sockdir, background):
+    sock, port = sockdir / "od.sock", free_port()
+    proc = background(redirect(f"in,port={port},path={sock},mode=0600", options=("--activate", "--on-demand")) + [bins / "go-http-server", "-addr", f"127.0.0.1:{port}"])
+    wait_for_path(sock)
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    time.sleep(0.3)
+    assert "listening" not in proc.output.replace("--activate: listening", "")  # not started yet
+    assert curl_unix(sock).startswith("hello from go-server remote=127.0.0.1:")  # this connection starts it
+    proc.wait_for_line(r"^listening 127.0.0.1:\d+$")
+    assert tcp_listening(port) == []
+    assert proc.stop() == 0 and not sock.exists()
+
+
+def test_activate_queues_connections_made_before_the_program_binds(sockdir, background):
+    sock, port = sockdir / "early.sock", free_port()
+    code = ("import socket,time\ntime.sleep(1)\ns=socket.socket()\ns.bind(('127.0.0.1',%d))\ns.listen()\n"
+            "print('bound', flush=True)\nc,_=s.accept()\nc.sendall(b'served\\n')\n" % port)
+    proc = background(redirect(f"in,port={port},path={sock}", options=("--activate",)) + [sys.executable, "-c", code])
+    wait_for_path(sock)
+    assert "bound" not in proc.output
+    assert unix_request(sock, b"") == b"served\n"     # connected before the bind, answered after it
+    assert proc.wait() == 0 and not sock.exists()
+
+
+def test_activate_datagram_and_stop_before_first_datagram(bins, sockdir, background):
+    sock = sockdir / "udp.sock"
+    proc = background(redirect(f"in,udp,port=5353,path={sock}", options=("--activate", "--on-demand")) + [bins / "udp-server-musl", "127.0.0.1", "5353"])
+    wait_for_path(sock)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(str(sockdir / "c.sock"))
+        client.settimeout(10)
+        client.sendto(b"wake", str(sock))
+        assert client.recv(100) == b"echo:wake"
+    assert proc.stop() == 0 and not sock.exists()
+    # Stopped while still waiting: the socket file goes too.
+    proc = background(redirect(f"in,udp,port=5353,path={sock}", options=("--activate", "--on-demand")) + [bins / "udp-server-musl", "127.0.0.1", "5353"])
+    wait_for_path(sock)
+    assert proc.stop() == 128 + 15 and not sock.exists()
+    assert "before the first connection" in proc.output
+
+
+def test_activate_needs_a_fixed_socket_name(sockdir):
+    result = run(redirect(f"in,port=1-100,path={sockdir}/%p.sock", options=("--activate",)) + ["true"])
+    assert result.returncode == 2
+    assert "depends on the program's bind" in result.stderr and "no in rule" in result.stderr

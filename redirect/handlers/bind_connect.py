@@ -130,7 +130,9 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
         # Bound in a fresh 0700 directory that goes away right after: listen and
         # accept work, nobody can ever connect, nothing is left on disk.
         real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
-    elif not real.abstract:
+    elif ctx.activation.opened_at(real, kind) is not None:  # --activate made it already
+        return (yield from _install(call, fd, kind, verdict, ctx.activation.opened_at(real, kind)))
+    if not blackhole and not real.abstract:
         problem = socketfile.permission_problem(verdict.rule)
         if problem:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {problem} (EPERM)")
@@ -190,6 +192,12 @@ def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
         ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a {passed.kind} socket, "
                    f"the program's is a {kind} one (EPROTOTYPE)")
         return -errno.EPROTOTYPE
+    return (yield from _install(call, fd, kind, verdict, passed))
+
+
+def _install(call: Call, fd: int, kind: str, verdict: Decision, passed):
+    """Generator: put a duplicate of a supervisor's listening socket at fd."""
+    ctx = call.ctx
     with call.thread.socket(fd) as sock:
         if sock is None:
             return -errno.EBADF
