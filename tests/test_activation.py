@@ -225,3 +225,22 @@ def test_activate_needs_a_fixed_socket_name(sockdir):
     result = run(redirect(f"in,port=1-100,path={sockdir}/%p.sock", options=("--activate",)) + ["true"])
     assert result.returncode == 2
     assert "depends on the program's bind" in result.stderr and "no in rule" in result.stderr
+
+
+@needs_activate
+def test_passed_udp_socket_shows_real_addresses(bins, background):
+    """A passed IP socket is a real one: the program sees its real address and
+    real senders; nothing of its own is bound."""
+    port = free_port()
+    proc = background(activated([f"127.0.0.1:{port}"], None, ["in,udp,systemd"],
+                                [bins / "udp-server-glibc", "127.0.0.1", "5353"], datagram=True))
+    time.sleep(0.3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(b"hi", ("127.0.0.1", port))  # starts the server; waits in the queue
+        data, source = client.recvfrom(100)
+        assert data == b"echo:hi" and source == ("127.0.0.1", port)
+        mine = client.getsockname()
+    proc.wait_for_line(rf"^listening 127.0.0.1 {port}$")
+    proc.wait_for_line(rf"^received 127.0.0.1 {mine[1]} len=2 hi$")
+    assert tcp_listening(5353) == []
