@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--check", action="store_true", help="check the rules and exit")
     p.add_argument("-p", "--print", action="store_true", dest="print_rules",
                    help="print the rule table (and exit if no PROGRAM is given)")
+    p.add_argument("--sealed", action="store_true",
+                   help="refuse every IP socket no rule converts (bind: EACCES, connect/send: "
+                        "ENETUNREACH; logged): the program cannot reach the real network")
     p.add_argument("--activate", action="store_true",
                    help="create and listen on the socket of every in rule with path= or abstract= "
                         "before the program starts; its bind gets that socket (as with systemd)")
@@ -96,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("redirect: no PROGRAM given", file=sys.stderr)
         return 2
-    if not rules:
+    if not rules and not args.sealed:
         print("redirect: warning: no rules given; the program runs with its sockets unchanged", file=sys.stderr)
 
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
-    supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand)
+    supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
+                            sealed=args.sealed)
     try:
         return supervisor.run(command)
     except SpawnError as err:

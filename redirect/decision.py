@@ -23,7 +23,9 @@ class Decision:
 
     @property
     def source(self) -> str:
-        return f"rule {self.rule.text}" if self.rule is not None else "an address shown for a datagram sender"
+        if self.rule is not None:
+            return f"rule {self.rule.text}"
+        return "sealed mode" if self.reason == SEALED_REASON else "an address shown for a datagram sender"
 
 
 def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
@@ -34,11 +36,19 @@ def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
         SocketFacts(direction, kind, unix_path=name)
 
 
+# Sealed mode: an IP socket no rule mentions must not reach the network.
+SEALED = {"in": errno.EACCES, "out": errno.ENETUNREACH}
+SEALED_REASON = "sealed: no rule converts this socket, and the program may not use the real network"
+
+
 def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
-           ports: PortAllocator) -> Decision | None:
+           ports: PortAllocator, sealed: bool = False) -> Decision | None:
     """The rule's verdict on a socket, or None to leave it alone. Pure but for
-    handing out a port for binds to port 0."""
+    handing out a port for binds to port 0. Sealed: IP sockets no rule matches
+    are refused (an explicit `ignore` rule is the one way through)."""
     rule = first_match(rules, facts(direction, kind, visible))
+    if rule is None and sealed and isinstance(visible, IPAddr):
+        return Decision(None, visible, error=SEALED[direction], reason=SEALED_REASON)
     if rule is None or rule.action == "ignore":
         return None
     if rule.action == "reject":

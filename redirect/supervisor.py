@@ -31,7 +31,7 @@ class SpawnError(Exception):
 
 class Supervisor:
     def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None,
-                 activate: bool = False, on_demand: bool = False) -> None:
+                 activate: bool = False, on_demand: bool = False, sealed: bool = False) -> None:
         self.verbosity = verbosity
         self.log_file = log_file or sys.stderr
         self.processes: dict[int, Process] = {}
@@ -39,7 +39,7 @@ class Supervisor:
         ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
         activation = Activation.from_environment(os.environ, self.log)
         self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
-                           reap=self.reap, held=self.held_inodes, activation=activation)
+                           reap=self.reap, held=self.held_inodes, activation=activation, sealed=sealed)
         self.main_pid = 0
         self.main_status: int | None = None
         self.activate, self.on_demand = activate or on_demand, on_demand

@@ -8,7 +8,7 @@ import socket
 
 from .. import socketfile
 from ..registry import Client, Listener
-from ..decision import Decision, decide
+from ..decision import SEALED, SEALED_REASON, Decision
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from . import datagram, datagram_send
@@ -37,9 +37,12 @@ def _prepare(call: Call, direction: str):
             usable = is_unix
         else:
             usable = sock.family == visible.family or ours is not None
+    if kind is None and call.ctx.sealed and isinstance(visible, IPAddr) and usable:
+        call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert)")
+        return -(SEALED[direction]), None, False
     if kind is None or not usable:
         return PASS, None, False
-    verdict = decide(call.ctx.rules, direction, kind, visible, call.ctx.ports)
+    verdict = call.ctx.decide(direction, kind, visible)
     if verdict is None and direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
         verdict = datagram_send.shown_sender_verdict(call, visible)  # a reply from a fresh socket
     if isinstance(ours, Listener):
@@ -88,7 +91,7 @@ def _free_port(call: Call, kind: str, visible: IPAddr, verdict: Decision) -> Dec
         if verdict.error or socketfile.clear_stale(verdict.real.name, stype) != errno.EADDRINUSE:
             return verdict
         _release_port(call, verdict)
-        verdict = decide(call.ctx.rules, "in", kind, visible, call.ctx.ports)
+        verdict = call.ctx.decide("in", kind, visible)
     return verdict
 
 
@@ -222,12 +225,12 @@ def listen(call: Call):
         if sock.getsockname()[1] != 0:
             return PASS  # bound already: its bind() was seen
         wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
-    verdict = decide(call.ctx.rules, "in", "stream", wildcard, call.ctx.ports)
+    verdict = call.ctx.decide("in", "stream", wildcard)
     if verdict is None:
         return PASS
     if verdict.error:
         _release_port(call, verdict)
-        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} (rule {verdict.rule.text})")
+        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} ({verdict.source})")
         return -verdict.error
     return _bind_then_listen(call, fd, verdict)
 

@@ -16,6 +16,7 @@ from .. import sockaddr
 from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..activation import Activation
+from ..decision import Decision, decide
 from ..socketfile import ReplyDirs
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
@@ -40,8 +41,12 @@ class Context:
     reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
     held: Callable[[], set[int]]      # inodes of the sockets traced processes hold now
     activation: Activation            # sockets passed in by socket activation
+    sealed: bool = False              # refuse IP sockets no rule converts
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
+
+    def decide(self, direction: str, kind: str, visible: Address) -> Decision | None:
+        return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
 
     def warn_once(self, key, message: str) -> None:
         if key not in self.warned:

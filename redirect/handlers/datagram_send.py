@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from .. import socketfile
-from ..decision import Decision, decide
+from ..decision import Decision
 from ..peers import UNNAMED
 from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, Address, IPAddr, UnixAddr, pack, unpack
@@ -37,7 +37,7 @@ def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | Non
     for visible in dests:
         if not isinstance(visible, IPAddr):
             continue
-        verdict = decide(call.ctx.rules, "out", "dgram", visible, call.ctx.ports) \
+        verdict = call.ctx.decide("out", "dgram", visible) \
             or shown_sender_verdict(call, visible)
         if verdict is not None:
             break
@@ -132,7 +132,7 @@ def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
         return -errno.ECONNREFUSED
     if real is not None:
         return real
-    verdict = decide(ctx.rules, "out", "dgram", visible, ctx.ports)
+    verdict = ctx.decide("out", "dgram", visible)
     if verdict is None:
         ctx.warn_once(("unreachable", visible), f"{call.describe()}: {visible}: this socket is a Unix socket now, "
                       "and no out rule sends datagrams for that address anywhere (ENETUNREACH)")

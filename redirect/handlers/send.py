@@ -12,7 +12,7 @@ import socket
 
 from ..sockaddr import IPAddr, unpack
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
-from ..decision import decide
+from ..decision import SEALED_REASON
 from .bind_connect import connect_to
 from . import datagram_send
 from .common import MMSGHDR_SIZE, MSG_NAME, MSG_NAMELEN, MSGHDR, Call, identify, read_sockaddr, socket_type
@@ -66,26 +66,33 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
         return _stream(call, fd, addresses[0], flags)
     if kind == "dgram" and family != socket.AF_UNIX:
         return datagram_send.convert_and_send(call, fd, family, dests)
+    if kind is None and family != socket.AF_UNIX and call.ctx.sealed:
+        return sealed_off(call, addresses[0])  # raw, ICMP, SCTP...: no rule can convert them
     return PASS
 
 
-def _refuse(call: Call, visible: IPAddr, error: int, reason: str, rule: str) -> int:
-    call.ctx.log(0 if error in (errno.ENOSYS, errno.EOPNOTSUPP) else 1,
-                 f"{call.describe()}: {visible}: {reason} ({errno.errorcode.get(error)}; rule {rule})")
+def sealed_off(call: Call, visible: IPAddr) -> int:
+    call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert; ENETUNREACH)")
+    return -errno.ENETUNREACH
+
+
+def _refuse(call: Call, visible: IPAddr, error: int, reason: str, source: str) -> int:
+    call.ctx.log(1 if reason == "rejected by rule" else 0,
+                 f"{call.describe()}: {visible}: {reason} ({errno.errorcode.get(error)}; {source})")
     return -error
 
 
 def _stream(call: Call, fd: int, visible: IPAddr, flags: int):
     if not flags & MSG_FASTOPEN:
         return PASS  # TCP ignores the address (or says ENOTCONN): no connection is made
-    verdict = decide(call.ctx.rules, "out", "stream", visible, call.ctx.ports)
+    verdict = call.ctx.decide("out", "stream", visible)
     if verdict is None:
         return PASS
     if verdict.error:
-        return _refuse(call, visible, verdict.error, verdict.reason, verdict.rule.text)
+        return _refuse(call, visible, verdict.error, verdict.reason, verdict.source)
     if call.name != "sendto":
         return _refuse(call, visible, errno.EOPNOTSUPP, f"TCP Fast Open through {call.name}() is not supported",
-                       verdict.rule.text)
+                       verdict.source)
     return _fast_open(call, fd, verdict, flags)
 
 
