@@ -160,6 +160,14 @@ class Rule:
         # Stored normalised so that equal addresses make equal rules.
         object.__setattr__(self, "address", _normalise_address(self.address))
 
+    @classmethod
+    def parse(cls, text: str) -> "Rule":
+        """A rule from its text (RuleError, with a caret, if it is wrong)."""
+        return parse_rule(text)
+
+    def __str__(self) -> str:
+        return format_rule(self)
+
     @property
     def is_unix(self) -> bool:
         """True for from-unix/from-abstract rules (they never match IP)."""

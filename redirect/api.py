@@ -1,0 +1,215 @@
+"""The Python API: run programs under redirect from Python, as with subprocess.
+
+    from redirect import Rule, run, spawn
+    with spawn(["./server", "-addr", ":8080"], rules=[Rule.parse("in,port=8080,path=" + sock)]) as proc:
+        proc.wait_for_socket(sock, timeout=5)
+        ...
+    result = run(["./client"], rules=["out,port=8080,path=" + sock], capture_output=True, text=True)
+
+Each program runs under its own supervisor, a `python -m redirect` child
+process, so nothing blocks the caller and a crash of either side cannot take
+the caller down. Rules are checked here first: a bad rule raises the same
+RuleError (with its caret) that the command line prints.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+from .rules import Rule, RuleError, format_rule, parse_rule
+
+__all__ = ["Rule", "RuleError", "Process", "spawn", "run", "rule"]
+
+RuleLike = Rule | str
+# The supervisor runs this very package, wherever it was imported from (not
+# whatever `redirect` the child's sys.path or working directory would find).
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); from redirect.cli import main; sys.exit(main())"
+
+
+def rule(*, direction: str | None = None, type: str | None = None, address: str | None = None,  # noqa: A002
+         port: int | tuple[int, int] | None = None, path: str | os.PathLike | None = None,
+         abstract: str | None = None, systemd: str | bool | None = None, reject: str | int | bool | None = None,
+         blackhole: bool = False, ignore: bool = False, from_unix: str | None = None,
+         from_abstract: str | None = None, noremove: bool = False, mode: int | str | None = None,
+         owner: str | int | None = None, group: str | int | None = None) -> Rule:
+    """A rule from keyword arguments: rule(direction="in", port=8080, path="/run/app.sock").
+    Checked exactly like a rule string (the same RuleError)."""
+    items: list[str] = []
+    if direction is not None:
+        items.append(direction)
+    if type is not None:
+        items.append(type)
+    for key, value in (("addr", address), ("from-unix", from_unix), ("from-abstract", from_abstract)):
+        if value is not None:
+            items.append(f"{key}={_escape(str(value))}")
+    if port is not None:
+        items.append(f"port={port[0]}-{port[1]}" if isinstance(port, tuple) else f"port={port}")
+    actions = {"path": path, "abstract": abstract}
+    for key, value in actions.items():
+        if value is not None:
+            items.append(f"{key}={_escape(os.fspath(value))}")
+    for key, value in (("systemd", systemd), ("reject", reject)):
+        if value is True:
+            items.append(key)
+        elif value not in (None, False):
+            items.append(f"{key}={_escape(str(value))}")
+    items += [flag for flag, on in (("blackhole", blackhole), ("ignore", ignore), ("noremove", noremove)) if on]
+    if mode is not None:
+        items.append(f"mode={mode:04o}" if isinstance(mode, int) else f"mode={mode}")
+    for key, value in (("owner", owner), ("group", group)):
+        if value is not None:
+            items.append(f"{key}={_escape(str(value))}")
+    return parse_rule(",".join(items))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _rule(item: RuleLike) -> Rule:
+    return item if isinstance(item, Rule) else parse_rule(item)
+
+
+def command(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, sealed: bool = False,
+            activate: bool = False, verbose: int = 0) -> list[str]:
+    """The redirect command line for a program and its rules."""
+    argv = [sys.executable, "-c", _LAUNCH, _PACKAGE_PARENT] + ["-v"] * verbose
+    if sealed:
+        argv.append("--sealed")
+    if activate:
+        argv.append("--activate")
+    for item in rules:
+        argv += ["-r", format_rule(_rule(item))]
+    return argv + ["--"] + [os.fspath(a) for a in args]
+
+
+class Process(subprocess.Popen):
+    """A program running under redirect: a subprocess.Popen of its supervisor
+    (pid, returncode, wait, communicate, terminate... as usual; the supervisor
+    forwards signals and exits with the program's status), plus waiting for
+    socket files and a clean-up that leaves no process and no socket behind."""
+
+    def __init__(self, args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *,
+                 sealed: bool = False, activate: bool = False, verbose: int = 0, **popen_kwargs) -> None:
+        self.rules = [_rule(item) for item in rules]   # raises RuleError before anything starts
+        self.program_args = [os.fspath(a) for a in args]
+        super().__init__(command(self.program_args, self.rules, sealed=sealed, activate=activate,
+                                 verbose=verbose), **popen_kwargs)
+
+    @property
+    def program_pid(self) -> int | None:
+        """The program's own pid (the supervisor's child), once it runs."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+                pids = children.read().split()
+        except OSError:
+            return None
+        return int(pids[0]) if pids else None
+
+    def wait_for_socket(self, path: str | os.PathLike, timeout: float = 10) -> None:
+        """Until a socket is listening (stream) or bound (datagram) at path.
+        Raises TimeoutError, or ChildProcessError if redirect exited first."""
+        path = os.fspath(path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if _socket_ready(path):
+                return
+            if self.poll() is not None:
+                raise ChildProcessError(f"redirect exited with {self.returncode} before {path} appeared")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no socket at {path} after {timeout} s")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 5) -> int:
+        """SIGTERM (forwarded to the program, which shuts down as it would), then
+        SIGKILL after `timeout`; then remove any socket file a rule names that
+        nobody serves any more (left only if redirect itself was killed)."""
+        if self.poll() is None:
+            self.send_signal(signal.SIGTERM)
+            try:
+                self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()  # the program dies with its tracer (PTRACE_O_EXITKILL)
+                self.wait()
+        for item in self.rules:
+            _remove_if_dead(item)
+        return self.returncode
+
+    def __exit__(self, exc_type, value, traceback) -> None:
+        try:
+            self.stop()
+        finally:
+            super().__exit__(exc_type, value, traceback)
+
+
+def spawn(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), **kwargs) -> Process:
+    """Start args under redirect without waiting (like subprocess.Popen; same
+    keyword arguments, plus sealed=, activate=, verbose=)."""
+    return Process(args, rules, **kwargs)
+
+
+def run(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, input=None,  # noqa: A002
+        capture_output: bool = False, timeout: float | None = None, check: bool = False,
+        **kwargs) -> subprocess.CompletedProcess:
+    """Run args under redirect to the end, like subprocess.run."""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    with spawn(args, rules, **kwargs) as proc:
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            proc.stop(timeout=1)
+            raise subprocess.TimeoutExpired(proc.args, timeout, expired.output, expired.stderr) from None
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check:
+        result.check_returncode()
+    return result
+
+
+# ---- socket files --------------------------------------------------------------------
+
+_ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
+
+
+def _socket_ready(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+        with open("/proc/net/unix") as table:
+            next(table)
+            for line in table:
+                fields = line.split(None, 7)
+                if len(fields) == 8 and fields[7].rstrip("\n") == path:
+                    kind, flags = int(fields[4], 16), int(fields[3], 16)
+                    return kind != socket.SOCK_STREAM or bool(flags & _ACCEPTING)
+    except OSError:
+        return False
+    return False
+
+
+def _remove_if_dead(item: Rule) -> None:
+    """A rule's socket file that nobody is bound to any more goes."""
+    from .activation import fixed_target  # the rule's path, when it does not depend on the bind
+    from .socketfile import clear_stale
+
+    if item.direction != "in" or item.action != "path" or item.noremove:
+        return
+    target = fixed_target(item)
+    if target is None:
+        return
+    real, kind = target
+    # If redirect was killed, the program dies a moment later (PTRACE_O_EXITKILL):
+    # until then its socket is alive and must stay.
+    for _ in range(50):
+        if clear_stale(real.name, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM) == 0:
+            return
+        time.sleep(0.02)

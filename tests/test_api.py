@@ -1,0 +1,103 @@
+"""The Python API and the pytest plugin, used as a test suite would."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, curl_unix, free_port, run as run_command, tcp_listening
+
+from redirect import Rule, RuleError, rule, run, spawn
+
+
+def test_rules_from_text_and_keywords():
+    assert rule(direction="in", port=8080, path="/run/a,b.sock", mode=0o660) == \
+        Rule.parse(r"in,port=8080,path=/run/a\,b.sock,mode=0660")
+    assert str(rule(direction="out", type="udp", port=(53, 54), reject="EPERM")) == "out,udp,port=53-54,reject=EPERM"
+    with pytest.raises(RuleError) as err:
+        Rule.parse("in,prot=8080,path=/x")
+    assert "^" in str(err.value) and "did you mean 'port'" in str(err.value)
+    with pytest.raises(RuleError):
+        spawn(["true"], rules=["in,path=relative/%q"])  # checked before anything starts
+
+
+def test_spawn_serves_and_cleans_up(bins, sockdir):
+    sock, port = sockdir / "api.sock", free_port()
+    with spawn([bins / "go-http-server", "-addr", f":{port}"], rules=[rule(direction="in", port=port, path=sock)],
+               stdout=subprocess.PIPE, text=True) as proc:
+        proc.wait_for_socket(sock, timeout=10)
+        assert curl_unix(sock).startswith("hello from go-server remote=127.0.0.1:")
+        program = proc.program_pid
+        assert program and program != proc.pid and tcp_listening(port) == []
+    assert proc.returncode == 0                      # SIGTERM reached the program, which shut down
+    assert not sock.exists()
+    assert not os.path.exists(f"/proc/{program}")
+
+
+def test_cleanup_when_the_test_fails_or_redirect_is_killed(bins, sockdir):
+    sock, port = sockdir / "gone.sock", free_port()
+    with pytest.raises(RuntimeError):
+        with spawn([bins / "tcp-server-glibc", "127.0.0.1", str(port)], rules=[f"in,port={port},path={sock}"],
+                   stdout=subprocess.DEVNULL) as proc:
+            proc.wait_for_socket(sock)
+            raise RuntimeError("the test failed")
+    assert proc.returncode is not None and not sock.exists()
+    # redirect itself killed: the program dies with it, the stale file is removed by stop().
+    proc = spawn([bins / "tcp-server-glibc", "127.0.0.1", str(port)], rules=[f"in,port={port},path={sock}"],
+                 stdout=subprocess.DEVNULL)
+    proc.wait_for_socket(sock)
+    program = proc.program_pid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sock.exists()                              # nobody cleaned up yet
+    proc.stop()
+    assert not sock.exists()
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{program}"):
+            break
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{program}")
+
+
+def test_run_is_like_subprocess_run(bins, sockdir):
+    result = run(["sh", "-c", "echo out; echo err >&2; exit 3"], [f"in,path={sockdir}/%p.sock"],
+                 capture_output=True, text=True)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        run(["false"], ["in,path=/run/x.sock"], check=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(["sleep", "10"], ["in,path=/run/x.sock"], timeout=0.5)
+    port = free_port()
+    result = run([bins / "go-http-client", f"http://127.0.0.1:{port}/"], sealed=True, capture_output=True, text=True)
+    assert result.returncode == 1 and "network is unreachable" in result.stderr
+
+
+XDIST_TESTS = '''
+import os, pytest
+
+@pytest.mark.parametrize("worker_test", range(8))
+def test_same_port_everywhere(redirected_server, worker_test):
+    server = redirected_server([os.environ["GO_SERVER"], "-addr", ":8080"], ports=[8080])
+    for _ in range(3):
+        reply = server.http().get("/")
+        assert reply.status_code == 200 and reply.text.startswith("hello from go-server remote=127.0.0.1:")
+'''
+
+
+def test_pytest_plugin_under_xdist(bins, tmp_path):
+    """8 tests in 8 xdist workers, each with the static Go server on "port
+    8080" at once: no clash, no TCP port, nothing left behind."""
+    (tmp_path / "test_parallel.py").write_text(XDIST_TESTS)
+    before = {name for name in os.listdir("/tmp") if name.startswith("rd-")}
+    env = dict(os.environ, GO_SERVER=str(bins / "go-http-server"), PYTHONPATH=str(REPO))
+    # The plugin comes in through the package's pytest11 entry point alone.
+    result = run_command([sys.executable, "-m", "pytest", "-q", "-n", "8", "-p", "no:cacheprovider",
+                          tmp_path / "test_parallel.py"],
+                         timeout=180, cwd=tmp_path, env=env)
+    assert "8 passed" in result.stdout, result.stdout + result.stderr
+    assert tcp_listening(8080) == []
+    assert {name for name in os.listdir("/tmp") if name.startswith("rd-")} <= before
