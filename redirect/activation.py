@@ -10,6 +10,7 @@ again to its next bind.
 """
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -21,7 +22,7 @@ from .sockaddr import UnixAddr
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-_UNNAMED = {"", "unknown"}  # what systemd calls a socket with no FileDescriptorName=
+_UNNAMED = {""}
 
 
 def parse_listen_env(env: dict[str, str], pid: int) -> tuple[list[tuple[int, str | None]], str | None]:
@@ -32,7 +33,7 @@ def parse_listen_env(env: dict[str, str], pid: int) -> tuple[list[tuple[int, str
         return [], None
     if env.get("LISTEN_PID") != str(pid):
         return [], f"LISTEN_FDS is set but LISTEN_PID={env.get('LISTEN_PID')!r} is not this process ({pid}): ignored"
-    if not count.isdigit() or int(count) > 1024:
+    if not (count.isascii() and count.isdigit()) or int(count) > 1024:
         return [], f"LISTEN_FDS={count!r} is not a number of sockets: ignored"
     names = env["LISTEN_FDNAMES"].split(":") if "LISTEN_FDNAMES" in env else []
     fds = []
@@ -74,6 +75,7 @@ class Activation:
     def __init__(self, passed: list[Passed]) -> None:
         self.passed = passed      # from systemd, for `systemd` rules
         self.opened: list[Passed] = []  # by --activate, for path=/abstract= rules
+        self.reserved: set[int] = set()  # being handed over right now
 
     @classmethod
     def from_environment(cls, env: dict[str, str], log) -> "Activation":
@@ -83,11 +85,17 @@ class Activation:
         passed = []
         for fd, name in fds:
             try:
-                sock = socket.socket(fileno=os.dup(fd))
-                os.close(fd)  # keep only our close-on-exec duplicate: the program must not inherit it
+                dup = os.dup(fd)
+            except OSError as err:
+                log(0, f"passed fd {fd} cannot be used ({err.strerror}): ignored")
+                continue
+            _close_quietly(fd)  # keep only our close-on-exec duplicate: the program must not inherit it
+            try:
+                sock = socket.socket(fileno=dup)
                 kind = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}.get(sock.type)
             except OSError as err:
                 log(0, f"passed fd {fd} is not a usable socket ({err.strerror}): ignored")
+                _close_quietly(dup)
                 continue
             if kind is None:
                 log(0, f"passed fd {fd} is neither a stream nor a datagram socket: ignored")
@@ -96,14 +104,16 @@ class Activation:
             passed.append(Passed(sock, name, kind, os.fstat(sock.fileno()).st_ino))
         return cls(passed)
 
-    def pick(self, name: str | None, claimed: set[str], in_use: set[int]) -> Passed | None:
+    def pick(self, name: str | None, claimed: set[str], in_use: set[int], kind: str | None = None) -> Passed | None:
         """The socket for a bind that a `systemd` (name None) or `systemd=NAME`
         rule matched: the first passed one of that name, or for plain `systemd`
         the first one no `systemd=NAME` rule claims, in the order they were
-        passed; never one the program holds now."""
-        for passed in self.passed:
-            if passed.inode in in_use:
-                continue
+        passed; of the bind's type if there is one; never one the program
+        holds now."""
+        candidates = [p for p in self.passed if p.inode not in in_use]
+        if kind is not None and any(p.kind == kind for p in candidates):
+            candidates = [p for p in candidates if p.kind == kind]
+        for passed in candidates:
             if name is not None and passed.name == name:
                 return passed
             if name is None and passed.name not in claimed:
@@ -120,7 +130,7 @@ class Activation:
         Raises OSError (with the path) if a socket cannot be made."""
         skipped = []
         for rule in rules:
-            if rule.direction != "in" or rule.action not in ("path", "abstract"):
+            if rule.direction == "out" or rule.action not in ("path", "abstract") or rule.is_unix:
                 continue
             target = fixed_target(rule)
             if target is None:
@@ -147,6 +157,13 @@ class Activation:
                 socketfile.remove_if_ours(opened.real.name, opened.file_id)
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def fixed_target(rule: Rule) -> tuple[UnixAddr, str] | None:
     """The Unix address and socket type an `in` rule always resolves to, if it
     does not depend on the program's bind."""
@@ -166,17 +183,19 @@ def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
         err = socketfile.clear_stale(real.name, stype)
         if err:
             raise OSError(err, os.strerror(err), os.fsdecode(real.name))
+    restricted = not real.abstract and socketfile.has_permissions(rule)
+    problem = socketfile.permission_problem(rule) if restricted else None
+    if problem:
+        raise OSError(errno.EPERM, problem, os.fsdecode(real.name))
     sock = socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC)
     try:
-        restricted = not real.abstract and socketfile.has_permissions(rule)
-        umask = os.umask(0o177) if restricted else None
-        try:
-            sock.bind(b"\0" + real.name if real.abstract else real.name)
-        finally:
-            if umask is not None:
-                os.umask(umask)
         if restricted:
-            err = socketfile.apply_permissions(real.name, rule, umask)
+            os.fchmod(sock.fileno(), socketfile.initial_mode(rule))  # born no looser than asked
+        sock.bind(b"\0" + real.name if real.abstract else real.name)
+        if restricted:
+            umask = os.umask(0)
+            os.umask(umask)
+            err = socketfile.apply_permissions(real.name, rule, os.geteuid(), umask)
             if err:
                 raise OSError(-err, os.strerror(-err), os.fsdecode(real.name))
         if kind == "stream":

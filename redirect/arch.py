@@ -26,7 +26,6 @@ NR = {
     "setsockopt": 54,
     "getsockopt": 55,
     "fcntl": 72,
-    "umask": 95,
     "epoll_ctl": 233,
     "accept4": 288,
     "dup3": 292,

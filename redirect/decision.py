@@ -61,7 +61,7 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
     if rule.action == "blackhole":
         return Decision(rule, visible)
     if isinstance(visible, IPAddr):
-        port, address = visible.port, str(visible.host)
+        port, address = visible.port, str(visible.match_host)
     else:
         port, address = 0, ""
     name = os.fsencode(expand(rule.target or "", port=port, address=address,

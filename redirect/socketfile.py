@@ -102,20 +102,40 @@ def permission_problem(rule) -> str | None:
     return None
 
 
-def apply_permissions(path: bytes, rule, umask: int) -> int:
-    """Give a freshly bound (0600) socket file the rule's owner, group and mode
-    (without mode=: what the program's umask would have given). 0 or -errno;
-    on failure the file is removed, so nobody connects to a half-made socket."""
+def initial_mode(rule) -> int:
+    """The mode a restricted socket file is created with, set on the socket
+    itself before bind (fchmod: the kernel creates the file with the socket's
+    mode minus the umask, so it can only come out stricter). With an owner or
+    group still to set: the binder only, until they are set."""
+    if rule.owner is not None or rule.group is not None or rule.mode is None:
+        return 0o600
+    return rule.mode & 0o777
+
+
+def apply_permissions(path: bytes, rule, binder_uid: int, umask: int) -> int:
+    """Give a freshly bound socket file the rule's owner, group and mode
+    (without mode=: what the program's umask gives). The file is opened
+    without following symlinks and must still be a socket of the binder, so a
+    file swapped in by someone who can write the directory is never touched.
+    0 or -errno; on failure the file is removed, so nobody connects to a
+    half-made socket."""
     try:
-        if rule.owner is not None or rule.group is not None:
-            os.chown(path, -1 if rule.owner is None else rule.owner, -1 if rule.group is None else rule.group)
-        os.chmod(path, rule.mode if rule.mode is not None else 0o777 & ~umask)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
         return -(err.errno or errno.EPERM)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != binder_uid:
+            return -errno.EPERM  # not the file the bind made: leave it alone
+        here = f"/proc/self/fd/{fd}"  # the opened inode itself, whatever the path holds now
+        if rule.owner is not None or rule.group is not None:
+            os.chown(here, -1 if rule.owner is None else rule.owner, -1 if rule.group is None else rule.group)
+        os.chmod(here, rule.mode if rule.mode is not None else 0o777 & ~umask)
+    except OSError as err:
+        remove_if_ours(path, (st.st_dev, st.st_ino))
+        return -(err.errno or errno.EPERM)
+    finally:
+        os.close(fd)
     return 0
 
 

@@ -118,20 +118,20 @@ class Supervisor:
         self.argv0 = argv[0]
         # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
         env = program_environment(os.environ if env is None else env)
+        # From here on a signal is forwarded, or (before the program runs) ends
+        # us through the clean-up below: no socket file --activate made is left.
+        previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
         try:
             if self.activate:
-                self._open_rule_sockets()
+                self._open_rule_sockets(argv[0])
             self.spawn(argv, env)
-            previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
-            try:
-                self.loop()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            self.loop()
             failure = self._spawn_failure()  # empty once the exec happened
             if failure is not None:
                 raise failure
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.reap()
             self.ctx.replies.remove()
             self.ctx.activation.close()
@@ -140,7 +140,7 @@ class Supervisor:
             return 128 + os.WTERMSIG(status)
         return os.WEXITSTATUS(status)
 
-    def _open_rule_sockets(self) -> None:
+    def _open_rule_sockets(self, program: str) -> None:
         """--activate: the rules' sockets exist and listen before the program
         runs; --on-demand: it runs once somebody connects (or sends)."""
         activation = self.ctx.activation
@@ -155,18 +155,16 @@ class Supervisor:
         for opened in activation.opened:
             self.log(1, f"--activate: listening on {opened.real} ({opened.kind})")
         if self.on_demand:
-            def stop(sig, frame):
-                raise SpawnError(f"stopped by signal {sig} before the first connection", 128 + sig)
+            import shutil  # only here: keep it off the start-up path
 
-            previous = {sig: signal.signal(sig, stop) for sig in FORWARDED}
-            try:
-                activation.wait_for_traffic()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            if shutil.which(program) is None:  # say so now, not at the first connection
+                raise _exec_error(program, errno.ENOENT if not os.path.exists(program) else errno.EACCES)
+            activation.wait_for_traffic()
             self.log(1, "--on-demand: first connection; starting the program")
 
     def _forward(self, sig: int, frame) -> None:
+        if not self.main_pid:
+            raise SpawnError(f"stopped by signal {sig} before the program started", 128 + sig)
         if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
             return  # the terminal sent it to the program's process group already
         # To the program; once it has exited, to what is left of its tree (a

@@ -141,6 +141,13 @@ class Thread:
                     return int(line.split()[2])
         raise OSError(errno.ESRCH, f"no thread {self.tid}")
 
+    def umask(self) -> int:
+        with open(f"/proc/{self.tid}/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+        return 0o022
+
     def fds(self) -> Iterator[tuple[int, str]]:
         try:
             names = os.listdir(f"/proc/{self.tid}/fd")

@@ -49,12 +49,13 @@ def wait_for_path(path: Path, timeout: float = 10) -> None:
 
 def test_listen_environment_is_parsed_and_checked():
     env = {"LISTEN_FDS": "3", "LISTEN_PID": "42", "LISTEN_FDNAMES": "web:unknown:"}
-    assert parse_listen_env(env, 42) == ([(3, "web"), (4, None), (5, None)], None)
+    assert parse_listen_env(env, 42) == ([(3, "web"), (4, "unknown"), (5, None)], None)
     assert parse_listen_env({"LISTEN_FDS": "2", "LISTEN_PID": "42"}, 42) == ([(3, None), (4, None)], None)
     fds, warning = parse_listen_env(env, 43)
     assert fds == [] and "not this process" in warning
     assert parse_listen_env({}, 42) == ([], None)
     assert "not a number" in parse_listen_env({"LISTEN_FDS": "x", "LISTEN_PID": "42"}, 42)[1]
+    assert "not a number" in parse_listen_env({"LISTEN_FDS": "\u00b2", "LISTEN_PID": "42"}, 42)[1]
 
 
 def test_passed_sockets_are_picked_by_name_then_in_order():
@@ -69,6 +70,11 @@ def test_passed_sockets_are_picked_by_name_then_in_order():
         assert activation.pick(None, claimed | {"admin"}, {1}) is None     # none left
         assert activation.pick("web", claimed, {0}) is None                # in use
         assert activation.pick("nope", claimed, set()) is None
+        # One name for a stream and a datagram socket (ListenStream= and
+        # ListenDatagram= in one unit): each bind gets the one of its type.
+        both = Activation([Passed(socks[0], "dns", "dgram", 10), Passed(socks[1], "dns", "stream", 11)])
+        assert both.pick("dns", {"dns"}, set(), "stream").inode == 11
+        assert both.pick("dns", {"dns"}, set(), "dgram").inode == 10
     finally:
         for s in socks:
             s.close()
@@ -89,7 +95,7 @@ def test_named_unix_and_unnamed_tcp_socket_to_c_and_go_servers(bins, sockdir, ba
     assert curl_unix(sock).startswith("hello from tcp-server peer=127.0.0.1:")
     assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
     proc.wait_for_line(r"^listening 127.0.0.1 8080$")                    # the C server sees its IP address
-    proc.wait_for_line(r"127.0.0.1:9090 -> passed socket unnamed")
+    proc.wait_for_line(r"127.0.0.1:9090 -> passed socket unknown")  # systemd's name for an unnamed one
     assert tcp_listening(8080) == [] and tcp_listening(9090) == []       # nothing of the program's own
     assert "bad-remote-addr" not in proc.output
 
@@ -218,7 +224,7 @@ def test_activate_datagram_and_stop_before_first_datagram(bins, sockdir, backgro
     proc = background(redirect(f"in,udp,port=5353,path={sock}", options=("--activate", "--on-demand")) + [bins / "udp-server-musl", "127.0.0.1", "5353"])
     wait_for_path(sock)
     assert proc.stop() == 128 + 15 and not sock.exists()
-    assert "before the first connection" in proc.output
+    assert "before the program started" in proc.output
 
 
 def test_activate_needs_a_fixed_socket_name(sockdir):
@@ -244,3 +250,54 @@ def test_passed_udp_socket_shows_real_addresses(bins, background):
     proc.wait_for_line(rf"^listening 127.0.0.1 {port}$")
     proc.wait_for_line(rf"^received 127.0.0.1 {mine[1]} len=2 hi$")
     assert tcp_listening(5353) == []
+
+
+@needs_activate
+def test_threads_binding_at_once_get_different_sockets(sockdir, background):
+    """A Go-style program starting two listeners in two threads at once: each
+    bind gets its own passed socket, never the same one twice."""
+    one, two = sockdir / "one.sock", sockdir / "two.sock"
+    code = r"""
+import os, socket, threading
+barrier = threading.Barrier(2)
+def serve(port):
+    s = socket.socket(); barrier.wait(); s.bind(("127.0.0.1", port)); s.listen()
+    print("inode", port, os.fstat(s.fileno()).st_ino, flush=True)
+    c, _ = s.accept(); c.sendall(b"port %d\n" % port); c.close()
+threads = [threading.Thread(target=serve, args=(p,)) for p in (7101, 7102)]
+[t.start() for t in threads]; [t.join() for t in threads]
+"""
+    proc = background(activated([str(one), str(two)], None, ["in,systemd"], [sys.executable, "-c", code]))
+    wait_for_path(two)
+    first = unix_request(one, b"")
+    second = unix_request(two, b"")
+    assert {first, second} == {b"port 7101\n", b"port 7102\n"}, proc.output
+    inodes = {line.split()[2] for line in proc.output.splitlines() if line.startswith("inode ")}
+    assert len(inodes) == 2
+
+
+@needs_activate
+def test_accept_mode_connection_is_refused_clearly(bins, sockdir, background):
+    """systemd-socket-activate -a passes a connection (inetd style), not a
+    listener: the bind fails with a line saying what happened."""
+    sock = sockdir / "a.sock"
+    proc = background([ACTIVATE, "-a", "-l", str(sock)] + redirect("in,systemd")
+                      + [bins / "tcp-server-glibc", "127.0.0.1", "7200"])
+    wait_for_path(sock)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(sock))
+        proc.wait_for_line("is a connection, not a listening socket")
+    assert "Traceback" not in proc.output
+
+
+def test_socat_udp_listen_fork_with_activate(sockdir, background):
+    port, sock = free_port(), sockdir / "socat.sock"
+    server = background(redirect(f"in,udp,port={port},path={sock}", options=("--activate",))
+                        + ["socat", f"UDP4-LISTEN:{port},fork,reuseaddr", "EXEC:cat"])
+    wait_for_path(sock)
+    for i in range(3):
+        result = run(redirect(f"out,udp,port={port},path={sock}") + ["socat", "-T1", "-", f"UDP4:127.0.0.1:{port}"],
+                     input=f"hello {i}\n")
+        assert result.stdout == f"hello {i}\n", result.stderr + server.output
+    server.stop()
+    assert not sock.exists()

@@ -517,3 +517,29 @@ def test_int80_and_x32_cannot_bypass_the_filter(bypass_probe):
     assert got == {"int80-socketcall-bind": -38, "int80-bind": -38, "x32-bind": -38}
     assert "32-bit (int 0x80) socket call refused" in result.stderr
     assert tcp_listening(port) == tcp_listening(port + 1) == tcp_listening(port + 2) == []
+
+
+def test_ipv4_and_ipv6_listeners_bound_at_once_by_two_threads(sockdir):
+    """Both resolve to one path and race: the second is blackholed quietly, as
+    when they come one after the other, never EADDRINUSE."""
+    port = free_port()
+    code = r"""
+import socket, sys, threading
+barrier = threading.Barrier(2)
+results = {}
+def bind(family, host):
+    s = socket.socket(family)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    barrier.wait()
+    try:
+        s.bind((host, int(sys.argv[1]))); s.listen(); results[host] = "ok"
+    except OSError as err:
+        results[host] = err.strerror
+threads = [threading.Thread(target=bind, args=a) for a in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"))]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(results["0.0.0.0"], results["::"])
+"""
+    for _ in range(4):
+        result = run(redirect(f"in,port={port},path={sockdir}/dual.sock") + [sys.executable, "-c", code, port])
+        assert result.stdout.split() == ["ok", "ok"], result.stdout + result.stderr

@@ -152,3 +152,47 @@ def test_nginx_reaches_go_server_through_group_socket(bins, background, unprivil
         nginx.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_permissions_never_follow_a_swapped_in_symlink(tmp_path):
+    """Whoever can write the socket's directory may swap a symlink in between
+    the bind and the chmod: the target must never be touched."""
+    from redirect.rules import parse_rule
+    from redirect.socketfile import apply_permissions
+
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    link = tmp_path / "s.sock"
+    link.symlink_to(secret)
+    rule = parse_rule(f"in,port=1,path={link},mode=0666")
+    assert apply_permissions(os.fsencode(link), rule, os.geteuid(), 0o022) == -errno.EPERM
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and link.is_symlink()
+
+
+def test_threads_racing_umask_and_binds_never_loosen_the_file(sockdir):
+    """One thread sets umask 0 in a loop while two others bind under mode=0600:
+    the files are 0600 from the start (fchmod before bind, no umask games) and
+    the program's umask is left alone."""
+    code = r"""
+import os, socket, sys, threading, stat
+stop = threading.Event()
+def churn():
+    while not stop.is_set():
+        os.umask(0)
+t = threading.Thread(target=churn); t.start()
+barrier = threading.Barrier(2)
+modes = {}
+def bind(port):
+    s = socket.socket(); barrier.wait(); s.bind(("127.0.0.1", port)); s.listen()
+    modes[port] = oct(stat.S_IMODE(os.stat(f"{sys.argv[1]}/{port}.sock").st_mode))
+threads = [threading.Thread(target=bind, args=(p,)) for p in (18080, 18081)]
+[x.start() for x in threads]; [x.join() for x in threads]
+stop.set(); t.join()
+os.umask(0o027)
+print(modes[18080], modes[18081], oct(os.umask(0o027)))
+"""
+    for _ in range(3):
+        result = run(redirect(f"in,port=18080-18081,path={sockdir}/%p.sock,mode=0600") + [sys.executable, "-c", code,
+                                                                                          sockdir])
+        assert result.stdout.split() == ["0o600", "0o600", "0o27"], result.stdout + result.stderr

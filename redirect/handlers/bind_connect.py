@@ -112,14 +112,22 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
     if verdict.rule.action == "systemd" and not blackhole:
         return (yield from _hand_over(call, fd, kind, verdict, is_unix))
     real, blackhole = verdict.real, blackhole or verdict.rule.action == "blackhole"
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     holder = None if blackhole else ctx.registry.listener_at(real)
+    fresh = False  # a new socket even where --activate opened one
     if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
             and _reuses(call, fd, socket.SO_REUSEADDR):
         # UDP with SO_REUSEADDR (socat's UDP-LISTEN,fork): the newest socket gets
         # new senders, the older one keeps the peer it is connected to.
-        socketfile.remove_if_ours(real.name, holder.file_id)
-        holder = None
+        opened = ctx.activation.opened_at(real, kind)  # the first holder may be --activate's socket
+        for ident in (holder.file_id, opened.file_id if opened else None):
+            if socketfile.remove_if_ours(real.name, ident):
+                break
+        holder, fresh = None, True
+    if holder is None and not blackhole and real in ctx.binding:
+        # Another thread is binding the same path right now (the IPv4 and IPv6
+        # listeners of one port, started at once): as if it were done.
+        ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is being bound by another thread; blackholing")
+        blackhole = True
     if holder is not None:
         if holder.visible == verdict.visible and not _reuses(call, fd, socket.SO_REUSEPORT):
             ctx.log(1, f"{call.describe()}: {verdict.visible} is already bound by this program")
@@ -133,8 +141,21 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
         # Bound in a fresh 0700 directory that goes away right after: listen and
         # accept work, nobody can ever connect, nothing is left on disk.
         real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
-    elif ctx.activation.opened_at(real, kind) is not None:  # --activate made it already
+    elif not fresh and ctx.activation.opened_at(real, kind) is not None:  # --activate made it already
         return (yield from _install(call, fd, kind, verdict, ctx.activation.opened_at(real, kind)))
+    if blackhole:
+        return (yield from _bind_at(call, fd, kind, verdict, is_unix, real, True))
+    ctx.binding.add(real)
+    try:
+        return (yield from _bind_at(call, fd, kind, verdict, is_unix, real, False))
+    finally:
+        ctx.binding.discard(real)
+
+
+def _bind_at(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, real: UnixAddr, blackhole: bool):
+    """Generator: bind fd (made a Unix socket first) at real, as the verdict says."""
+    ctx = call.ctx
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     if not blackhole and not real.abstract:
         problem = socketfile.permission_problem(verdict.rule)
         if problem:
@@ -153,16 +174,18 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
             _release_port(call, verdict)
             return err
     packed = pack(real)
-    restricted = not blackhole and socketfile.has_permissions(verdict.rule)
+    restricted = not blackhole and not real.abstract and socketfile.has_permissions(verdict.rule)
     if restricted:
-        # Created 0600 (the program's user only), then given its owner, group
-        # and mode: never looser than the rule asks, not even for an instant.
-        umask = yield Syscall("umask", 0o177)
+        # The file is born with the socket's own mode (minus the umask): never
+        # looser than the rule asks, not even for an instant; then it gets its
+        # owner, group and final mode.
+        with call.thread.socket(fd) as sock:
+            if sock is None:
+                return -errno.EBADF
+            os.fchmod(sock.fileno(), socketfile.initial_mode(verdict.rule))
     res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
-    if restricted:
-        yield Syscall("umask", umask)
-        if res >= 0:
-            res = socketfile.apply_permissions(real.name, verdict.rule, umask)
+    if restricted and res >= 0:
+        res = socketfile.apply_permissions(real.name, verdict.rule, call.thread.euid(), call.thread.umask())
     if blackhole:
         if res >= 0:
             os.unlink(real.name)
@@ -186,7 +209,7 @@ def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
     a blackholed one and a warning."""
     ctx, rule = call.ctx, verdict.rule
     claimed = {r.target for r in ctx.rules if r.action == "systemd" and r.target is not None}
-    passed = ctx.activation.pick(rule.target, claimed, ctx.held())
+    passed = ctx.activation.pick(rule.target, claimed, ctx.held() | ctx.activation.reserved, kind)
     if passed is None:
         ctx.log(0, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
                    f"({len(ctx.activation.passed)} passed in all); bound where nobody can connect")
@@ -195,7 +218,16 @@ def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
         ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a {passed.kind} socket, "
                    f"the program's is a {kind} one (EPROTOTYPE)")
         return -errno.EPROTOTYPE
-    return (yield from _install(call, fd, kind, verdict, passed))
+    if passed.kind == "stream" and not passed.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a connection, not a listening "
+                   "socket (systemd's Accept=yes / systemd-socket-activate -a): that is inetd style, which "
+                   "this program does not speak (EINVAL)")
+        return -errno.EINVAL
+    ctx.activation.reserved.add(passed.inode)  # another thread's bind must not get it meanwhile
+    try:
+        return (yield from _install(call, fd, kind, verdict, passed))
+    finally:
+        ctx.activation.reserved.discard(passed.inode)
 
 
 def _install(call: Call, fd: int, kind: str, verdict: Decision, passed):

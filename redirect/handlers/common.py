@@ -42,6 +42,7 @@ class Context:
     held: Callable[[], set[int]]      # inodes of the sockets traced processes hold now
     activation: Activation            # sockets passed in by socket activation
     sealed: bool = False              # refuse IP sockets no rule converts
+    binding: set = field(default_factory=set)  # socket paths a bind is making right now
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
 
@@ -380,6 +381,9 @@ def _receive_socket(call: Call, passed: socket.socket):
     if tmp < 0:
         return tmp
     packed = sockaddr.pack(UnixAddr(path))
+    with call.thread.socket(tmp) as sock:
+        if sock is not None:
+            os.fchmod(sock.fileno(), 0o600)  # writable by us whatever the program's umask
     res = yield Syscall("bind", tmp, (yield Scratch(packed)), len(packed))
     if res >= 0:
         try:
