@@ -30,7 +30,11 @@ RuleLike = Rule | str
 # The supervisor runs this very package, wherever it was imported from (not
 # whatever `redirect` the child's sys.path or working directory would find).
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); from redirect.cli import main; sys.exit(main())"
+# The supervisor also dies (SIGTERM: its program is stopped, its files removed)
+# if the caller is killed outright (PR_SET_PDEATHSIG), so nothing outlives a
+# test run that was SIGKILLed.
+_LAUNCH = ("import ctypes, sys; ctypes.CDLL(None).prctl(1, 15); sys.path.insert(0, sys.argv.pop(1)); "
+           "from redirect.cli import main; sys.exit(main())")
 
 
 def rule(*, direction: str | None = None, type: str | None = None, address: str | None = None,  # noqa: A002
@@ -49,8 +53,12 @@ def rule(*, direction: str | None = None, type: str | None = None, address: str 
     for key, value in (("addr", address), ("from-unix", from_unix), ("from-abstract", from_abstract)):
         if value is not None:
             items.append(f"{key}={_escape(str(value))}")
-    if port is not None:
-        items.append(f"port={port[0]}-{port[1]}" if isinstance(port, tuple) else f"port={port}")
+    if isinstance(port, (tuple, list)):
+        if len(port) != 2:
+            raise ValueError(f"port=: one port or a (first, last) pair, not {port!r}")
+        items.append(f"port={port[0]}-{port[1]}")
+    elif port is not None:
+        items.append(f"port={port}")
     actions = {"path": path, "abstract": abstract}
     for key, value in actions.items():
         if value is not None:
@@ -61,6 +69,8 @@ def rule(*, direction: str | None = None, type: str | None = None, address: str 
         elif value not in (None, False):
             items.append(f"{key}={_escape(str(value))}")
     items += [flag for flag, on in (("blackhole", blackhole), ("ignore", ignore), ("noremove", noremove)) if on]
+    if isinstance(mode, bool):
+        raise ValueError("mode=: the permission bits, like 0o660 or '0660'")
     if mode is not None:
         items.append(f"mode={mode:04o}" if isinstance(mode, int) else f"mode={mode}")
     for key, value in (("owner", owner), ("group", group)):
@@ -116,7 +126,7 @@ class Process(subprocess.Popen):
     def wait_for_socket(self, path: str | os.PathLike, timeout: float = 10) -> None:
         """Until a socket is listening (stream) or bound (datagram) at path.
         Raises TimeoutError, or ChildProcessError if redirect exited first."""
-        path = os.fspath(path)
+        path = os.fspath(path)  # "@name": an abstract socket
         deadline = time.monotonic() + timeout
         while True:
             if _socket_ready(path):
@@ -132,10 +142,21 @@ class Process(subprocess.Popen):
         SIGKILL after `timeout`; then remove any socket file a rule names that
         nobody serves any more (left only if redirect itself was killed)."""
         if self.poll() is None:
+            program = self.program_pid
             self.send_signal(signal.SIGTERM)
-            try:
-                self.wait(timeout)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + timeout
+            gone_since = None
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                if program is not None and not os.path.exists(f"/proc/{program}"):
+                    gone_since = gone_since or time.monotonic()
+                    if time.monotonic() - gone_since > 0.5:
+                        # The program is gone, yet redirect still waits for
+                        # something it started (a shell's child): redirect
+                        # sends this one to what is left.
+                        self.send_signal(signal.SIGTERM)
+                        program = None
+            if self.poll() is None:
                 self.kill()  # the program dies with its tracer (PTRACE_O_EXITKILL)
                 self.wait()
         for item in self.rules:
@@ -168,8 +189,8 @@ def run(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, in
             stdout, stderr = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as expired:
             proc.stop(timeout=1)
-            raise subprocess.TimeoutExpired(proc.args, timeout, expired.output, expired.stderr) from None
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+            raise subprocess.TimeoutExpired(proc.program_args, timeout, expired.output, expired.stderr) from None
+    result = subprocess.CompletedProcess(proc.program_args, proc.returncode, stdout, stderr)
     if check:
         result.check_returncode()
     return result
@@ -182,7 +203,7 @@ _ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 
 def _socket_ready(path: str) -> bool:
     try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        if not path.startswith("@") and not stat.S_ISSOCK(os.lstat(path).st_mode):
             return False
         with open("/proc/net/unix") as table:
             next(table)

@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("redirect: no PROGRAM given", file=sys.stderr)
         return 2
+    if not command[0]:
+        print("redirect: : command not found (the program name is empty)", file=sys.stderr)
+        return 127
+    if args.on_demand and not args.activate:
+        args.activate = True  # --on-demand means: open the sockets first, start at the first connection
     if not rules and not args.sealed:
         print("redirect: warning: no rules given; the program runs with its sockets unchanged", file=sys.stderr)
 

@@ -37,6 +37,8 @@ class RedirectedServer:
             if len(self.sockets) != 1:
                 raise ValueError(f"this server has several ports ({sorted(self.sockets)}): say which")
             return next(iter(self.sockets.values()))
+        if port not in self.sockets:
+            raise ValueError(f"port {port} is not one of this server's ports ({sorted(self.sockets)})")
         return self.sockets[port]
 
     def http(self, port: int | None = None, **client_kwargs):
@@ -82,6 +84,9 @@ def redirected_server():
     def start(args: Sequence[str | os.PathLike], ports: Iterable[int], *, udp: bool = False, sealed: bool = True,
               rules: Iterable[RuleLike] = (), timeout: float = 10, **kwargs) -> RedirectedServer:
         kind = "udp" if udp else "tcp"
+        ports = [ports] if isinstance(ports, int) else list(ports)
+        if not ports:
+            raise ValueError("redirected_server: name at least one port the program listens on")
         sockets = {port: folder / f"{len(servers)}-{kind}-{port}.sock" for port in ports}
         own = [f"in,{kind},port={port},path={path}" for port, path in sockets.items()]
         proc = spawn(args, [*own, *rules], sealed=sealed, **kwargs)

@@ -21,7 +21,12 @@ _ALWAYS = ["bind", "connect", "listen", "accept", "accept4", "getsockname", "get
 _I386 = ["bind", "connect", "sendto", "sendmsg", "sendmmsg"]
 
 
-def build() -> sc.SyscallFilter:
+# Sealed: socket families that can reach a network but no rule can convert
+# (AF_PACKET, AF_XDP, AF_VSOCK, CAN, Bluetooth...). Unix, IP and netlink stay.
+_SEALED_OPEN_FAMILIES = (1, 2, 10, 16)
+
+
+def build(sealed: bool = False) -> sc.SyscallFilter:
     native = sc.SyscallFilter(sc.ALLOW)
     # x32 calls (nr | 0x40000000) are a third ABI: refuse them outright.
     native.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
@@ -37,6 +42,11 @@ def build() -> sc.SyscallFilter:
     for name in (SO_DOMAIN, SO_PROTOCOL):
         native.add_rule(trace, "getsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, name))
     native.add_rule(trace, "setsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
+    if sealed:
+        for family in range(3, 17):
+            if family not in _SEALED_OPEN_FAMILIES:
+                native.add_rule(trace, "socket", sc.Arg(0, sc.EQ, family))
+        native.add_rule(trace, "socket", sc.Arg(0, sc.GT, 16))
     # io_uring would run socket calls where no filter sees them; programs fall back.
     native.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
 

@@ -53,7 +53,7 @@ class Supervisor:
 
     # ---- start ---------------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
-        flt = seccomp_filter.build()
+        flt = seccomp_filter.build(sealed=self.ctx.sealed)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -120,7 +120,9 @@ class Supervisor:
         env = program_environment(os.environ if env is None else env)
         # From here on a signal is forwarded, or (before the program runs) ends
         # us through the clean-up below: no socket file --activate made is left.
-        previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
+        # Kept to the end: a late one must not kill us in the middle of clean-up.
+        for sig in FORWARDED:
+            signal.signal(sig, self._forward)
         try:
             if self.activate:
                 self._open_rule_sockets(argv[0])
@@ -130,8 +132,6 @@ class Supervisor:
             if failure is not None:
                 raise failure
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             self.reap()
             self.ctx.replies.remove()
             self.ctx.activation.close()

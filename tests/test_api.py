@@ -101,3 +101,28 @@ def test_pytest_plugin_under_xdist(bins, tmp_path):
     assert "8 passed" in result.stdout, result.stdout + result.stderr
     assert tcp_listening(8080) == []
     assert {name for name in os.listdir("/tmp") if name.startswith("rd-")} <= before
+
+
+def test_stop_is_quick_for_a_shell_wrapper_and_parent_death_stops_everything(bins, sockdir):
+    port, sock = free_port(), sockdir / "sh.sock"
+    proc = spawn(["sh", "-c", f"{bins}/tcp-server-glibc 127.0.0.1 {port}; echo done"],
+                 rules=[f"in,port={port},path={sock}"], stdout=subprocess.DEVNULL)
+    proc.wait_for_socket(sock)
+    start = time.monotonic()
+    proc.stop()
+    assert time.monotonic() - start < 3 and proc.returncode != -signal.SIGKILL
+    assert not sock.exists()
+    # The test process killed outright: the supervisor and its program go too.
+    code = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom redirect import spawn\n"
+            "p = spawn([sys.argv[2], '127.0.0.1', sys.argv[3]], rules=['in,port=' + sys.argv[3] + ',path=' + sys.argv[4]], stdout=-3)\n"
+            "p.wait_for_socket(sys.argv[4]); print(p.pid, p.program_pid, flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, REPO, bins / "tcp-server-glibc", str(port), sock],
+                              stdout=subprocess.PIPE, text=True)
+    supervisor, program = map(int, parent.stdout.readline().split())
+    parent.kill()
+    parent.wait()
+    for _ in range(250):
+        if not os.path.exists(f"/proc/{supervisor}") and not os.path.exists(f"/proc/{program}") and not sock.exists():
+            break
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{program}") and not sock.exists()

@@ -80,7 +80,8 @@ out["socketpair"] = b.recv(1).decode()
 attempt("unix", lambda: socket.socket(socket.AF_UNIX).connect(sys.argv[1]))
 attempt("ruled", lambda: socket.create_connection(("127.0.0.1", 7777), timeout=5))
 attempt("tcp", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=5))
-attempt("bind", lambda: socket.socket().bind(("127.0.0.1", 0)))
+attempt("bind", lambda: socket.socket().bind(("127.0.0.1", int(sys.argv[2]))))
+attempt("bind0", lambda: socket.socket().bind(("127.0.0.1", 0)))  # reaches nobody: allowed
 attempt("listen", lambda: socket.socket().listen())
 attempt("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"q", ("192.0.2.1", 53)))
 attempt("ignored", lambda: socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=5))
@@ -99,7 +100,7 @@ def test_what_stays_open_and_what_is_refused(sockdir, background):
                      + [sys.executable, "-c", PROBE, unix, server.port, allowed.port])
         found = json.loads(result.stdout)
         assert found == {"socketpair": "x", "unix": "ok", "ruled": "ok", "tcp": "ENETUNREACH", "bind": "EACCES",
-                         "listen": "EACCES", "udp": "ENETUNREACH", "ignored": "ok", "localhost": "127.0.0.1"}, \
+                         "bind0": "ok", "listen": "EACCES", "udp": "ENETUNREACH", "ignored": "ok", "localhost": "127.0.0.1"}, \
             result.stderr
         assert server.accepted == 0 and allowed.accepted == 1
         assert result.stderr.count("sealed: no rule converts this socket") == 4
@@ -158,3 +159,41 @@ def test_dns_goes_only_where_a_rule_sends_it(bins, sockdir, background):
         finally:
             stop.set()
             helper.join(2)
+
+
+def test_udp_clients_that_bind_port_zero_still_reach_rule_sockets(bins, sockdir, background):
+    """Sealed: a UDP client's bind to port 0 (Go's ListenUDP(nil), C's bind
+    before sendto) gets a private Unix address instead of a refusal, so the
+    datagrams a rule allows still flow."""
+    sock = sockdir / "u.sock"
+    server = background(redirect("in,udp,port=5353,path=" + str(sock)) + [bins / "udp-server-glibc", "0.0.0.0", "5353"])
+    while not sock.exists():
+        time.sleep(0.02)
+    rule = f"out,udp,port=5353,path={sock}"
+    go = run(redirect(rule, options=SEALED) + [bins / "go-udp-client", "127.0.0.1:5353", "go"])
+    assert "reply 127.0.0.1:5353 echo:go" in go.stdout, go.stdout + go.stderr
+    c = run(redirect(rule, options=SEALED) + [bins / "udp-client-glibc", "--bind", "0.0.0.0", "0", "127.0.0.1", "5353", "c"])
+    assert "reply 127.0.0.1 5353 echo:c" in c.stdout, c.stdout + c.stderr
+    assert "no rule converts" not in go.stderr + c.stderr
+    server.stop()
+
+
+def test_sealed_go_server_and_packet_sockets(bins, sockdir, background):
+    """Go's start-up probes (binds to port 0) pass quietly; listen() on an
+    IP socket no rule converts and AF_PACKET sockets (root) are refused."""
+    port, sock = free_port(), sockdir / "g.sock"
+    app = background(redirect(f"in,port={port},path={sock}", verbose=0, options=SEALED)
+                     + [bins / "go-http-server", "-addr", f":{port}"])
+    wait_for_socket(sock, proc=app)
+    app.wait_for_line(r"^listening \[::\]:\d+$")  # it found IPv6 usable, as without redirect
+    assert "sealed" not in app.output
+    code = ("import errno, socket\nout = []\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0))\n"
+            "try:\n    s.listen(); out.append('listening')\nexcept OSError as e: out.append(errno.errorcode[e.errno])\n"
+            "try:\n    socket.socket(socket.AF_PACKET, socket.SOCK_RAW); out.append('packet')\n"
+            "except OSError as e: out.append(errno.errorcode[e.errno])\n"
+            "print(*out)\n")
+    result = run(redirect(verbose=0, options=SEALED) + [sys.executable, "-c", code])
+    expected_packet = "EAFNOSUPPORT"
+    assert result.stdout.split() == ["EACCES", expected_packet], result.stdout + result.stderr
+    assert "socket family 17" in result.stderr

@@ -29,4 +29,5 @@ HANDLERS = {
     "recvfrom": datagram.recvfrom,
     "recvmsg": datagram.recvmsg,
     "recvmmsg": datagram.recvmmsg,
+    "socket": bind_connect.sealed_socket,
 }

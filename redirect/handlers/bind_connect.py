@@ -1,10 +1,12 @@
-"""bind() and connect(): where a matching IP socket becomes a Unix socket."""
+"""bind() and connect(): where a matching IP socket becomes a Unix socket
+(and, in sealed mode, where IP sockets no rule converts are refused)."""
 from __future__ import annotations
 
 import errno
 import ipaddress
 import os
 import socket
+from dataclasses import replace
 
 from .. import socketfile
 from ..registry import Client, Listener
@@ -12,7 +14,8 @@ from ..decision import SEALED, SEALED_REASON, Decision
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from . import datagram, datagram_send
-from .common import Call, identify, make_unix, read_sockaddr, socket_type, swap_to_unix, unix_name
+from ..peers import UNNAMED
+from .common import Call, address_of, identify, make_unix, read_sockaddr, socket_type, swap_to_unix, unix_name
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 # What a TCP client expects when nobody listens, whatever the Unix reason.
@@ -42,9 +45,10 @@ def _prepare(call: Call, direction: str):
         return -(SEALED[direction]), None, False
     if kind is None or not usable:
         return PASS, None, False
-    verdict = call.ctx.decide(direction, kind, visible)
-    if verdict is None and direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
+    verdict = None
+    if direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
         verdict = datagram_send.shown_sender_verdict(call, visible)  # a reply from a fresh socket
+    verdict = verdict or call.ctx.decide(direction, kind, visible)
     if isinstance(ours, Listener):
         # bind() before connect(): an in rule made it a Unix socket, so only an
         # out rule can take it further; it is a client now, not a listener.
@@ -58,6 +62,15 @@ def _prepare(call: Call, direction: str):
         if direction == "in" and kind == "dgram" and isinstance(visible, IPAddr) and visible.port:
             call.ctx.registry.pin(call.thread.fd_inode(fd))  # a UDP port of its choosing: keep it real
         return PASS, None, False
+    if verdict.reason == SEALED_REASON and direction == "in" and isinstance(visible, IPAddr) \
+            and visible.port == 0 and not is_unix:
+        # Sealed, a bind to port 0 (a client choosing its own port, Go's start-up
+        # probes): a stream socket bound so reaches nobody (its listen and
+        # connect are sealed); a datagram one gets a private Unix address, so it
+        # can still talk to what the rules allow.
+        if kind == "stream":
+            return PASS, None, False
+        return Decision(None, replace(visible, port=call.ctx.ports.allocate()), real=UNNAMED), kind, is_unix
     if direction == "in" and not verdict.error and verdict.real and not verdict.real.abstract \
             and isinstance(visible, IPAddr) and visible.port == 0:
         verdict = _free_port(call, kind, visible, verdict)
@@ -104,6 +117,8 @@ def bind(call: Call):
     verdict, kind, is_unix = _prepare(call, "in")
     if not isinstance(verdict, Decision):
         return verdict
+    if verdict.real == UNNAMED:
+        return datagram_send.become_client(call, call.args[0], verdict)  # sealed: a private address
     return _bind(call, call.args[0], kind, verdict, is_unix)
 
 
@@ -254,15 +269,22 @@ def listen(call: Call):
     with call.thread.socket(fd) as sock:
         if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or socket_type(sock) != "stream":
             return PASS
-        if sock.getsockname()[1] != 0:
-            return PASS  # bound already: its bind() was seen
+        bound = address_of(sock.family, sock.getsockname())
+        if bound.port != 0:
+            # Bound already (its bind() was seen). Sealed: only where a rule lets it.
+            if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
+                                       for addr in (bound, replace(bound, port=0))):
+                call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
+                return -errno.EACCES
+            return PASS
         wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
     verdict = call.ctx.decide("in", "stream", wildcard)
     if verdict is None:
         return PASS
     if verdict.error:
         _release_port(call, verdict)
-        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} ({verdict.source})")
+        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} "
+                        f"({errno.errorcode.get(verdict.error)}; {verdict.source})")
         return -verdict.error
     return _bind_then_listen(call, fd, verdict)
 
@@ -313,3 +335,11 @@ def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
     else:
         ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}")
     return res
+
+
+def sealed_socket(call: Call) -> int:
+    """Only trapped in sealed mode, for families that reach a network and that
+    no rule can convert (AF_PACKET and the like): refused."""
+    call.ctx.log(0, f"{call.describe()}: socket family {call.args[0]}: sealed: the program may not use "
+                    "the real network, and no rule can convert such a socket (EAFNOSUPPORT)")
+    return -errno.EAFNOSUPPORT

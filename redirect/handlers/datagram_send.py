@@ -37,8 +37,7 @@ def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | Non
     for visible in dests:
         if not isinstance(visible, IPAddr):
             continue
-        verdict = call.ctx.decide("out", "dgram", visible) \
-            or shown_sender_verdict(call, visible)
+        verdict = shown_sender_verdict(call, visible) or call.ctx.decide("out", "dgram", visible)
         if verdict is not None:
             break
     else:
@@ -93,7 +92,7 @@ def become_client(call: Call, fd: int, verdict: Decision):
     if err < 0:
         return err
     server = None
-    if not verdict.real.abstract:
+    if verdict.real != UNNAMED and not verdict.real.abstract:
         try:
             server = os.stat(verdict.real.name)
         except OSError:
@@ -115,8 +114,13 @@ def become_client(call: Call, fd: int, verdict: Decision):
         ctx.warn_once(("anyone", verdict.real), f"{verdict.real} belongs to another user with no group in common "
                       "with this program: its replies come to sockets that any local user may write to")
     local = before if isinstance(before, IPAddr) and before.port else None
+    if verdict.real == UNNAMED:  # sealed: a bind to port 0, no destination yet
+        local = verdict.visible
     ctx.registry.add_bound_client(thread.fd_inode(fd), Client(
         verdict.real, verdict.visible, "dgram", local=local, own=own, file_id=socketfile.file_id(path)))
+    if verdict.real == UNNAMED:
+        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {own} (sealed: a private address, not UDP)")
+        return 0
     ctx.registry.peers.remember(verdict.visible, verdict.real)
     ctx.log(1, f"{call.describe()}: datagrams to {verdict.visible} -> {verdict.real} (replies to {own})")
     return 0
