@@ -87,7 +87,7 @@ def test_named_unix_and_unnamed_tcp_socket_to_c_and_go_servers(bins, sockdir, ba
     """One named (Unix) and one unnamed (TCP) socket from systemd-socket-activate:
     a static C server gets the named one, a static Go server the other."""
     sock, port = sockdir / "web.sock", free_port()
-    program = ["sh", "-c", f"{bins}/tcp-server-glibc 127.0.0.1 8080 & exec {bins}/go-http-server -addr 127.0.0.1:9090"]
+    program = ["sh", "-c", f"{bins}/tcp-server-glibc --count 1 127.0.0.1 8080 & exec {bins}/go-http-server -addr 127.0.0.1:9090"]
     proc = background(activated([str(sock), f"127.0.0.1:{port}"], "web:unknown",
                                 ["in,port=8080,systemd=web", "in,port=9090,systemd"], program))
     wait_for_path(sock)

@@ -374,9 +374,25 @@ _SCM_RIGHTS, _MSG_CMSG_CLOEXEC = 1, 0x40000000
 
 def _receive_socket(call: Call, passed: socket.socket):
     """Generator: a duplicate of a supervisor socket in the tracee, sent over
-    SCM_RIGHTS to a socket the tracee binds for the moment in a private folder.
-    Returns its fd there, or -errno."""
-    path = call.ctx.replies.new_path(call.thread.euid(), None)[0]
+    SCM_RIGHTS to a socket the tracee binds for the moment in a private folder
+    (made for this and removed at once). Returns its fd there, or -errno."""
+    import tempfile  # rare: keep it off the start-up path
+
+    folder = tempfile.mkdtemp(prefix="redirect-")
+    try:
+        uid = call.thread.euid()
+        if uid != os.geteuid():
+            os.chown(folder, uid, -1)  # a program that dropped privileges binds here itself
+        return (yield from _receive_socket_in(call, passed, os.fsencode(os.path.join(folder, "handover"))))
+    finally:
+        try:
+            os.unlink(os.path.join(folder, "handover"))
+        except OSError:
+            pass
+        os.rmdir(folder)
+
+
+def _receive_socket_in(call: Call, passed: socket.socket, path: bytes):
     tmp = yield Syscall("socket", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
     if tmp < 0:
         return tmp
@@ -392,8 +408,6 @@ def _receive_socket(call: Call, passed: socket.socket):
                                0, path)
         except OSError as err:
             res = -(err.errno or errno.EIO)
-        finally:
-            os.unlink(path)
     if res >= 0:
         byte = yield Scratch(bytes(8))
         iov = yield Scratch(struct.pack("=QQ", byte, 1))
