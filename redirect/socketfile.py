@@ -9,6 +9,8 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def clear_stale(path: bytes, socket_type: int) -> int:
@@ -84,6 +86,24 @@ def remove_if_ours(path: bytes, ident: tuple[int, int] | None) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextmanager
+def throwaway_folder(uid: int) -> Iterator[str]:
+    """A fresh 0700 folder for a socket the program binds for a moment (a
+    blackhole, a hand-over), owned by the program's user (it may have dropped
+    privileges); it goes, with what is in it, on leaving the block."""
+    import tempfile  # rare: keep it off the start-up path
+
+    folder = tempfile.mkdtemp(prefix="redirect-")
+    try:
+        if uid != os.geteuid():
+            os.chown(folder, uid, -1)
+        yield folder
+    finally:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
 
 
 def has_permissions(rule) -> bool:

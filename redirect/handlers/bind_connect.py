@@ -15,11 +15,10 @@ from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from . import datagram, datagram_send
 from ..peers import UNNAMED
-from .common import Call, address_of, identify, make_unix, read_sockaddr, socket_type, swap_to_unix, unix_name
+from .common import (Call, address_of, connect_unix, identify, make_unix, read_sockaddr, replace_socket,
+                     socket_type, unix_name)
 
 _FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
-# What a TCP client expects when nobody listens, whatever the Unix reason.
-_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
 
 
 def _prepare(call: Call, direction: str):
@@ -45,10 +44,10 @@ def _prepare(call: Call, direction: str):
         return -(SEALED[direction]), None, False
     if kind is None or not usable:
         return PASS, None, False
-    verdict = None
     if direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
-        verdict = datagram_send.shown_sender_verdict(call, visible)  # a reply from a fresh socket
-    verdict = verdict or call.ctx.decide(direction, kind, visible)
+        verdict = datagram_send.verdict_for(call, visible)  # also: a reply from a fresh socket
+    else:
+        verdict = call.ctx.decide(direction, kind, visible)
     if isinstance(ours, Listener):
         # bind() before connect(): an in rule made it a Unix socket, so only an
         # out rule can take it further; it is a client now, not a listener.
@@ -151,15 +150,14 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
         ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is already bound here; blackholing")
         blackhole = True
     if blackhole:
-        import tempfile  # rare: keep it off the start-up path
-
-        # Bound in a fresh 0700 directory that goes away right after: listen and
-        # accept work, nobody can ever connect, nothing is left on disk.
-        real = UnixAddr(os.fsencode(os.path.join(tempfile.mkdtemp(prefix="redirect-"), "blackhole")))
-    elif not fresh and ctx.activation.opened_at(real, kind) is not None:  # --activate made it already
-        return (yield from _install(call, fd, kind, verdict, ctx.activation.opened_at(real, kind)))
-    if blackhole:
-        return (yield from _bind_at(call, fd, kind, verdict, is_unix, real, True))
+        # Bound in a folder that goes away right after: listen and accept work,
+        # nobody can ever connect, nothing is left on disk.
+        with socketfile.throwaway_folder(call.thread.euid()) as folder:
+            hole = UnixAddr(os.fsencode(os.path.join(folder, "blackhole")))
+            return (yield from _bind_at(call, fd, kind, verdict, is_unix, hole, True))
+    opened = None if fresh else ctx.activation.opened_at(real, kind)
+    if opened is not None:  # --activate made it already
+        return (yield from _install(call, fd, kind, verdict, opened))
     ctx.binding.add(real)
     try:
         return (yield from _bind_at(call, fd, kind, verdict, is_unix, real, False))
@@ -201,10 +199,6 @@ def _bind_at(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, r
     res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
     if restricted and res >= 0:
         res = socketfile.apply_permissions(real.name, verdict.rule, call.thread.euid(), call.thread.umask())
-    if blackhole:
-        if res >= 0:
-            os.unlink(real.name)
-        os.rmdir(os.path.dirname(real.name))
     if res < 0:
         missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
         ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
@@ -251,7 +245,7 @@ def _install(call: Call, fd: int, kind: str, verdict: Decision, passed):
     with call.thread.socket(fd) as sock:
         if sock is None:
             return -errno.EBADF
-        err = yield from swap_to_unix(call, fd, sock, kind, passed=passed.sock)
+        err = yield from replace_socket(call, fd, sock, kind, passed=passed.sock)
     if err < 0:
         ctx.log(0, f"{call.describe()}: could not hand {passed.describe()} over: {os.strerror(-err)}")
         return err
@@ -325,16 +319,7 @@ def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
             if err < 0:
                 return err
         ctx.registry.add_client(call.thread.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
-    packed = pack(verdict.real)
-    res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
-    if -res in _REFUSED:
-        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}: {os.strerror(-res)}")
-        res = -errno.ECONNREFUSED
-    elif res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
-        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}: {os.strerror(-res)}")
-    else:
-        ctx.log(1, f"{call.describe()}: {verdict.visible} -> {verdict.real}")
-    return res
+    return (yield from connect_unix(call, fd, verdict.visible, verdict.real))
 
 
 def sealed_socket(call: Call) -> int:

@@ -1,5 +1,5 @@
 """What the handlers share: the call, the context, recognising converted sockets,
-writing addresses back, and swapping a socket for a Unix one in place."""
+writing addresses back, swapping a socket for a Unix one in place, connecting it."""
 from __future__ import annotations
 
 import errno
@@ -17,7 +17,7 @@ from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..activation import Activation
 from ..decision import Decision, decide
-from ..socketfile import ReplyDirs
+from ..socketfile import ReplyDirs, throwaway_folder
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
@@ -331,7 +331,7 @@ def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str],
         fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
 
 
-def swap_to_unix(call: Call, fd: int, sock: socket.socket, kind: str, passed: socket.socket | None = None):
+def replace_socket(call: Call, fd: int, sock: socket.socket, kind: str, passed: socket.socket | None = None):
     """Generator: replace the IP socket at fd with a fresh Unix socket of the same
     type (or with a duplicate of `passed`, a socket of the supervisor's), keeping
     flags, close-on-exec, options, owner and epoll registrations.
@@ -376,20 +376,8 @@ def _receive_socket(call: Call, passed: socket.socket):
     """Generator: a duplicate of a supervisor socket in the tracee, sent over
     SCM_RIGHTS to a socket the tracee binds for the moment in a private folder
     (made for this and removed at once). Returns its fd there, or -errno."""
-    import tempfile  # rare: keep it off the start-up path
-
-    folder = tempfile.mkdtemp(prefix="redirect-")
-    try:
-        uid = call.thread.euid()
-        if uid != os.geteuid():
-            os.chown(folder, uid, -1)  # a program that dropped privileges binds here itself
+    with throwaway_folder(call.thread.euid()) as folder:
         return (yield from _receive_socket_in(call, passed, os.fsencode(os.path.join(folder, "handover"))))
-    finally:
-        try:
-            os.unlink(os.path.join(folder, "handover"))
-        except OSError:
-            pass
-        os.rmdir(folder)
 
 
 def _receive_socket_in(call: Call, passed: socket.socket, path: bytes):
@@ -426,7 +414,26 @@ def make_unix(call: Call, fd: int, kind: str):
     with call.thread.socket(fd) as sock:
         if sock is None:
             return -errno.EBADF
-        err = yield from swap_to_unix(call, fd, sock, kind)
+        err = yield from replace_socket(call, fd, sock, kind)
     if err < 0:
         call.ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
     return err
+
+
+# What an IP client expects when nobody is there, whatever the Unix reason.
+_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
+
+
+def connect_unix(call: Call, fd: int, visible: Address, real: UnixAddr):
+    """Generator: connect the Unix socket at fd to `real`, which stands for
+    `visible`; the result as the program expects it from an IP socket."""
+    packed = sockaddr.pack(real)
+    res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
+    if -res in _REFUSED:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
+        return -errno.ECONNREFUSED
+    if res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
+    else:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}")
+    return res

@@ -34,15 +34,16 @@ IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 5
 _LOOPBACK_IFINDEX = 1
 
 
-def shown_family(conv: Converted) -> int | None:
-    """The family the program believes the socket has (None: a Unix socket
+def _face(conv: Converted) -> IPAddr | None:
+    """The IP address the program believes the socket has (None: a Unix socket
     that a from-unix rule moved; it really is one)."""
     face = conv.local if isinstance(conv.local, IPAddr) else conv.peer
-    return face.family if isinstance(face, IPAddr) else None
+    return face if isinstance(face, IPAddr) else None
 
 
-def _face(conv: Converted) -> IPAddr:
-    return conv.local if isinstance(conv.local, IPAddr) else conv.peer
+def shown_family(conv: Converted) -> int | None:
+    face = _face(conv)
+    return face.family if face is not None else None
 
 
 # ---- receiving -----------------------------------------------------------------------
@@ -231,7 +232,7 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
     return out
 
 
-# ---- sending -------------------------------------------------------------------------
+# ---- connected sockets ---------------------------------------------------------------
 
 def connected(call: Call, fd: int) -> bool:
     with call.thread.socket(fd) as sock:

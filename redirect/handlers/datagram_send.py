@@ -21,7 +21,8 @@ from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, Address, IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN,
-                     MSG_NAME, MSG_NAMELEN, MSGHDR, Call, Converted, address_of, make_unix, read_sockaddr)
+                     MSG_NAME, MSG_NAMELEN, MSGHDR, Call, Converted, address_of, connect_unix, make_unix,
+                     read_sockaddr)
 from .datagram import shown_family
 
 
@@ -37,7 +38,7 @@ def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | Non
     for visible in dests:
         if not isinstance(visible, IPAddr):
             continue
-        verdict = shown_sender_verdict(call, visible) or call.ctx.decide("out", "dgram", visible)
+        verdict = verdict_for(call, visible)
         if verdict is not None:
             break
     else:
@@ -49,15 +50,16 @@ def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | Non
     return _convert_then_send(call, fd, verdict, dests, family)
 
 
-def shown_sender_verdict(call: Call, visible: IPAddr) -> Decision | None:
-    """Where an IP socket's datagram to an address we showed for a sender goes:
-    to that sender, never out on real UDP to whoever holds that port."""
+def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
+    """Where a datagram to `visible` goes: to the sender we showed that address
+    for (never out on real UDP to whoever holds that port; looked up first, so
+    no catch-all rule steals a reply), else where the out rules say."""
     real = call.ctx.registry.peers.real(visible)
-    if real is None:
-        return None
     if real == UNNAMED:
         return Decision(None, visible, error=errno.ECONNREFUSED, reason="that sender had no address to answer to")
-    return Decision(None, visible, real)
+    if real is not None:
+        return Decision(None, visible, real)
+    return call.ctx.decide("out", "dgram", visible)
 
 
 def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None], family: int):
@@ -129,21 +131,15 @@ def become_client(call: Call, fd: int, verdict: Decision):
 def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
     """Where a converted socket's datagram to `visible` goes, or -errno (logged)."""
     ctx = call.ctx
-    real = ctx.registry.peers.real(visible)
-    if real == UNNAMED:
-        ctx.warn_once(("unnamed", visible), f"{call.describe()}: {visible} stands for a sender that had no address "
-                                            "to answer to (ECONNREFUSED)")
-        return -errno.ECONNREFUSED
-    if real is not None:
-        return real
-    verdict = ctx.decide("out", "dgram", visible)
+    verdict = verdict_for(call, visible)
     if verdict is None:
         ctx.warn_once(("unreachable", visible), f"{call.describe()}: {visible}: this socket is a Unix socket now, "
                       "and no out rule sends datagrams for that address anywhere (ENETUNREACH)")
         return -errno.ENETUNREACH
     if verdict.error:
         return _refuse(call, visible, verdict)
-    ctx.registry.peers.remember(visible, verdict.real)
+    if verdict.rule is not None:
+        ctx.registry.peers.remember(visible, verdict.real)
     return verdict.real
 
 
@@ -299,12 +295,8 @@ def connect(call: Call, conv: Converted):
 
 
 def _connect(call: Call, fd: int, conv: Converted, visible: IPAddr, real: UnixAddr):
-    packed = pack(real)
-    res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
+    res = yield from connect_unix(call, fd, visible, real)
     if res == 0 and conv.role == "client":
         client = call.ctx.registry.client(conv.inode)
         client.real, client.visible = real, visible
-    if res < 0 and -res in (errno.ENOENT, errno.ECONNREFUSED):
-        res = -errno.ECONNREFUSED
-    call.ctx.log(1, f"{call.describe()}: {visible} -> {real}" + (f": {os.strerror(-res)}" if res < 0 else ""))
     return res
