@@ -9,12 +9,12 @@ import socket
 from dataclasses import replace
 
 from .. import socketfile
-from ..registry import Client, Listener
 from ..decision import SEALED, SEALED_REASON, Decision
+from ..peers import UNNAMED
+from ..registry import Client, Listener
 from ..sockaddr import IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
 from . import datagram, datagram_send
-from ..peers import UNNAMED
 from .common import (Call, address_of, connect_unix, identify, make_unix, read_sockaddr, replace_socket,
                      socket_type, unix_name)
 

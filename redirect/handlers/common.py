@@ -9,16 +9,16 @@ import os
 import re
 import socket
 import struct
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .. import sockaddr
-from ..registry import Accepted, Client, Registry
-from ..rules import Rule
 from ..activation import Activation
 from ..decision import Decision, decide
-from ..socketfile import ReplyDirs, throwaway_folder
+from ..registry import Accepted, Client, Registry
+from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
+from ..socketfile import ReplyDirs, throwaway_folder
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
@@ -74,26 +74,44 @@ class Call:
         return f"{self.name}() in pid {self.thread.tid}"
 
 
+def read_buffer(call: Call, addr: int, size: int) -> bytes | None:
+    """Bytes of a buffer the program passed; None for a bad pointer (the
+    kernel will say EFAULT). Memory that cannot be reached at all raises
+    MemoryUnavailable: then the call cannot be judged, and must fail."""
+    try:
+        return call.thread.read(addr, size)
+    except MemoryUnavailable:
+        raise
+    except OSError:
+        return None
+
+
 def read_sockaddr(call: Call, addr: int, length: int) -> bytes | None:
     if addr == 0 or length < 2:
         return None
-    try:
-        return call.thread.read(addr, min(length, 128))
-    except MemoryUnavailable:
-        raise  # not a bad pointer: we cannot judge the call, so it must fail
-    except OSError:
-        return None  # a bad pointer: the kernel will say EFAULT
+    return read_buffer(call, addr, min(length, 128))
 
 
 def read_room(call: Call, len_ptr: int) -> int | None:
     """The size of the program's address buffer, read before the kernel
     overwrites it; None for a bad pointer (the kernel will say EFAULT)."""
-    try:
-        return call.thread.read_int(len_ptr)
-    except MemoryUnavailable:
-        raise  # not a bad pointer: we cannot judge the call, so it must fail
-    except OSError:
-        return None
+    data = read_buffer(call, len_ptr, 4)
+    return struct.unpack("=i", data)[0] if data is not None else None
+
+
+def read_headers(call: Call, vec: int, count: int, stride: int) -> list[bytes]:
+    """The program's msghdr/mmsghdr array, in one read; if part of it is a
+    bad pointer, the entries before it (where the kernel stops too)."""
+    block = read_buffer(call, vec, count * stride)
+    if block is not None:
+        return [block[i * stride:(i + 1) * stride] for i in range(count)]
+    headers = []
+    for i in range(count):
+        header = read_buffer(call, vec + i * stride, stride)
+        if header is None:
+            break
+        headers.append(header)
+    return headers
 
 
 def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:

@@ -21,8 +21,8 @@ from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, Uni
                         loopback, pack, peer_host, unpack)
 from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
 from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_FLAGS, MSG_NAME,
-                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, identify, read_room,
-                     write_sockaddr)
+                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, identify, read_headers,
+                     read_room, write_sockaddr)
 
 _NAME_ROOM = 112                               # sizeof(struct sockaddr_un), rounded up
 MSG_CTRUNC = 0x8
@@ -88,11 +88,8 @@ def _receive_batch(call: Call, vec: int, count: int, stride: int):
         return PASS
     if call.args[2 if call.name == "recvmsg" else 3] & MSG_ERRQUEUE:
         return -errno.EAGAIN  # a Unix socket has no error queue (and would hand out data instead)
-    try:
-        headers = [call.thread.read(vec + i * stride, stride) for i in range(count)]
-    except MemoryUnavailable:
-        raise
-    except OSError:
+    headers = read_headers(call, vec, count, stride)
+    if not headers:
         return PASS  # the kernel reports the bad pointer
     names = [MSGHDR.unpack(h[:MSGHDR.size])[MSG_NAME] for h in headers]
     if not any(names) and not _wanted_cmsgs(call, conv):

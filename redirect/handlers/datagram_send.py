@@ -20,19 +20,19 @@ from ..peers import UNNAMED
 from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, Address, IPAddr, UnixAddr, pack, unpack
 from ..tracee import PASS, Scratch, Syscall
-from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN,
-                     MSG_NAME, MSG_NAMELEN, MSGHDR, Call, Converted, address_of, connect_unix, make_unix,
-                     read_sockaddr)
+from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
+                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, connect_unix, make_unix, read_sockaddr)
 from .datagram import shown_family
 
 
-def send(call: Call, fd: int, conv: Converted, dests: list[Address | None]):
-    """sendto/sendmsg/sendmmsg with at least one IP destination, on a converted datagram socket."""
+def send(call: Call, fd: int, conv: Converted, dests: list[Address | None], headers: list[bytes]):
+    """sendto/sendmsg/sendmmsg with at least one IP destination, on a converted
+    datagram socket; `headers`: the program's msghdrs (none for sendto)."""
     family = shown_family(conv)
-    return PASS if family is None else _send(call, fd, dests, family)
+    return PASS if family is None else _send(call, fd, dests, headers, family)
 
 
-def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | None]):
+def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | None], headers: list[bytes]):
     """The same on an IP datagram socket: real UDP, unless a rule wants a
     destination or it is a sender we showed (answered from another socket)."""
     for visible in dests:
@@ -47,7 +47,7 @@ def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | Non
         return -errno.EAFNOSUPPORT  # as an IPv4 UDP socket says
     if verdict.error:
         return _refuse(call, visible, verdict)
-    return _convert_then_send(call, fd, verdict, dests, family)
+    return _convert_then_send(call, fd, verdict, dests, headers, family)
 
 
 def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
@@ -62,11 +62,12 @@ def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
     return call.ctx.decide("out", "dgram", visible)
 
 
-def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None], family: int):
+def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None],
+                       headers: list[bytes], family: int):
     err = yield from become_client(call, fd, verdict)
     if err < 0:
         return err
-    return (yield from _send(call, fd, dests, family))
+    return (yield from _send(call, fd, dests, headers, family))
 
 
 def _refuse(call: Call, visible: IPAddr, verdict: Decision) -> int:
@@ -143,7 +144,7 @@ def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
     return verdict.real
 
 
-def _send(call: Call, fd: int, dests: list[Address | None], family: int):
+def _send(call: Call, fd: int, dests: list[Address | None], headers: list[bytes], family: int):
     """Generator: the program's send with every IP destination replaced by its
     Unix address; a batch stops before the first destination that fails."""
     reals: list[Address | None] = []
@@ -154,7 +155,7 @@ def _send(call: Call, fd: int, dests: list[Address | None], family: int):
                 return real
             break
         reals.append(real)
-    request = _Request.read(call, reals, family)
+    request = _Request.read(call, headers[:len(reals)], family)
     if isinstance(request, int):
         return request
     res = yield from request.send(call, fd, reals, dests)
@@ -183,15 +184,14 @@ class _Request:
     lengths: list[int]
 
     @classmethod
-    def read(cls, call: Call, reals: list, family: int) -> "_Request | int":
-        """The program's headers and payload sizes, or -errno for a send UDP
-        would refuse (too big; GSO, which a Unix socket would glue together)."""
+    def read(cls, call: Call, headers: list[bytes], family: int) -> "_Request | int":
+        """The payload sizes of the program's send (headers: none for sendto),
+        or -errno for one UDP would refuse (too big; GSO, which a Unix socket
+        would glue together)."""
         thread = call.thread
         if call.name == "sendto":
             request = cls([], [call.args[2]])
         else:
-            stride = MSGHDR.size if call.name == "sendmsg" else MMSGHDR_SIZE
-            headers = [thread.read(call.args[1] + i * stride, stride) for i in range(len(reals))]
             request = cls(headers, [])
             for header in headers:
                 fields = MSGHDR.unpack(header[:MSGHDR.size])
@@ -210,13 +210,13 @@ class _Request:
         """Generator: send without blocking; while the receiver's queue is full,
         wait a little (in the sending thread only) and try again."""
         args, thread = list(call.args), call.thread
+        stride = MSGHDR.size if call.name == "sendmsg" else MMSGHDR_SIZE
         flag_index = 3 if call.name in ("sendto", "sendmmsg") else 2
         args[flag_index] |= MSG_DONTWAIT
         if call.name == "sendto":
             packed = pack(reals[0])
             args[4], args[5] = (yield Scratch(packed)), len(packed)
         else:
-            stride = MSGHDR.size if call.name == "sendmsg" else MMSGHDR_SIZE
             copies = bytearray()
             for header, real, visible in zip(self.headers, reals, dests):
                 if isinstance(visible, IPAddr):

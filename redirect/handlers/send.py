@@ -10,12 +10,13 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..sockaddr import IPAddr, unpack
-from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
 from ..decision import SEALED_REASON
-from .bind_connect import connect_to
+from ..sockaddr import IPAddr, unpack
+from ..tracee import PASS, Scratch, Syscall
 from . import datagram_send
-from .common import MMSGHDR_SIZE, MSG_NAME, MSG_NAMELEN, MSGHDR, Call, identify, read_sockaddr, socket_type
+from .bind_connect import connect_to
+from .common import (MMSGHDR_SIZE, MSG_NAME, MSG_NAMELEN, MSGHDR, Call, identify, read_headers, read_sockaddr,
+                     socket_type)
 
 MSG_FASTOPEN = 0x20000000
 _MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
@@ -23,32 +24,26 @@ _MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
 
 def sendto(call: Call):
     fd, flags, dest, dest_len = call.args[0], call.args[3], call.args[4], call.args[5]
-    return _check(call, fd, [(dest, dest_len)], flags)
+    return _check(call, fd, [(dest, dest_len)], [], flags)
 
 
 def sendmsg(call: Call):
-    return _check(call, call.args[0], _names(call, call.args[1], 1, 0), call.args[2])
+    return _check(call, call.args[0], *_names(call, 1, MSGHDR.size), call.args[2])
 
 
 def sendmmsg(call: Call):
-    names = _names(call, call.args[1], min(call.args[2], _MAX_VLEN), MMSGHDR_SIZE)
-    return _check(call, call.args[0], names, call.args[3])
+    return _check(call, call.args[0], *_names(call, min(call.args[2], _MAX_VLEN), MMSGHDR_SIZE), call.args[3])
 
 
-def _names(call: Call, ptr: int, count: int, stride: int) -> list[tuple[int, int]]:
-    names = []
-    try:
-        for i in range(count):
-            fields = MSGHDR.unpack(call.thread.read(ptr + i * stride, MSGHDR.size))
-            names.append((fields[MSG_NAME], fields[MSG_NAMELEN]))
-    except MemoryUnavailable:
-        raise  # cannot judge the call: it must fail
-    except OSError:
-        pass  # the kernel reports the bad pointer itself
-    return names
+def _names(call: Call, count: int, stride: int) -> tuple[list[tuple[int, int]], list[bytes]]:
+    """The destinations (pointer, length) of a sendmsg/sendmmsg, and its headers."""
+    headers = read_headers(call, call.args[1], count, stride)
+    fields = [MSGHDR.unpack(header[:MSGHDR.size]) for header in headers]
+    return [(f[MSG_NAME], f[MSG_NAMELEN]) for f in fields], headers
 
 
-def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
+def _check(call: Call, fd: int, names: list[tuple[int, int]], headers: list[bytes], flags: int):
+    """`headers`: the program's msghdrs (none for sendto)."""
     dests = [unpack(data) if data else None for data in (read_sockaddr(call, p, n) for p, n in names)]
     addresses = [a for a in dests if isinstance(a, IPAddr)]
     if not addresses:
@@ -57,7 +52,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     if conv is not None and conv.socket_type == "stream":
         return _without_address(call)  # as TCP: the address of a connected socket is ignored
     if conv is not None:
-        return datagram_send.send(call, fd, conv, dests)
+        return datagram_send.send(call, fd, conv, dests, headers)
     with call.thread.socket(fd) as sock:
         if sock is None:
             return PASS
@@ -65,7 +60,7 @@ def _check(call: Call, fd: int, names: list[tuple[int, int]], flags: int):
     if kind == "stream":
         return _stream(call, fd, addresses[0], flags)
     if kind == "dgram" and family != socket.AF_UNIX:
-        return datagram_send.convert_and_send(call, fd, family, dests)
+        return datagram_send.convert_and_send(call, fd, family, dests, headers)
     if kind is None and family != socket.AF_UNIX and call.ctx.sealed:
         return sealed_off(call, addresses[0])  # raw, ICMP, SCTP...: no rule can convert them
     return PASS
