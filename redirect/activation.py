@@ -22,7 +22,6 @@ from .sockaddr import UnixAddr
 
 SD_LISTEN_FDS_START = 3
 _VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-_UNNAMED = {""}
 
 
 def parse_listen_env(env: dict[str, str], pid: int) -> tuple[list[tuple[int, str | None]], str | None]:
@@ -36,11 +35,8 @@ def parse_listen_env(env: dict[str, str], pid: int) -> tuple[list[tuple[int, str
     if not (count.isascii() and count.isdigit()) or int(count) > 1024:
         return [], f"LISTEN_FDS={count!r} is not a number of sockets: ignored"
     names = env["LISTEN_FDNAMES"].split(":") if "LISTEN_FDNAMES" in env else []
-    fds = []
-    for i in range(int(count)):
-        name = names[i] if i < len(names) else ""
-        fds.append((SD_LISTEN_FDS_START + i, None if name in _UNNAMED else name))
-    return fds, None
+    names += [""] * (int(count) - len(names))
+    return [(SD_LISTEN_FDS_START + i, names[i] or None) for i in range(int(count))], None
 
 
 def program_environment(env: dict[str, str]) -> dict[str, str]:

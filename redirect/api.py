@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from .rules import Rule, RuleError, format_rule, parse_rule
+from .rules import Rule, RuleError, escape_value, format_rule, parse_rule
 
 __all__ = ["Rule", "RuleError", "Process", "spawn", "run", "rule"]
 
@@ -52,7 +52,7 @@ def rule(*, direction: str | None = None, type: str | None = None, address: str 
         items.append(type)
     for key, value in (("addr", address), ("from-unix", from_unix), ("from-abstract", from_abstract)):
         if value is not None:
-            items.append(f"{key}={_escape(str(value))}")
+            items.append(f"{key}={escape_value(str(value))}")
     if isinstance(port, (tuple, list)):
         if len(port) != 2:
             raise ValueError(f"port=: one port or a (first, last) pair, not {port!r}")
@@ -62,12 +62,12 @@ def rule(*, direction: str | None = None, type: str | None = None, address: str 
     actions = {"path": path, "abstract": abstract}
     for key, value in actions.items():
         if value is not None:
-            items.append(f"{key}={_escape(os.fspath(value))}")
+            items.append(f"{key}={escape_value(os.fspath(value))}")
     for key, value in (("systemd", systemd), ("reject", reject)):
         if value is True:
             items.append(key)
         elif value not in (None, False):
-            items.append(f"{key}={_escape(str(value))}")
+            items.append(f"{key}={escape_value(str(value))}")
     items += [flag for flag, on in (("blackhole", blackhole), ("ignore", ignore), ("noremove", noremove)) if on]
     if isinstance(mode, bool):
         raise ValueError("mode=: the permission bits, like 0o660 or '0660'")
@@ -75,12 +75,8 @@ def rule(*, direction: str | None = None, type: str | None = None, address: str 
         items.append(f"mode={mode:04o}" if isinstance(mode, int) else f"mode={mode}")
     for key, value in (("owner", owner), ("group", group)):
         if value is not None:
-            items.append(f"{key}={_escape(str(value))}")
+            items.append(f"{key}={escape_value(str(value))}")
     return parse_rule(",".join(items))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _rule(item: RuleLike) -> Rule:
@@ -198,23 +194,15 @@ def run(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, in
 
 # ---- socket files --------------------------------------------------------------------
 
-_ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
-
-
 def _socket_ready(path: str) -> bool:
+    from .socketfile import SO_ACCEPTCON, bound_at
+
     try:
         if not path.startswith("@") and not stat.S_ISSOCK(os.lstat(path).st_mode):
             return False
-        with open("/proc/net/unix") as table:
-            next(table)
-            for line in table:
-                fields = line.split(None, 7)
-                if len(fields) == 8 and fields[7].rstrip("\n") == path:
-                    kind, flags = int(fields[4], 16), int(fields[3], 16)
-                    return kind != socket.SOCK_STREAM or bool(flags & _ACCEPTING)
     except OSError:
         return False
-    return False
+    return any(kind != socket.SOCK_STREAM or flags & SO_ACCEPTCON for kind, flags in bound_at(os.fsencode(path)))
 
 
 def _remove_if_dead(item: Rule) -> None:

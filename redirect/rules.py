@@ -838,7 +838,8 @@ def parse_rule_file(path: str, *, cwd: str | None = None) -> list[Rule]:
 # --------------------------------------------------------------------------
 # Printing
 
-def _escape(value: str) -> str:
+def escape_value(value: str) -> str:
+    """A value as rule text writes it: backslashes and commas escaped."""
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
@@ -859,14 +860,14 @@ def format_rule(rule: Rule) -> str:
         lo, hi = rule.port
         items.append(f"port={lo}" if lo == hi else f"port={lo}-{hi}")
     if rule.from_unix is not None:
-        items.append(f"from-unix={_escape(rule.from_unix)}")
+        items.append(f"from-unix={escape_value(rule.from_unix)}")
     if rule.from_abstract is not None:
-        items.append(f"from-abstract={_escape(rule.from_abstract)}")
+        items.append(f"from-abstract={escape_value(rule.from_abstract)}")
     if rule.action in ("path", "abstract"):
-        items.append(f"{rule.action}={_escape(rule.target or '')}")
+        items.append(f"{rule.action}={escape_value(rule.target or '')}")
     elif rule.action == "systemd":
         items.append("systemd" if rule.target is None
-                     else f"systemd={_escape(rule.target)}")
+                     else f"systemd={escape_value(rule.target)}")
     elif rule.action == "reject":
         code = _errno.EACCES if rule.errno is None else rule.errno
         if code == _errno.EACCES:

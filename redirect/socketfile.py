@@ -35,20 +35,30 @@ def clear_stale(path: bytes, socket_type: int) -> int:
     return 0
 
 
-def _listed(path: bytes, socket_type: int) -> bool:
-    """Whether /proc/net/unix shows a socket of this type bound at path (one
-    bound but not listening yet counts: it is about to be used); then there is
-    no need to disturb it with a probe."""
+SO_ACCEPTCON = 0x10000  # the "listening" flag in /proc/net/unix
+
+
+def bound_at(path: bytes) -> list[tuple[int, int]]:
+    """(type, flags) of each socket /proc/net/unix shows bound at path
+    (`@name` for an abstract one)."""
+    found = []
     try:
         with open("/proc/net/unix", "rb") as table:
             next(table)
             for line in table:
                 fields = line.rstrip(b"\n").split(None, 7)  # the path may hold spaces
-                if len(fields) == 8 and fields[7] == path and int(fields[4], 16) == socket_type:
-                    return True
+                if len(fields) == 8 and fields[7] == path:
+                    found.append((int(fields[4], 16), int(fields[3], 16)))
     except OSError:
         pass
-    return False
+    return found
+
+
+def _listed(path: bytes, socket_type: int) -> bool:
+    """Whether a socket of this type is bound at path (one bound but not
+    listening yet counts: it is about to be used); then there is no need to
+    disturb it with a probe."""
+    return any(kind == socket_type for kind, _ in bound_at(path))
 
 
 def is_alive(path: bytes, socket_type: int) -> bool:
