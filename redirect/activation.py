@@ -52,7 +52,7 @@ class Passed:
     inode: int
     real: UnixAddr | None = None  # opened by --activate: for the binds that rules send here
     rule: Rule | None = None
-    file_id: tuple[int, int] | None = None  # of the socket file, to remove it at the end
+    file_id: tuple[int, int, int, int] | None = None  # of the socket file, to remove it at the end
 
     def describe(self) -> str:
         if self.real is not None:

@@ -9,10 +9,12 @@ if os.uname().machine != "x86_64":  # pragma: no cover - we only run on x86_64 f
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
 NR = {
     "close": 3,
+    "poll": 7,
     "mmap": 9,
     "nanosleep": 35,
     "dup2": 33,
     "socket": 41,
+    "socketpair": 53,
     "connect": 42,
     "accept": 43,
     "sendto": 44,

@@ -176,3 +176,74 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
 
 def set_parent_death_signal(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
+
+
+# ---- calls the supervisor makes on the program's behalf, with bytes it copied --------
+# (socket's own methods want parsed addresses; the bytes judged are what the kernel gets)
+
+_libc.bind.argtypes = _libc.connect.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+_libc.sendmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.sendmsg.restype = ctypes.c_ssize_t
+
+
+def _result(value: int) -> int:
+    return -ctypes.get_errno() if value < 0 else value
+
+
+def bind(fd: int, address: bytes) -> int:
+    """bind(2) with these exact bytes: 0 or -errno."""
+    return _result(_libc.bind(fd, address, len(address)))
+
+
+def connect(fd: int, address: bytes) -> int:
+    return _result(_libc.connect(fd, address, len(address)))
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int) -> int:
+    """sendmsg(2) of one buffer: bytes sent or -errno."""
+    name_buf = ctypes.create_string_buffer(name, len(name)) if name else None
+    data_buf = ctypes.create_string_buffer(data, len(data))
+    control_buf = ctypes.create_string_buffer(control, len(control)) if control else None
+    iov = _IOVec(ctypes.cast(data_buf, ctypes.c_void_p), len(data))
+    msg = _MsgHdr(ctypes.cast(name_buf, ctypes.c_void_p) if name_buf else None, len(name) if name else 0,
+                  ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p), 1,
+                  ctypes.cast(control_buf, ctypes.c_void_p) if control_buf else None,
+                  len(control) if control else 0, 0)
+    return _result(_libc.sendmsg(fd, ctypes.byref(msg), flags))
+
+
+# Credentials of this thread alone (raw syscalls: libc would change every thread).
+_SYS_SETRESUID, _SYS_SETRESGID, _SYS_SETGROUPS = 117, 119, 116
+
+
+def set_thread_identity(euid: int, egid: int, groups: list[int]) -> None:
+    """Become (euid, egid, groups) in this thread, keeping the saved ids (so a
+    root supervisor can come back). Groups first: later we may lack the right."""
+    array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
+    _check(_libc.syscall(_SYS_SETRESGID, -1, egid, -1), "setresgid")
+    _check(_libc.syscall(_SYS_SETRESUID, -1, euid, -1), "setresuid")
+
+
+def restore_thread_identity(euid: int, egid: int, groups: list[int]) -> None:
+    _check(_libc.syscall(_SYS_SETRESUID, -1, euid, -1), "setresuid")
+    _check(_libc.syscall(_SYS_SETRESGID, -1, egid, -1), "setresgid")
+    array = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
+
+
+PR_SET_DUMPABLE = 4
+
+
+def set_dumpable(on: bool) -> None:
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0), "prctl")

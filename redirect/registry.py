@@ -19,7 +19,7 @@ class Listener:
     visible: Address              # what the program asked for (port 0 filled in)
     socket_type: str              # "stream" or "dgram"
     inode: int
-    file_id: tuple[int, int] | None = None   # (st_dev, st_ino) of the socket file we created
+    file_id: tuple[int, int, int, int] | None = None  # socketfile.file_id of the file we created
     remove: bool = True           # unlink the file once nobody holds the socket
 
 
@@ -32,7 +32,7 @@ class Client:
     socket_type: str
     local: Address | None = None  # the UDP address it had before (shown by getsockname)
     own: UnixAddr | None = None   # a datagram client's private reply address
-    file_id: tuple[int, int] | None = None
+    file_id: tuple[int, int, int, int] | None = None
 
 
 @dataclass

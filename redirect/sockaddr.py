@@ -170,3 +170,44 @@ class PortAllocator:
 
     def release(self, port: int) -> None:
         self.in_use.discard(port)
+
+
+# ---- what the kernel makes of an address on a given socket ---------------------------
+
+NO_ADDRESS = UnixAddr(b"\0no address")  # AF_UNSPEC: disconnect (connect), the connected peer (send)
+
+
+def kernel_reads(data: bytes, family: int, datagram: bool, call: str, v6only: bool = False) -> Address | int:
+    """The address the kernel takes `data` for when a program passes it to
+    `call` ("bind", "connect" or "send") on an IP socket of `family`, or the
+    -errno it answers. This, not the family field alone, is what rules judge:
+    an IPv6 UDP socket sends to an AF_INET address as IPv4, an IPv4 one takes
+    AF_UNSPEC for AF_INET (net/ipv4/udp.c, af_inet.c, net/ipv6/datagram.c)."""
+    import errno
+
+    if len(data) < 2:
+        return -errno.EINVAL
+    given = family_of(data)
+    if given == AF_UNSPEC and call == "connect":
+        return NO_ADDRESS
+    if family == AF_INET:
+        if given == AF_UNSPEC and len(data) >= 16 and (
+                (call == "send" and datagram) or (call == "bind" and data[4:8] == bytes(4))):
+            data = struct.pack("=H", AF_INET) + data[2:]
+            given = AF_INET
+        if given != AF_INET:
+            return -errno.EAFNOSUPPORT
+        return unpack(data) if len(data) >= 16 else -errno.EINVAL
+    # AF_INET6
+    if given == AF_UNSPEC and call == "send":
+        return NO_ADDRESS if datagram else -errno.EAFNOSUPPORT
+    if given == AF_INET and datagram and call != "bind" and len(data) >= 16:
+        if v6only:
+            return -(errno.EAFNOSUPPORT if call == "connect" else errno.ENETUNREACH)
+        v4 = unpack(data[:16])
+        return IPAddr(AF_INET6, ipaddress.IPv6Address("::ffff:" + str(v4.host)), v4.port)
+    if len(data) < 24:
+        return -errno.EINVAL
+    if given != AF_INET6:
+        return -errno.EAFNOSUPPORT if call != "send" or not datagram else -errno.EINVAL
+    return unpack(data)

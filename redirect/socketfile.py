@@ -79,41 +79,78 @@ def is_alive(path: bytes, socket_type: int) -> bool:
     return True
 
 
-def file_id(path: bytes) -> tuple[int, int] | None:
+FileId = tuple[int, int, int, int]  # the file's (st_dev, st_ino), then its directory's
+
+
+def file_id(path: bytes) -> FileId | None:
+    """Who the file at path is, and in which directory: what remove_if_ours
+    checks before it removes anything."""
+    folder, name = os.path.split(path)
     try:
-        st = os.lstat(path)
+        where = os.open(folder or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
-
-
-def remove_if_ours(path: bytes, ident: tuple[int, int] | None) -> bool:
-    """Unlink path if it is still the file we created (not a newer one)."""
-    if ident is None or file_id(path) != ident:
-        return False
     try:
-        os.unlink(path)
+        st = os.stat(name, dir_fd=where, follow_symlinks=False)
+        here = os.fstat(where)
+    except OSError:
+        return None
+    finally:
+        os.close(where)
+    return (st.st_dev, st.st_ino, here.st_dev, here.st_ino)
+
+
+def remove_if_ours(path: bytes, ident: FileId | None) -> bool:
+    """Unlink path if it is still the file we created (not a newer one), in
+    the very directory we created it in: looked up and removed through that
+    directory's fd, so a directory renamed and replaced by a symlink (by a
+    program that may write there) leads nowhere else."""
+    if ident is None:
+        return False
+    folder, name = os.path.split(path)
+    try:
+        where = os.open(folder or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        here = os.fstat(where)
+        st = os.stat(name, dir_fd=where, follow_symlinks=False)
+        if (st.st_dev, st.st_ino, here.st_dev, here.st_ino) != ident:
+            return False
+        os.unlink(name, dir_fd=where)
+    except OSError:
+        return False
+    finally:
+        os.close(where)
     return True
 
 
+BLACKHOLE = "blackhole"
+
+
 @contextmanager
-def throwaway_folder(uid: int) -> Iterator[str]:
-    """A fresh 0700 folder for a socket the program binds for a moment (a
-    blackhole, a hand-over), owned by the program's user (it may have dropped
-    privileges); it goes, with what is in it, on leaving the block."""
+def throwaway_folder() -> Iterator[str]:
+    """A fresh 0700 folder of the supervisor's for a socket it binds for a
+    moment (a blackhole); it goes, with the one socket in it, on leaving the
+    block. Nothing of it is the program's, and the clean-up removes only that
+    socket, through the folder's own fd."""
     import tempfile  # rare: keep it off the start-up path
 
     folder = tempfile.mkdtemp(prefix="redirect-")
+    where = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if uid != os.geteuid():
-            os.chown(folder, uid, -1)
         yield folder
     finally:
-        for name in os.listdir(folder):
-            os.unlink(os.path.join(folder, name))
-        os.rmdir(folder)
+        try:
+            os.unlink(BLACKHOLE, dir_fd=where)
+        except FileNotFoundError:
+            pass
+        try:
+            if os.path.samestat(os.lstat(folder), os.fstat(where)):
+                os.rmdir(folder)
+        except OSError:
+            pass
+        os.close(where)
 
 
 def has_permissions(rule) -> bool:
@@ -157,12 +194,14 @@ def apply_permissions(path: bytes, rule, binder_uid: int, umask: int) -> int:
         st = os.fstat(fd)
         if not stat.S_ISSOCK(st.st_mode) or st.st_uid != binder_uid:
             return -errno.EPERM  # not the file the bind made: leave it alone
+        made = file_id(path)
         here = f"/proc/self/fd/{fd}"  # the opened inode itself, whatever the path holds now
         if rule.owner is not None or rule.group is not None:
             os.chown(here, -1 if rule.owner is None else rule.owner, -1 if rule.group is None else rule.group)
         os.chmod(here, rule.mode if rule.mode is not None else 0o777 & ~umask)
     except OSError as err:
-        remove_if_ours(path, (st.st_dev, st.st_ino))
+        if made is not None and made[:2] == (st.st_dev, st.st_ino):
+            remove_if_ours(path, made)
         return -(err.errno or errno.EPERM)
     finally:
         os.close(fd)

@@ -20,7 +20,16 @@ from collections.abc import Generator, Iterator
 
 from . import arch, kernel
 
-PASS = None  # a handler's return value: let the trapped syscall run as it is
+class _Pass:
+    """A handler's explicit answer: let the trapped syscall run as it is. Only
+    for calls where nothing was decided on memory or fds the program can still
+    change (a handler that returns nothing is a bug, and its call fails)."""
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = _Pass()
 
 _SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
 _PROT_RW = 0x3
@@ -165,13 +174,11 @@ class Thread:
         file: options and flags set here are the tracee's); None if fd is no
         socket. Raises OSError if the fd cannot be looked at: the caller must
         then fail closed, not let the call through."""
-        if self._pidfd is None:
-            self._pidfd = kernel.pidfd_open_thread(self.tid)
         try:
-            dup = kernel.pidfd_getfd(self._pidfd, fd)
+            dup = self.duplicate(fd)
         except OSError as err:
             if err.errno != errno.EBADF:
-                raise OSError(err.errno, f"cannot look at fd {fd} of thread {self.tid}: {err.strerror}") from None
+                raise
             yield None  # no such fd: the kernel will say EBADF itself
             return
         try:
@@ -182,6 +189,18 @@ class Thread:
             return
         with sock:
             yield sock
+
+    def duplicate(self, fd: int) -> int:
+        """The program's fd duplicated into the supervisor (close-on-exec):
+        the same open file. OSError(EBADF) if there is none."""
+        if self._pidfd is None:
+            self._pidfd = kernel.pidfd_open_thread(self.tid)
+        try:
+            return kernel.pidfd_getfd(self._pidfd, fd)
+        except OSError as err:
+            if err.errno == errno.EBADF:
+                raise
+            raise OSError(err.errno, f"cannot look at fd {fd} of thread {self.tid}: {err.strerror}") from None
 
     @property
     def busy(self) -> bool:
@@ -199,6 +218,8 @@ class Thread:
         if outcome is PASS:
             self._finish(PASS)  # the common case: no registers needed
             return
+        if outcome is None:  # a handler that forgot to answer: never let the call through
+            outcome = -errno.EIO
         self.saved = kernel.getregs(self.tid)
         if not isinstance(outcome, types.GeneratorType):
             self._finish(outcome)
@@ -284,8 +305,10 @@ class Thread:
         kernel.setregs(self.tid, regs)
         kernel.resume(self.tid, kernel.PTRACE_SYSCALL)
 
-    def _finish(self, result: int | None) -> None:
+    def _finish(self, result) -> None:
         self.runner = None
+        if result is None:
+            result = -errno.EIO  # a handler that forgot to answer
         if result is PASS and self.injected:
             result = -errno.EIO  # a handler bug; never run the original after replacing it
         if result is not PASS:
@@ -301,6 +324,15 @@ class Thread:
         held, self.held_signals = self.held_signals, []
         for sig in held:
             kernel.tgkill(self.process.tgid, self.tid, sig)
+
+    def wait(self, fd: int, events: int, timeout_ms: int):
+        """Generator: block this thread (only) until fd is ready for `events`
+        (0: just sleep), at most timeout_ms (-1: no limit). The ready count,
+        or -errno (a signal: -EINTR or an -ERESTART* that restarts the
+        program's call). What it waits on is only a hint: callers check the
+        socket itself afterwards."""
+        pollfd = yield Scratch(struct.pack("=ihh", fd if events else -1, events, 0))
+        return (yield Syscall("poll", pollfd, 1, timeout_ms))
 
     def release(self) -> None:
         """The thread exited: its scratch page can serve another thread."""

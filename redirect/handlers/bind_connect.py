@@ -12,38 +12,75 @@ from .. import socketfile
 from ..decision import SEALED, SEALED_REASON, Decision
 from ..peers import UNNAMED
 from ..registry import Client, Listener
-from ..sockaddr import IPAddr, UnixAddr, pack, unpack
-from ..tracee import PASS, Scratch, Syscall
-from . import datagram, datagram_send
-from .common import (Call, address_of, connect_unix, identify, make_unix, read_sockaddr, replace_socket,
-                     socket_type, unix_name)
+from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
+from ..tracee import PASS
+from . import datagram, datagram_send, perform
+from .common import (Call, address_of, identify, inode_of, install, read_buffer, socket_type, stand_in,
+                     unix_name)
 
-_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
+_IP = (socket.AF_INET, socket.AF_INET6)
 
 
-def _prepare(call: Call, direction: str):
-    """Common first steps: the program's address, the socket, the verdict.
-    Returns (verdict or PASS or -errno, socket type, whether the socket is already Unix)."""
-    fd, addr, length = call.args[:3]
-    data = read_sockaddr(call, addr, length)
-    visible = unpack(data) if data else None
-    if visible is None or (isinstance(visible, UnixAddr) and not call.ctx.unix_rules):
-        return PASS, None, False
-    with call.thread.socket(fd) as sock:
-        if sock is None or sock.family not in _FAMILIES:
-            return PASS, None, False
-        kind = socket_type(sock)
-        is_unix = sock.family == socket.AF_UNIX
-        ours = _ours(call, fd, sock, direction) if is_unix and isinstance(visible, IPAddr) else None
-        if isinstance(visible, UnixAddr):
-            usable = is_unix
-        else:
-            usable = sock.family == visible.family or ours is not None
-    if kind is None and call.ctx.sealed and isinstance(visible, IPAddr) and usable:
-        call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert)")
-        return -(SEALED[direction]), None, False
-    if kind is None or not usable:
-        return PASS, None, False
+class Perform(bytes):
+    """A verdict: run the call as it is, on the supervisor's duplicate of the
+    socket, with these bytes as its address (the ones judged)."""
+
+
+def read_address(call: Call) -> bytes | int:
+    """The supervisor's own copy of a bind/connect address (args 1, 2), or -errno."""
+    addr, length = call.args[1], call.args[2] & 0xFFFFFFFF
+    if length > 128:
+        return -errno.EINVAL
+    if length == 0:
+        return b""
+    data = read_buffer(call, addr, length)
+    return -errno.EFAULT if data is None else data
+
+
+def _view(sock: socket.socket, data: bytes, call_kind: str, kind: str | None):
+    """The address as the kernel will take it on this socket (IP: kernel_reads;
+    Unix: as written), and the bytes that say exactly that."""
+    if sock.family not in _IP:
+        visible = unpack(data) if sock.family == socket.AF_UNIX else None
+        return (visible if isinstance(visible, UnixAddr) else None), data
+    v6only = sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    view = kernel_reads(data, sock.family, kind == "dgram", call_kind, bool(v6only))
+    if isinstance(view, int):
+        return view, None
+    if view == NO_ADDRESS:
+        return view, bytes(16)  # AF_UNSPEC
+    return view, pack(view)
+
+
+def _prepare(call: Call, direction: str, sock: socket.socket, data: bytes):
+    """The verdict on a bind (direction "in") or connect ("out") of `sock`, the
+    program's socket (the supervisor's duplicate) with the address `data` (the
+    supervisor's copy). Returns (Decision, Perform or -errno; socket type;
+    whether the socket is already Unix)."""
+    kind = socket_type(sock)
+    is_unix = sock.family == socket.AF_UNIX
+    ours = None
+    if is_unix and direction == "out":
+        ours = _ours(call, sock)
+    if ours is not None:  # a Unix socket of ours: the program still sees its IP family
+        shown = ours.visible if isinstance(ours.visible, IPAddr) else None
+        family = shown.family if shown is not None else socket.AF_UNIX
+        visible = kernel_reads(data, family, kind == "dgram", "connect") if shown is not None else unpack(data)
+        if isinstance(visible, int):
+            return visible, kind, is_unix
+        exact = data
+        if not isinstance(visible, IPAddr):
+            return Perform(exact), kind, is_unix
+    else:
+        visible, exact = _view(sock, data, "bind" if direction == "in" else "connect", kind)
+        if isinstance(visible, int):
+            return visible, kind, is_unix
+        if not isinstance(visible, (IPAddr, UnixAddr)) or visible == NO_ADDRESS or kind is None \
+                or (isinstance(visible, UnixAddr) and (not is_unix or not call.ctx.unix_rules)):
+            if kind is None and call.ctx.sealed and isinstance(visible, IPAddr):
+                call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert)")
+                return -(SEALED[direction]), None, False
+            return Perform(exact), kind, is_unix
     if direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
         verdict = datagram_send.verdict_for(call, visible)  # also: a reply from a fresh socket
     else:
@@ -59,8 +96,8 @@ def _prepare(call: Call, direction: str):
             return -errno.ECONNREFUSED, kind, is_unix
     if verdict is None:
         if direction == "in" and kind == "dgram" and isinstance(visible, IPAddr) and visible.port:
-            call.ctx.registry.pin(call.thread.fd_inode(fd))  # a UDP port of its choosing: keep it real
-        return PASS, None, False
+            call.ctx.registry.pin(inode_of(sock))  # a UDP port of its choosing: keep it real
+        return Perform(exact), kind, is_unix
     if verdict.reason == SEALED_REASON and direction == "in" and isinstance(visible, IPAddr) \
             and visible.port == 0 and not is_unix:
         # Sealed, a bind to port 0 (a client choosing its own port, Go's start-up
@@ -68,7 +105,7 @@ def _prepare(call: Call, direction: str):
         # connect are sealed); a datagram one gets a private Unix address, so it
         # can still talk to what the rules allow.
         if kind == "stream":
-            return PASS, None, False
+            return Perform(exact), kind, is_unix
         return Decision(None, replace(visible, port=call.ctx.ports.allocate()), real=UNNAMED), kind, is_unix
     if direction == "in" and not verdict.error and verdict.real and not verdict.real.abstract \
             and isinstance(visible, IPAddr) and visible.port == 0:
@@ -83,12 +120,10 @@ def _prepare(call: Call, direction: str):
     return verdict, kind, is_unix
 
 
-def _ours(call: Call, fd: int, sock: socket.socket, direction: str) -> Client | Listener | None:
+def _ours(call: Call, sock: socket.socket) -> Client | Listener | None:
     """A Unix socket we made of an IP one, that the program now connects: a
-    client retrying connect(), or one it bound before connecting."""
-    if direction != "out":
-        return None
-    inode = call.thread.fd_inode(fd)
+    client connecting again, or one it bound before connecting."""
+    inode = inode_of(sock)
     listener = call.ctx.registry.listener_inodes.get(inode)
     if listener is not None and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return listener
@@ -113,23 +148,57 @@ def _release_port(call: Call, verdict: Decision) -> None:
 
 
 def bind(call: Call):
-    verdict, kind, is_unix = _prepare(call, "in")
+    if not (call.ctx.guards("in") or call.ctx.guards("out")):
+        return PASS  # no rule at all: nothing to judge (out rules keep UDP ports a program binds real)
+    data = read_address(call)
+    if isinstance(data, int):
+        return data
+    return on_socket(call, lambda sock: _bind_socket(call, sock, data))
+
+
+def on_socket(call: Call, then):
+    """Generator: then(sock) with the supervisor's duplicate of the call's fd
+    (arg 0), held to the end; EBADF/ENOTSOCK as the kernel would say."""
+    fd = call.args[0]
+    try:
+        dup = call.thread.duplicate(fd)
+    except OSError as err:
+        if err.errno == errno.EBADF:
+            return -errno.EBADF
+        raise
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return -errno.ENOTSOCK
+    with sock:
+        result = then(sock)
+        if isinstance(result, int):
+            return result
+        return (yield from result)
+
+
+def _bind_socket(call: Call, sock: socket.socket, data: bytes):
+    verdict, kind, is_unix = _prepare(call, "in", sock, data)
+    if isinstance(verdict, Perform):
+        return perform.bind(call, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
     if verdict.real == UNNAMED:
-        return datagram_send.become_client(call, call.args[0], verdict)  # sealed: a private address
-    return _bind(call, call.args[0], kind, verdict, is_unix)
+        return datagram_send.become_client(call, call.args[0], sock, verdict)  # sealed: a private address
+    return _bind(call, call.args[0], sock, kind, verdict, is_unix)
 
 
-def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blackhole: bool = False):
+def _bind(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool,
+          blackhole: bool = False):
     ctx = call.ctx
     if verdict.rule.action == "systemd" and not blackhole:
-        return (yield from _hand_over(call, fd, kind, verdict, is_unix))
+        return (yield from _hand_over(call, fd, sock, kind, verdict, is_unix))
     real, blackhole = verdict.real, blackhole or verdict.rule.action == "blackhole"
     holder = None if blackhole else ctx.registry.listener_at(real)
     fresh = False  # a new socket even where --activate opened one
     if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
-            and _reuses(call, fd, socket.SO_REUSEADDR):
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
         # UDP with SO_REUSEADDR (socat's UDP-LISTEN,fork): the newest socket gets
         # new senders, the older one keeps the peer it is connected to.
         opened = ctx.activation.opened_at(real, kind)  # the first holder may be --activate's socket
@@ -143,7 +212,7 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
         ctx.log(1, f"{call.describe()}: {verdict.visible}: {real} is being bound by another thread; blackholing")
         blackhole = True
     if holder is not None:
-        if holder.visible == verdict.visible and not _reuses(call, fd, socket.SO_REUSEPORT):
+        if holder.visible == verdict.visible and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
             ctx.log(1, f"{call.describe()}: {verdict.visible} is already bound by this program")
             return -errno.EADDRINUSE  # as TCP would say: "is this port free?" gets a true answer
         # The IPv4 and IPv6 listeners of one port: the second gets nothing, quietly.
@@ -152,21 +221,25 @@ def _bind(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, blac
     if blackhole:
         # Bound in a folder that goes away right after: listen and accept work,
         # nobody can ever connect, nothing is left on disk.
-        with socketfile.throwaway_folder(call.thread.euid()) as folder:
-            hole = UnixAddr(os.fsencode(os.path.join(folder, "blackhole")))
-            return (yield from _bind_at(call, fd, kind, verdict, is_unix, hole, True))
+        with socketfile.throwaway_folder() as folder:
+            hole = UnixAddr(os.fsencode(os.path.join(folder, socketfile.BLACKHOLE)))
+            return (yield from _bind_at(call, fd, sock, kind, verdict, is_unix, hole, True))
     opened = None if fresh else ctx.activation.opened_at(real, kind)
     if opened is not None:  # --activate made it already
-        return (yield from _install(call, fd, kind, verdict, opened))
+        return (yield from _install(call, fd, sock, kind, verdict, opened))
     ctx.binding.add(real)
     try:
-        return (yield from _bind_at(call, fd, kind, verdict, is_unix, real, False))
+        return (yield from _bind_at(call, fd, sock, kind, verdict, is_unix, real, False))
     finally:
         ctx.binding.discard(real)
 
 
-def _bind_at(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, real: UnixAddr, blackhole: bool):
-    """Generator: bind fd (made a Unix socket first) at real, as the verdict says."""
+def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool,
+             real: UnixAddr, blackhole: bool):
+    """Generator: bind the socket at fd at `real`, as the verdict says. An IP
+    socket's Unix stand-in is bound by the supervisor (as the program, with the
+    supervisor's copy of the path) and goes to the program only once bound: a
+    failed bind leaves the program's fd as it was."""
     ctx = call.ctx
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     if not blackhole and not real.abstract:
@@ -181,38 +254,43 @@ def _bind_at(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool, r
                        + (" (a live socket or another file is in the way)" if err == errno.EADDRINUSE else ""))
             _release_port(call, verdict)
             return -err
-    if not is_unix:
-        err = yield from make_unix(call, fd, kind)
-        if err < 0:
+    new = sock if is_unix else stand_in(kind)
+    try:
+        restricted = not blackhole and not real.abstract and socketfile.has_permissions(verdict.rule)
+        if restricted:
+            # The file is born with the socket's own mode (minus the umask): never
+            # looser than the rule asks, not even for an instant; then it gets its
+            # owner, group and final mode.
+            os.fchmod(new.fileno(), socketfile.initial_mode(verdict.rule))
+        # A blackhole's folder is the supervisor's own: bound as the supervisor.
+        res = perform.bind(call, new, pack(real), as_program=not blackhole)
+        if restricted and res >= 0:
+            res = socketfile.apply_permissions(real.name, verdict.rule, call.thread.euid(), call.thread.umask())
+        if res < 0:
+            missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
+            ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
             _release_port(call, verdict)
-            return err
-    packed = pack(real)
-    restricted = not blackhole and not real.abstract and socketfile.has_permissions(verdict.rule)
-    if restricted:
-        # The file is born with the socket's own mode (minus the umask): never
-        # looser than the rule asks, not even for an instant; then it gets its
-        # owner, group and final mode.
-        with call.thread.socket(fd) as sock:
-            if sock is None:
-                return -errno.EBADF
-            os.fchmod(sock.fileno(), socketfile.initial_mode(verdict.rule))
-    res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
-    if restricted and res >= 0:
-        res = socketfile.apply_permissions(real.name, verdict.rule, call.thread.euid(), call.thread.umask())
-    if res < 0:
-        missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
-        ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
-        _release_port(call, verdict)
-        return res
-    ident = None if real.abstract or blackhole else socketfile.file_id(real.name)
-    inode = call.thread.fd_inode(fd)
-    ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
-                                       remove=not (blackhole or verdict.rule.noremove)))
+            return res
+        ident = None if real.abstract or blackhole else socketfile.file_id(real.name)
+        if not is_unix:
+            err = yield from install(call, fd, sock, new)
+            if err < 0:
+                ctx.log(0, f"{call.describe()}: could not put the Unix socket for {verdict.visible} at fd {fd}: "
+                           f"{os.strerror(-err)}")
+                if ident is not None:
+                    socketfile.remove_if_ours(real.name, ident)
+                _release_port(call, verdict)
+                return err
+        ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode_of(new), ident,
+                                           remove=not (blackhole or verdict.rule.noremove)))
+    finally:
+        if new is not sock:
+            new.close()
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
     return 0
 
 
-def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
+def _hand_over(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):
     """Generator: a bind that a systemd rule matched gets a passed listening
     socket instead (a duplicate: the supervisor keeps its own); with none left,
     a blackholed one and a warning."""
@@ -222,7 +300,7 @@ def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
     if passed is None:
         ctx.log(0, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
                    f"({len(ctx.activation.passed)} passed in all); bound where nobody can connect")
-        return (yield from _bind(call, fd, kind, verdict, is_unix, blackhole=True))
+        return (yield from _bind(call, fd, sock, kind, verdict, is_unix, blackhole=True))
     if passed.kind != kind:
         ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a {passed.kind} socket, "
                    f"the program's is a {kind} one (EPROTOTYPE)")
@@ -234,92 +312,114 @@ def _hand_over(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool)
         return -errno.EINVAL
     ctx.activation.reserved.add(passed.inode)  # another thread's bind must not get it meanwhile
     try:
-        return (yield from _install(call, fd, kind, verdict, passed))
+        return (yield from _install(call, fd, sock, kind, verdict, passed))
     finally:
         ctx.activation.reserved.discard(passed.inode)
 
 
-def _install(call: Call, fd: int, kind: str, verdict: Decision, passed):
+def _install(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, passed):
     """Generator: put a duplicate of a supervisor's listening socket at fd."""
     ctx = call.ctx
-    with call.thread.socket(fd) as sock:
-        if sock is None:
-            return -errno.EBADF
-        err = yield from replace_socket(call, fd, sock, kind, passed=passed.sock)
+    err = yield from install(call, fd, sock, passed.sock)
     if err < 0:
         ctx.log(0, f"{call.describe()}: could not hand {passed.describe()} over: {os.strerror(-err)}")
         return err
     if passed.sock.family == socket.AF_UNIX:  # the program must still see its IP address
         real = unix_name(passed.sock) or UnixAddr(b"")
-        ctx.registry.add_listener(Listener(real, verdict.visible, kind, call.thread.fd_inode(fd), remove=False))
+        ctx.registry.add_listener(Listener(real, verdict.visible, kind, passed.inode, remove=False))
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {passed.describe()}")
     return 0
 
 
 def listen(call: Call):
     """listen() on an IP socket that was never bound binds it to a random port
-    first: for the rules that is a bind to the wildcard address, port 0."""
-    fd = call.args[0]
-    with call.thread.socket(fd) as sock:
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or socket_type(sock) != "stream":
-            return PASS
-        bound = address_of(sock.family, sock.getsockname())
-        if bound.port != 0:
-            # Bound already (its bind() was seen). Sealed: only where a rule lets it.
-            if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
-                                       for addr in (bound, replace(bound, port=0))):
-                call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
-                return -errno.EACCES
-            return PASS
-        wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
+    first: for the rules that is a bind to the wildcard address, port 0. Run
+    on the supervisor's duplicate: the socket judged is the one that listens."""
+    if not call.ctx.guards("in"):
+        return PASS
+    return on_socket(call, lambda sock: _listen_socket(call, sock))
+
+
+def _listen_socket(call: Call, sock: socket.socket):
+    fd, backlog = call.args[:2]
+    if sock.family not in _IP or socket_type(sock) != "stream":
+        return perform.listen(call, sock, backlog)
+    bound = address_of(sock.family, sock.getsockname())
+    if bound.port != 0:
+        # Bound already (its bind() was seen). Sealed: only where a rule lets it.
+        if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
+                                   for addr in (bound, replace(bound, port=0))):
+            call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
+            return -errno.EACCES
+        return perform.listen(call, sock, backlog)
+    wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
     verdict = call.ctx.decide("in", "stream", wildcard)
     if verdict is None:
-        return PASS
+        return perform.listen(call, sock, backlog)
     if verdict.error:
         _release_port(call, verdict)
         call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} "
                         f"({errno.errorcode.get(verdict.error)}; {verdict.source})")
         return -verdict.error
-    return _bind_then_listen(call, fd, verdict)
+    return _bind_then_listen(call, fd, sock, verdict)
 
 
-def _bind_then_listen(call: Call, fd: int, verdict: Decision):
-    res = yield from _bind(call, fd, "stream", verdict, False)
+def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decision):
+    res = yield from _bind(call, fd, sock, "stream", verdict, False)
     if res < 0:
         return res
-    return (yield Syscall("listen", *call.args))
-
-
-def _reuses(call: Call, fd: int, option: int) -> bool:
-    with call.thread.socket(fd) as sock:
-        return sock is not None and sock.getsockopt(socket.SOL_SOCKET, option) != 0
+    with call.thread.socket(fd) as unix:
+        if unix is None or inode_of(unix) not in call.ctx.registry.listener_inodes:
+            return -errno.EBADF  # another thread closed or replaced it meanwhile
+        return perform.listen(call, unix, call.args[1])
 
 
 def connect(call: Call):
-    conv = identify(call, call.args[0])
+    registry = call.ctx.registry
+    if not call.ctx.guards("out") and not (registry.listeners or registry.clients):
+        return PASS  # no rule is about connects, and nothing is converted yet
+    data = read_address(call)
+    if isinstance(data, int):
+        return data
+    return on_socket(call, lambda sock: _connect_socket(call, sock, data))
+
+
+def _connect_socket(call: Call, sock: socket.socket, data: bytes):
+    fd = call.args[0]
+    conv = identify(call, fd, inode_of(sock))
     if conv is not None and conv.socket_type == "dgram" and datagram.shown_family(conv) is not None:
-        return datagram_send.connect(call, conv)
-    verdict, kind, is_unix = _prepare(call, "out")
+        return datagram_send.connect(call, conv, sock, data)
+    verdict, kind, is_unix = _prepare(call, "out", sock, data)
+    if isinstance(verdict, Perform):
+        return perform.connect(call, fd, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
-    return connect_to(call, call.args[0], kind, verdict, is_unix)
+    return connect_to(call, fd, sock, kind, verdict, is_unix)
 
 
-def connect_to(call: Call, fd: int, kind: str, verdict: Decision, is_unix: bool):
-    """Generator: make fd a Unix socket (unless it is one) and connect it where
-    the verdict says. Returns the connect result."""
+def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):
+    """Generator: connect the socket at fd (a Unix stand-in for an IP one) where
+    the verdict says. Returns the connect result; unless it connected (or is
+    connecting), the program's fd is as it was."""
     ctx = call.ctx
-    if kind == "dgram" and not is_unix:
-        err = yield from datagram_send.become_client(call, fd, verdict)
+    if is_unix:  # ours already: connecting again, or bound by an in rule first
+        if kind == "stream":
+            ctx.registry.add_client(inode_of(sock), Client(verdict.real, verdict.visible, kind))
+        return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real))
+    if kind == "dgram":
+        return (yield from datagram_send.become_client(call, fd, sock, verdict, connect=True))
+    with stand_in(kind) as new:
+        res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real,
+                                              wait=perform.blocking(sock))
+        if res < 0:
+            return res
+        err = yield from install(call, fd, sock, new)
         if err < 0:
+            ctx.log(0, f"{call.describe()}: could not put the Unix socket for {verdict.visible} at fd {fd}: "
+                       f"{os.strerror(-err)}")
             return err
-    else:
-        if not is_unix:
-            err = yield from make_unix(call, fd, kind)
-            if err < 0:
-                return err
-        ctx.registry.add_client(call.thread.fd_inode(fd), Client(verdict.real, verdict.visible, kind))
-    return (yield from connect_unix(call, fd, verdict.visible, verdict.real))
+        ctx.registry.add_client(inode_of(new), Client(verdict.real, verdict.visible, kind))
+    return res
 
 
 def sealed_socket(call: Call) -> int:

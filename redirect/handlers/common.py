@@ -18,7 +18,7 @@ from ..decision import Decision, decide
 from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
-from ..socketfile import ReplyDirs, throwaway_folder
+from ..socketfile import ReplyDirs
 from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
@@ -30,6 +30,7 @@ MMSGHDR_SIZE = 64          # a msghdr, then unsigned msg_len, padded
 CMSGHDR = struct.Struct("=Qii")
 MAX_BATCH = 32             # messages per recvmmsg/sendmmsg we rewrite: what fits in scratch memory
 IPPROTO_MPTCP = 262
+MSG_DONTWAIT = 0x40
 
 
 @dataclass
@@ -57,6 +58,15 @@ class Context:
     def __post_init__(self) -> None:
         # Most rule sets never look at Unix sockets: skip them without a lookup.
         self.unix_rules = any(r.from_unix or r.from_abstract for r in self.rules)
+        # Where a verdict other than "let it be" is possible. Only there must a
+        # call run exactly as judged (perform.py); elsewhere no race can take
+        # the program anywhere the rules keep it from.
+        self._guarded = {d: sealed_or_rule for d, sealed_or_rule in (
+            ("in", self.sealed or any(r.direction != "out" and r.action != "ignore" for r in self.rules)),
+            ("out", self.sealed or any(r.direction != "in" and r.action != "ignore" for r in self.rules)))}
+
+    def guards(self, direction: str) -> bool:
+        return self._guarded[direction]
 
 
 @dataclass
@@ -171,13 +181,18 @@ class Converted:
     peer: Address | None
 
 
-def identify(call: Call, fd: int) -> Converted | None:
+def inode_of(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def identify(call: Call, fd: int, inode: int | None = None) -> Converted | None:
     """Whether fd is a socket we converted (or accepted from one), and its faces.
-    Cheap for sockets we know by inode; others cost one look at the socket."""
+    Cheap for sockets we know by inode; others cost one look at the socket.
+    `inode`: of the supervisor's duplicate of fd, where the handler holds one."""
     registry = call.ctx.registry
     if not registry.listeners and not registry.clients:
         return None  # nothing converted yet
-    inode = call.thread.fd_inode(fd)
+    inode = call.thread.fd_inode(fd) if inode is None else inode
     if inode is None:
         return None
     listener = registry.listener_inodes.get(inode)
@@ -349,32 +364,33 @@ def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str],
         fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
 
 
-def replace_socket(call: Call, fd: int, sock: socket.socket, kind: str, passed: socket.socket | None = None):
-    """Generator: replace the IP socket at fd with a fresh Unix socket of the same
-    type (or with a duplicate of `passed`, a socket of the supervisor's), keeping
-    flags, close-on-exec, options, owner and epoll registrations.
-    Returns 0 or -errno (then the old socket is still in place)."""
+def stand_in(kind: str) -> socket.socket:
+    """A Unix socket of the supervisor's to take an IP socket's place: it is
+    bound or connected here, with the supervisor's own copy of the address,
+    and goes to the program only once that worked (install). Non-blocking: the
+    supervisor never waits; install gives it the program's flags."""
+    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    return socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+
+
+def install(call: Call, fd: int, sock: socket.socket, new: socket.socket):
+    """Generator: put a duplicate of the supervisor's socket `new` at fd in
+    place of `sock` (the program's socket there), keeping flags, close-on-exec,
+    options, owner and epoll registrations, and at other fds of the same socket.
+    Returns 0 or -errno; on failure the program's fd is as it was."""
     state = _capture(call, fd, sock)
-    if passed is None:
-        flags = socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if state.status_flags & os.O_NONBLOCK else 0)
-        stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
-        new = yield Syscall("socket", socket.AF_UNIX, stype | flags, 0)
-    else:
-        new = yield from _receive_socket(call, passed)
-    if new < 0:
-        return new
-    res = yield Syscall("dup3", new, fd, os.O_CLOEXEC if state.cloexec else 0)
+    received = yield from _receive_socket(call, new)
+    if received < 0:
+        return received
+    res = yield Syscall("dup3", received, fd, os.O_CLOEXEC if state.cloexec else 0)
     for other in state.siblings:  # a dup of the IP socket must not stay behind on TCP
         if res >= 0:
-            res = yield Syscall("dup3", new, other, os.O_CLOEXEC if call.thread.fd_cloexec(other) else 0)
-    yield Syscall("close", new)
+            res = yield Syscall("dup3", received, other, os.O_CLOEXEC if call.thread.fd_cloexec(other) else 0)
+    yield Syscall("close", received)
     if res < 0:
         return res
-    with call.thread.socket(fd) as unix:
-        if unix is None:
-            return -errno.EBADF  # the program closed it meanwhile (another thread)
-        _restore(unix, state, call.ctx.log)
-        inode = os.fstat(unix.fileno()).st_ino
+    inode = os.fstat(new.fileno()).st_ino
+    _restore(new, state, call.ctx.log)  # the same open file as the program's now
     for (level, name), value in state.ip_options.items():
         call.ctx.registry.set_option(inode, level, name, value)
     for epfd, watched, events, data in state.epoll:
@@ -385,73 +401,35 @@ def replace_socket(call: Call, fd: int, sock: socket.socket, kind: str, passed: 
     return 0
 
 
-
-
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC = 1, 0x40000000
 
 
 def _receive_socket(call: Call, passed: socket.socket):
-    """Generator: a duplicate of a supervisor socket in the tracee, sent over
-    SCM_RIGHTS to a socket the tracee binds for the moment in a private folder
-    (made for this and removed at once). Returns its fd there, or -errno."""
-    with throwaway_folder(call.thread.euid()) as folder:
-        return (yield from _receive_socket_in(call, passed, os.fsencode(os.path.join(folder, "handover"))))
-
-
-def _receive_socket_in(call: Call, passed: socket.socket, path: bytes):
-    tmp = yield Syscall("socket", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-    if tmp < 0:
-        return tmp
-    packed = sockaddr.pack(UnixAddr(path))
-    with call.thread.socket(tmp) as sock:
-        if sock is not None:
-            os.fchmod(sock.fileno(), 0o600)  # writable by us whatever the program's umask
-    res = yield Syscall("bind", tmp, (yield Scratch(packed)), len(packed))
-    if res >= 0:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-                sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))],
-                               0, path)
-        except OSError as err:
-            res = -(err.errno or errno.EIO)
+    """Generator: a duplicate of a supervisor socket in the program, sent over
+    SCM_RIGHTS through a socket pair the program makes for the moment (no
+    file anywhere). Returns its fd there, or -errno. Whatever another thread
+    does to the scratch memory meanwhile, the fd is checked to be `passed`."""
+    pair = yield Scratch(bytes(8))
+    res = yield Syscall("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, pair)
+    if res < 0:
+        return res
+    ends = struct.unpack("=ii", call.thread.read(pair, 8))
+    try:
+        with socket.socket(fileno=call.thread.duplicate(ends[0])) as sender:
+            sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))])
+    except OSError as err:
+        res = -(err.errno or errno.EIO)
     if res >= 0:
         byte = yield Scratch(bytes(8))
         iov = yield Scratch(struct.pack("=QQ", byte, 1))
         control = yield Scratch(bytes(24))
         header = yield Scratch(MSGHDR.pack(0, 0, iov, 1, control, 24, 0))
-        res = yield Syscall("recvmsg", tmp, header, _MSG_CMSG_CLOEXEC)
-    yield Syscall("close", tmp)
+        res = yield Syscall("recvmsg", ends[1], header, _MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+    for end in ends:
+        yield Syscall("close", end)
     if res < 0:
         return res
     _, level, kind, fd = struct.unpack("=Qiii", call.thread.read(control, 20))
-    return fd if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS) else -errno.EIO
-
-
-def make_unix(call: Call, fd: int, kind: str):
-    """Generator: swap the IP socket at fd for a Unix one; 0 or -errno (logged)."""
-    with call.thread.socket(fd) as sock:
-        if sock is None:
-            return -errno.EBADF
-        err = yield from replace_socket(call, fd, sock, kind)
-    if err < 0:
-        call.ctx.log(0, f"{call.describe()}: could not turn fd {fd} into a Unix socket: {os.strerror(-err)}")
-    return err
-
-
-# What an IP client expects when nobody is there, whatever the Unix reason.
-_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
-
-
-def connect_unix(call: Call, fd: int, visible: Address, real: UnixAddr):
-    """Generator: connect the Unix socket at fd to `real`, which stands for
-    `visible`; the result as the program expects it from an IP socket."""
-    packed = sockaddr.pack(real)
-    res = yield Syscall("connect", fd, (yield Scratch(packed)), len(packed))
-    if -res in _REFUSED:
-        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
-        return -errno.ECONNREFUSED
-    if res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
-        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
-    else:
-        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}")
-    return res
+    if (level, kind) != (socket.SOL_SOCKET, _SCM_RIGHTS) or call.thread.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
+        return -errno.EIO
+    return fd

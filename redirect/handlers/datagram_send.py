@@ -11,43 +11,66 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
-from dataclasses import dataclass
 
 from .. import socketfile
 from ..decision import Decision
 from ..peers import UNNAMED
 from ..registry import Client
-from ..sockaddr import AF_INET, AF_INET6, Address, IPAddr, UnixAddr, pack, unpack
-from ..tracee import PASS, Scratch, Syscall
-from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
-                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, connect_unix, make_unix, read_sockaddr)
+from ..sockaddr import AF_INET, AF_INET6, NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
+from . import perform
+from .common import CMSGHDR, MMSGHDR_SIZE, MSGHDR, Call, Converted, address_of, inode_of, install, stand_in
 from .datagram import shown_family
+from .perform import Message
 
 
-def send(call: Call, fd: int, conv: Converted, dests: list[Address | None], headers: list[bytes]):
-    """sendto/sendmsg/sendmmsg with at least one IP destination, on a converted
-    datagram socket; `headers`: the program's msghdrs (none for sendto)."""
-    family = shown_family(conv)
-    return PASS if family is None else _send(call, fd, dests, headers, family)
+def send(call: Call, fd: int, sock: socket.socket, conv: Converted, dests: list, messages: list[Message],
+         flags: int):
+    """sendto/sendmsg/sendmmsg on a converted datagram socket: `dests`, the
+    destinations as the kernel reads them for the family the program sees."""
+    return _send(call, fd, sock, dests, messages, flags, shown_family(conv))
 
 
-def convert_and_send(call: Call, fd: int, family: int, dests: list[Address | None], headers: list[bytes]):
+def convert_and_send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[Message], flags: int):
     """The same on an IP datagram socket: real UDP, unless a rule wants a
     destination or it is a sender we showed (answered from another socket)."""
+    family = sock.family
     for visible in dests:
         if not isinstance(visible, IPAddr):
             continue
         verdict = verdict_for(call, visible)
         if verdict is not None:
             break
-    else:
-        return PASS  # nobody wants any of them: real UDP
-    if family == AF_INET and visible.family == AF_INET6:
-        return -errno.EAFNOSUPPORT  # as an IPv4 UDP socket says
+    else:  # nobody wants any of them: real UDP, with the addresses judged
+        return _send_as_is(call, fd, sock, dests, messages, flags)
     if verdict.error:
         return _refuse(call, visible, verdict)
-    return _convert_then_send(call, fd, verdict, dests, headers, family)
+    return _convert_then_send(call, fd, sock, verdict, dests, messages, flags, family)
+
+
+def _send_as_is(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[Message], flags: int):
+    """Generator: the messages sent on the program's own socket, each to the
+    address judged (packed anew: the kernel reads what was decided)."""
+    for message, visible in zip(messages, dests):
+        message.name = pack(visible) if isinstance(visible, IPAddr) else None
+    return (yield from send_all(call, fd, sock, messages, flags))
+
+
+def send_all(call: Call, fd: int, sock: socket.socket, messages: list[Message], flags: int,
+             drop_when_full: bool = False):
+    """Generator: sendto/sendmsg (one message) or sendmmsg (each, until one
+    fails; msg_len written back) through perform.send."""
+    if call.name != "sendmmsg":
+        return (yield from perform.send(call, fd, sock, messages[0], flags, drop_when_full))
+    sent = 0
+    for i, message in enumerate(messages):
+        res = yield from perform.send(call, fd, sock, message, flags, drop_when_full)
+        if res < 0:
+            return sent or res
+        call.thread.write(call.args[1] + i * MMSGHDR_SIZE + MSGHDR.size, struct.pack("=I", res))
+        sent += 1
+    return sent
 
 
 def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
@@ -62,12 +85,15 @@ def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
     return call.ctx.decide("out", "dgram", visible)
 
 
-def _convert_then_send(call: Call, fd: int, verdict: Decision, dests: list[Address | None],
-                       headers: list[bytes], family: int):
-    err = yield from become_client(call, fd, verdict)
+def _convert_then_send(call: Call, fd: int, sock: socket.socket, verdict: Decision, dests: list,
+                       messages: list[Message], flags: int, family: int):
+    err = yield from become_client(call, fd, sock, verdict)
     if err < 0:
         return err
-    return (yield from _send(call, fd, dests, headers, family))
+    with call.thread.socket(fd) as unix:
+        if unix is None or inode_of(unix) not in call.ctx.registry.bound_clients:
+            return -errno.EBADF  # another thread closed or replaced it meanwhile
+        return (yield from _send(call, fd, unix, dests, messages, flags, family))
 
 
 def _refuse(call: Call, visible: IPAddr, verdict: Decision) -> int:
@@ -77,23 +103,18 @@ def _refuse(call: Call, visible: IPAddr, verdict: Decision) -> int:
     return -verdict.error
 
 
-def become_client(call: Call, fd: int, verdict: Decision):
-    """Generator: make the datagram socket at fd a Unix socket bound to a
-    private reply address, whose datagrams go where `verdict` says.
-    Returns 0 or -errno."""
+def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, connect: bool = False):
+    """Generator: put at fd, in place of the IP datagram socket `sock`, a Unix
+    one of the supervisor's, bound to a private reply address, whose datagrams
+    go where `verdict` says (connected there if `connect`). Returns 0 (or the
+    connect's result) or -errno; on failure the program's fd is as it was."""
     ctx, thread = call.ctx, call.thread
-    with thread.socket(fd) as sock:
-        if sock is None:
-            return -errno.EBADF
-        before = address_of(sock.family, sock.getsockname())
-    if isinstance(before, IPAddr) and before.port and thread.fd_inode(fd) in ctx.registry.pinned:
+    before = address_of(sock.family, sock.getsockname())
+    if isinstance(before, IPAddr) and before.port and inode_of(sock) in ctx.registry.pinned:
         ctx.log(0, f"{call.describe()}: {verdict.visible}: fd {fd} is bound to UDP {before} by the program, "
                    "so it stays on the network and cannot reach a Unix socket (ENETUNREACH); "
                    "add an in rule for that address, or send from another socket")
         return -errno.ENETUNREACH
-    err = yield from make_unix(call, fd, "dgram")
-    if err < 0:
-        return err
     server = None
     if verdict.real != UNNAMED and not verdict.real.abstract:
         try:
@@ -106,27 +127,40 @@ def become_client(call: Call, fd: int, verdict: Decision):
         ctx.log(0, f"{call.describe()}: cannot make a reply address: {err.strerror or err}")
         return -(err.errno or errno.EIO)
     own = UnixAddr(path)
-    packed = pack(own)
-    res = yield Syscall("bind", fd, (yield Scratch(packed)), len(packed))
-    if res < 0:
-        ctx.log(0, f"{call.describe()}: binding the reply address {own} failed: {os.strerror(-res)}")
-        return res
-    if mode is not None:
-        os.chmod(path, mode)
+    with stand_in("dgram") as new:
+        res = perform.bind(call, new, pack(own))  # as the program: the file is its own
+        if res < 0:
+            ctx.log(0, f"{call.describe()}: binding the reply address {own} failed: {os.strerror(-res)}")
+            return res
+        ident = socketfile.file_id(path)
+        if mode is not None:
+            os.chmod(path, mode)
+        if connect:
+            res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real, wait=False)
+            if res < 0:
+                socketfile.remove_if_ours(path, ident)
+                return res
+        err = yield from install(call, fd, sock, new)
+        if err < 0:
+            socketfile.remove_if_ours(path, ident)
+            ctx.log(0, f"{call.describe()}: could not put the Unix socket for {verdict.visible} at fd {fd}: "
+                       f"{os.strerror(-err)}")
+            return err
+        inode = inode_of(new)
     if access == "anyone":
         ctx.warn_once(("anyone", verdict.real), f"{verdict.real} belongs to another user with no group in common "
                       "with this program: its replies come to sockets that any local user may write to")
     local = before if isinstance(before, IPAddr) and before.port else None
     if verdict.real == UNNAMED:  # sealed: a bind to port 0, no destination yet
         local = verdict.visible
-    ctx.registry.add_bound_client(thread.fd_inode(fd), Client(
-        verdict.real, verdict.visible, "dgram", local=local, own=own, file_id=socketfile.file_id(path)))
+    ctx.registry.add_bound_client(inode, Client(
+        verdict.real, verdict.visible, "dgram", local=local, own=own, file_id=ident))
     if verdict.real == UNNAMED:
         ctx.log(1, f"{call.describe()}: {verdict.visible} -> {own} (sealed: a private address, not UDP)")
-        return 0
+        return res
     ctx.registry.peers.remember(verdict.visible, verdict.real)
     ctx.log(1, f"{call.describe()}: datagrams to {verdict.visible} -> {verdict.real} (replies to {own})")
-    return 0
+    return res
 
 
 def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
@@ -144,128 +178,48 @@ def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
     return verdict.real
 
 
-def _send(call: Call, fd: int, dests: list[Address | None], headers: list[bytes], family: int):
-    """Generator: the program's send with every IP destination replaced by its
-    Unix address; a batch stops before the first destination that fails."""
-    reals: list[Address | None] = []
-    for visible in dests[:MAX_BATCH]:  # a shorter batch: sendmmsg may send fewer
-        real = destination(call, visible) if isinstance(visible, IPAddr) else visible
+def _send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[Message], flags: int,
+          family: int | None):
+    """Generator: the program's send on a converted socket, every IP
+    destination replaced by its Unix address; a batch stops before the first
+    destination that fails. The supervisor sends (perform.send), so what goes
+    out is what was judged, and a full receiver drops the datagram as UDP would."""
+    if family is None:  # a from-unix socket: it is a Unix socket, and so are its destinations
+        return (yield from send_all(call, fd, sock, messages, flags))
+    batch = []
+    for visible, message in zip(dests, messages):
+        if isinstance(visible, int):  # the kernel would refuse this address
+            if not batch:
+                return visible
+            break
+        real = destination(call, visible) if isinstance(visible, IPAddr) else None
         if isinstance(real, int):
-            if not reals:
+            if not batch:
                 return real
             break
-        reals.append(real)
-    request = _Request.read(call, headers[:len(reals)], family)
-    if isinstance(request, int):
-        return request
-    res = yield from request.send(call, fd, reals, dests)
+        message.name = pack(real) if real is not None else None
+        batch.append(message)
+    for message in batch:
+        if len(message.data) > _MAX_UDP_PAYLOAD[family]:
+            return -errno.EMSGSIZE
+        if message.control and _asks_gso(message.control):
+            call.ctx.warn_once(("gso", call.thread.process.tgid), f"{call.describe()}: UDP segmentation "
+                               "offload (UDP_SEGMENT) on a Unix socket: refused with EIO, so the program "
+                               "sends datagram by datagram")
+            return -errno.EIO  # what a device without GSO answers; programs fall back
+    res = yield from send_all(call, fd, sock, batch, flags, drop_when_full=True)
     if -res in (errno.ENOENT, errno.ECONNREFUSED):  # nobody bound there: UDP's "port unreachable"
-        call.ctx.log(1, f"{call.describe()}: nobody receives at {reals[0]} (ECONNREFUSED)")
+        call.ctx.log(1, f"{call.describe()}: nobody receives at {unpack(batch[0].name or b'')} (ECONNREFUSED)")
         return -errno.ECONNREFUSED
-    if -res in (errno.EAGAIN, errno.EPERM):
-        # The receiver's queue stayed full (a Unix datagram socket queues only
-        # net.unix.max_dgram_qlen datagrams) or it is connected to someone
-        # else: UDP would drop the datagram, not block or fail. So do we.
-        call.ctx.log(2, f"{call.describe()}: {reals[0]} takes no datagram now; dropped, as UDP would")
-        return request.dropped(call)
+    if res == -errno.EPERM:
+        # The receiver is connected to someone else: UDP would drop the datagram.
+        call.ctx.log(2, f"{call.describe()}: {unpack(batch[0].name or b'')} takes no datagram from us; dropped")
+        return len(batch[0].data) if call.name != "sendmmsg" else 1
     return res
 
 
 _MAX_UDP_PAYLOAD = {AF_INET: 65507, AF_INET6: 65527}
 _SOL_UDP, _UDP_SEGMENT = 17, 103
-_BACKOFF_NS = (200_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, 16_000_000)  # 32 ms in all
-MSG_DONTWAIT = 0x40
-
-
-@dataclass
-class _Request:
-    """A send as the program made it: headers (none for sendto), lengths."""
-    headers: list[bytes]
-    lengths: list[int]
-
-    @classmethod
-    def read(cls, call: Call, headers: list[bytes], family: int) -> "_Request | int":
-        """The payload sizes of the program's send (headers: none for sendto),
-        or -errno for one UDP would refuse (too big; GSO, which a Unix socket
-        would glue together)."""
-        thread = call.thread
-        if call.name == "sendto":
-            request = cls([], [call.args[2]])
-        else:
-            request = cls(headers, [])
-            for header in headers:
-                fields = MSGHDR.unpack(header[:MSGHDR.size])
-                iov = thread.read(fields[MSG_IOV], 16 * min(fields[MSG_IOVLEN], 1024)) if fields[MSG_IOVLEN] else b""
-                request.lengths.append(sum(struct.unpack_from("=QQ", iov, i)[1] for i in range(0, len(iov), 16)))
-                if fields[MSG_CONTROLLEN] and _asks_gso(thread.read(fields[MSG_CONTROL], min(fields[MSG_CONTROLLEN], 4096))):
-                    call.ctx.warn_once(("gso", call.thread.process.tgid), f"{call.describe()}: UDP segmentation "
-                                       "offload (UDP_SEGMENT) on a Unix socket: refused with EIO, so the program "
-                                       "sends datagram by datagram")
-                    return -errno.EIO  # what a device without GSO answers; programs fall back
-        if max(request.lengths) > _MAX_UDP_PAYLOAD[family]:
-            return -errno.EMSGSIZE
-        return request
-
-    def send(self, call: Call, fd: int, reals: list, dests: list):
-        """Generator: send without blocking; while the receiver's queue is full,
-        wait a little (in the sending thread only) and try again."""
-        args, thread = list(call.args), call.thread
-        stride = MSGHDR.size if call.name == "sendmsg" else MMSGHDR_SIZE
-        flag_index = 3 if call.name in ("sendto", "sendmmsg") else 2
-        args[flag_index] |= MSG_DONTWAIT
-        if call.name == "sendto":
-            packed = pack(reals[0])
-            args[4], args[5] = (yield Scratch(packed)), len(packed)
-        else:
-            copies = bytearray()
-            for header, real, visible in zip(self.headers, reals, dests):
-                if isinstance(visible, IPAddr):
-                    fields = list(MSGHDR.unpack(header[:MSGHDR.size]))
-                    packed = pack(real)
-                    fields[MSG_NAME], fields[MSG_NAMELEN] = (yield Scratch(packed)), len(packed)
-                    header = MSGHDR.pack(*fields) + header[MSGHDR.size:]
-                copies += header
-            args[1] = yield Scratch(bytes(copies))
-            if call.name == "sendmmsg":
-                args[2] = len(reals)
-        if call.name != "sendmmsg":
-            return (yield from self._patiently(call, args))
-        # A batch goes on past a full queue, as UDP's would: message by message
-        # after a wait, each one that still finds no room is dropped.
-        sent, dropped, base = 0, set(), args[1]
-        while sent < len(reals):
-            args[1], args[2] = base + sent * stride, len(reals) - sent
-            res = yield from self._patiently(call, args)
-            if res > 0:
-                sent += res
-            elif -res in (errno.EAGAIN, errno.EPERM):
-                dropped.add(sent)
-                sent += 1
-            else:
-                if not sent:
-                    return res
-                break
-        for i in range(sent):  # the kernel wrote each message's length into our copy
-            length = struct.pack("=I", self.lengths[i]) if i in dropped else \
-                thread.read(base + i * stride + MSGHDR.size, 4)
-            thread.write(call.args[1] + i * stride + MSGHDR.size, length)
-        return sent
-
-    @staticmethod
-    def _patiently(call: Call, args: list[int]):
-        """Generator: the send; while the receiver's queue is full, wait a
-        little (this thread only: the supervisor serves the others) and retry."""
-        for pause in (0, *_BACKOFF_NS):
-            if pause:
-                yield Syscall("nanosleep", (yield Scratch(struct.pack("=qq", 0, pause))), 0)
-            res = yield Syscall(call.name, *args)
-            if res != -errno.EAGAIN:
-                return res
-        return res
-
-    def dropped(self, call: Call) -> int:
-        """The result of a sendto/sendmsg whose datagram was dropped."""
-        return self.lengths[0]
 
 
 def _asks_gso(control: bytes) -> bool:
@@ -280,22 +234,23 @@ def _asks_gso(control: bytes) -> bool:
     return False
 
 
-def connect(call: Call, conv: Converted):
+def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):
     """connect() on a converted datagram socket: to an address we showed (a
     server answering one client) or one an out rule names."""
-    fd, addr, length = call.args[:3]
-    data = read_sockaddr(call, addr, length)
-    visible = unpack(data) if data else None
-    if not isinstance(visible, IPAddr):
-        return PASS  # AF_UNSPEC (disconnect) or a Unix address: the kernel's business
+    fd = call.args[0]
+    visible = kernel_reads(data, shown_family(conv), True, "connect")
+    if isinstance(visible, int):
+        return visible
+    if visible == NO_ADDRESS:
+        return perform.connect(call, fd, sock, bytes(2))  # AF_UNSPEC: disconnect
     real = destination(call, visible)
     if isinstance(real, int):
         return real
-    return _connect(call, fd, conv, visible, real)
+    return _connect(call, fd, sock, conv, visible, real)
 
 
-def _connect(call: Call, fd: int, conv: Converted, visible: IPAddr, real: UnixAddr):
-    res = yield from connect_unix(call, fd, visible, real)
+def _connect(call: Call, fd: int, sock: socket.socket, conv: Converted, visible: IPAddr, real: UnixAddr):
+    res = yield from perform.connect_unix(call, fd, sock, visible, real)
     if res == 0 and conv.role == "client":
         client = call.ctx.registry.client(conv.inode)
         client.real, client.visible = real, visible

@@ -1,38 +1,44 @@
-"""sendto(), sendmsg(), sendmmsg() with a destination address.
+"""sendto(), sendmsg(), sendmmsg(): where a message with an address goes.
 
 Stream sockets: TCP ignores the address on a connected socket (a Unix socket
-would refuse it, so it is dropped for converted ones), and MSG_FASTOPEN
-connects to it (so it goes through the out rules like connect()).
-Datagram sockets: see datagram_send.py.
+would refuse it, so it is dropped), and MSG_FASTOPEN connects to it (so it
+goes through the out rules like connect()). Datagram sockets: see
+datagram_send.py. Where a rule or sealed mode is about sends, the supervisor
+makes the send itself (perform.py) with its own copies of the address and the
+message: neither the bytes nor the fd can change between judging and sending.
 """
 from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from ..decision import SEALED_REASON
-from ..sockaddr import IPAddr, unpack
-from ..tracee import PASS, Scratch, Syscall
-from . import datagram_send
-from .bind_connect import connect_to
-from .common import (MMSGHDR_SIZE, MSG_NAME, MSG_NAMELEN, MSGHDR, Call, identify, read_headers, read_sockaddr,
-                     socket_type)
+from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
+from ..tracee import PASS, Syscall
+from . import datagram_send, perform
+from .bind_connect import on_socket, connect_to
+from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,
+                     Call, identify, inode_of, read_buffer, read_headers, read_sockaddr, socket_type)
+from .datagram import shown_family
+from .perform import Message, read_message
 
 MSG_FASTOPEN = 0x20000000
 _MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
+_IP = (AF_INET, AF_INET6)
 
 
 def sendto(call: Call):
-    fd, flags, dest, dest_len = call.args[0], call.args[3], call.args[4], call.args[5]
-    return _check(call, fd, [(dest, dest_len)], [], flags)
+    dest, dest_len = call.args[4], call.args[5] & 0xFFFFFFFF
+    return _check(call, [(dest, dest_len)], [])
 
 
 def sendmsg(call: Call):
-    return _check(call, call.args[0], *_names(call, 1, MSGHDR.size), call.args[2])
+    return _check(call, *_names(call, 1, MSGHDR.size))
 
 
 def sendmmsg(call: Call):
-    return _check(call, call.args[0], *_names(call, min(call.args[2], _MAX_VLEN), MMSGHDR_SIZE), call.args[3])
+    return _check(call, *_names(call, min(call.args[2], _MAX_VLEN), MMSGHDR_SIZE))
 
 
 def _names(call: Call, count: int, stride: int) -> tuple[list[tuple[int, int]], list[bytes]]:
@@ -42,28 +48,73 @@ def _names(call: Call, count: int, stride: int) -> tuple[list[tuple[int, int]], 
     return [(f[MSG_NAME], f[MSG_NAMELEN]) for f in fields], headers
 
 
-def _check(call: Call, fd: int, names: list[tuple[int, int]], headers: list[bytes], flags: int):
+def _flags(call: Call) -> int:
+    return call.args[2] if call.name == "sendmsg" else call.args[3]
+
+
+def _check(call: Call, names: list[tuple[int, int]], headers: list[bytes]):
     """`headers`: the program's msghdrs (none for sendto)."""
-    dests = [unpack(data) if data else None for data in (read_sockaddr(call, p, n) for p, n in names)]
-    addresses = [a for a in dests if isinstance(a, IPAddr)]
-    if not addresses:
-        return PASS
-    conv = identify(call, fd)  # ours: known by inode, no need to look at the socket
-    if conv is not None and conv.socket_type == "stream":
-        return _without_address(call)  # as TCP: the address of a connected socket is ignored
-    if conv is not None:
-        return datagram_send.send(call, fd, conv, dests, headers)
-    with call.thread.socket(fd) as sock:
-        if sock is None:
-            return PASS
-        kind, family = socket_type(sock), sock.family
-    if kind == "stream":
-        return _stream(call, fd, addresses[0], flags)
-    if kind == "dgram" and family != socket.AF_UNIX:
-        return datagram_send.convert_and_send(call, fd, family, dests, headers)
-    if kind is None and family != socket.AF_UNIX and call.ctx.sealed:
-        return sealed_off(call, addresses[0])  # raw, ICMP, SCTP...: no rule can convert them
-    return PASS
+    if call.name != "sendto" and not headers:
+        return PASS if not call.ctx.guards("out") else -errno.EFAULT
+    datas = [read_sockaddr(call, p, n) if p else None for p, n in names]
+    if not call.ctx.guards("out") and not any(d is not None and family_of(d) in (*_IP, AF_UNSPEC) for d in datas):
+        return PASS  # no rule is about sends, and no IP address is named: nothing to judge
+    return on_socket(call, lambda sock: _send_on(call, sock, datas, headers))
+
+
+def _messages(call: Call, headers: list[bytes]) -> list[Message] | int:
+    """Copies of what the program sends (names are filled in by the caller)."""
+    if call.name == "sendto":
+        data = read_buffer(call, call.args[1], min(call.args[2], 4 << 20)) if call.args[2] else b""
+        return -errno.EFAULT if data is None else [Message(None, data)]
+    messages = []
+    for header in headers:
+        fields = MSGHDR.unpack(header[:MSGHDR.size])
+        message = read_message(call, None, fields[MSG_IOV], fields[MSG_IOVLEN], fields[MSG_CONTROL],
+                               fields[MSG_CONTROLLEN])
+        if isinstance(message, int):
+            return message if not messages else messages
+        messages.append(message)
+    return messages
+
+
+def _send_on(call: Call, sock: socket.socket, datas: list[bytes | None], headers: list[bytes]):
+    fd, flags = call.args[0], _flags(call)
+    conv = identify(call, fd, inode_of(sock))
+    if sock.type == socket.SOCK_STREAM:
+        return _stream(call, fd, sock, conv, datas, headers, flags)
+    messages = _messages(call, headers)
+    if isinstance(messages, int):
+        return messages
+    datas = datas[:len(messages)]
+    kind = socket_type(sock)
+    if kind == "dgram" and conv is not None:
+        family = shown_family(conv)
+        dests = [_read(d, family) for d in datas]
+        return datagram_send.send(call, fd, sock, conv, dests, messages, flags)
+    if kind == "dgram" and sock.family in _IP:
+        dests = [_read(d, sock.family, sock) for d in datas]
+        first = next((d for d in dests if isinstance(d, int)), None)
+        if first is not None and not any(isinstance(d, IPAddr) for d in dests):
+            return first
+        return datagram_send.convert_and_send(call, fd, sock, dests, messages, flags)
+    if sock.family in _IP and call.ctx.sealed:
+        for d in datas:
+            view = _read(d, sock.family)
+            if isinstance(view, IPAddr):
+                return sealed_off(call, view)  # raw, ICMP, SCTP...: no rule can convert them
+    for message, data in zip(messages, datas):  # Unix, netlink...: as the program wrote it
+        message.name = data
+    return datagram_send.send_all(call, fd, sock, messages, flags)
+
+
+def _read(data: bytes | None, family: int | None, sock: socket.socket | None = None):
+    """A datagram destination as the kernel reads it for `family` (None: no address)."""
+    if data is None or family is None:
+        return None
+    v6only = sock is not None and family == AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    view = kernel_reads(data, family, True, "send", bool(v6only))
+    return view if isinstance(view, (IPAddr, int)) else None
 
 
 def sealed_off(call: Call, visible: IPAddr) -> int:
@@ -77,40 +128,46 @@ def _refuse(call: Call, visible: IPAddr, error: int, reason: str, source: str) -
     return -error
 
 
-def _stream(call: Call, fd: int, visible: IPAddr, flags: int):
-    if not flags & MSG_FASTOPEN:
-        return PASS  # TCP ignores the address (or says ENOTCONN): no connection is made
+def _stream(call: Call, fd: int, sock: socket.socket, conv, datas: list[bytes | None], headers: list[bytes],
+            flags: int):
+    """A send on a stream socket: MSG_FASTOPEN on an IP one connects first;
+    otherwise the address is dropped, as TCP ignores it."""
+    if flags & MSG_FASTOPEN and conv is None and sock.family in _IP and datas and datas[0] is not None:
+        view = kernel_reads(datas[0], sock.family, False, "connect")
+        if isinstance(view, int):
+            return view
+        if isinstance(view, IPAddr):
+            return _fast_open(call, fd, sock, view, datas[0], flags)
+    return _without_address(call, fd, sock, headers, flags & ~MSG_FASTOPEN)
+
+
+def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: bytes, flags: int):
+    """sendto(MSG_FASTOPEN) = connect, then send: both as the rules say."""
     verdict = call.ctx.decide("out", "stream", visible)
-    if verdict is None:
-        return PASS
-    if verdict.error:
+    if verdict is not None and verdict.error:
         return _refuse(call, visible, verdict.error, verdict.reason, verdict.source)
-    if call.name != "sendto":
+    if verdict is not None and call.name != "sendto":
         return _refuse(call, visible, errno.EOPNOTSUPP, f"TCP Fast Open through {call.name}() is not supported",
                        verdict.source)
-    return _fast_open(call, fd, verdict, flags)
-
-
-def _fast_open(call: Call, fd: int, verdict, flags: int):
-    """sendto(MSG_FASTOPEN) = connect, then send: both to the rule's socket."""
-    res = yield from connect_to(call, fd, "stream", verdict, is_unix=False)
+    if verdict is None:
+        res = yield from perform.connect(call, fd, sock, pack(visible))
+    else:
+        res = yield from connect_to(call, fd, sock, "stream", verdict, is_unix=False)
     if res < 0:
-        return res
-    fd, buf, length = call.args[:3]
-    return (yield Syscall("sendto", fd, buf, length, flags & ~MSG_FASTOPEN, 0, 0))
+        return res  # EINPROGRESS (non-blocking): as Fast Open without a cookie, the data waits
+    return (yield from _without_address(call, fd, None, [], flags & ~MSG_FASTOPEN))
 
 
-def _without_address(call: Call):
-    """The same send with the destination left out."""
-    args = list(call.args)
+def _without_address(call: Call, fd: int, sock: socket.socket | None, headers: list[bytes], flags: int):
+    """The same send with the destination left out: sendto in the program's
+    own thread (its arguments are registers, nothing to race); a sendmsg's
+    message is sent by the supervisor (its msghdr is memory the program can
+    change)."""
     if call.name == "sendto":
-        args[3] &= ~MSG_FASTOPEN
-        args[4] = args[5] = 0
-        return (yield Syscall("sendto", *args))
-    if call.name == "sendmsg":
-        fields = list(MSGHDR.unpack(call.thread.read(args[1], MSGHDR.size)))
-        fields[MSG_NAME] = fields[MSG_NAMELEN] = 0
-        args[1] = yield Scratch(MSGHDR.pack(*fields))
-        args[2] &= ~MSG_FASTOPEN
-        return (yield Syscall("sendmsg", *args))
-    return (yield Syscall(call.name, *args))  # sendmmsg: rare on stream sockets; the kernel decides
+        return (yield Syscall("sendto", fd, call.args[1], call.args[2], flags, 0, 0))
+    if sock is None:
+        return -errno.EIO
+    messages = _messages(call, headers)
+    if isinstance(messages, int):
+        return messages
+    return (yield from datagram_send.send_all(call, fd, sock, messages, flags))

@@ -1,0 +1,244 @@
+"""The calls the supervisor makes itself: bind, listen, connect and send, on
+its own duplicate of the program's socket, with its own copy of the address.
+
+A call the program makes with an address in its memory, or on an fd number it
+can re-point, must never be judged on one reading and run on another: another
+thread may change the bytes, or dup2 another socket over the fd, in between.
+So once a handler has judged a call, the kernel gets exactly what was judged:
+the socket the supervisor holds and the bytes it copied. The program's thread
+only waits (in its own syscall, so that signals reach it as usual) while a
+blocking call is not done; the supervisor serves other threads meanwhile.
+The calls run with the program's credentials, umask and working directory
+(identity.py), so files, permissions and peer credentials are the program's.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from .. import kernel
+from ..identity import acting_as
+from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
+from .common import Call, read_buffer
+
+POLLOUT = 0x4
+MSG_DONTWAIT = 0x40
+_SCM_RIGHTS = 1
+_MAX_PAYLOAD = 4 << 20              # one send copies at most this much; a stream send may be short
+_SLEEPS_MS = (1, 2, 4, 8, 16)       # waiting for room where poll cannot tell (Unix datagrams)
+
+
+def _relative(address: bytes | None) -> bool:
+    """A Unix path that does not start at /: it means the program's directory."""
+    return bool(address) and family_of(address) == AF_UNIX and len(address) > 2 and address[2] not in (0, 0x2F)
+
+
+def bind(call: Call, sock: socket.socket, address: bytes, as_program: bool = True) -> int:
+    if not as_program:
+        return kernel.bind(sock.fileno(), address)
+    with acting_as(call.thread.tid, _relative(address)):
+        return kernel.bind(sock.fileno(), address)
+
+
+def listen(call: Call, sock: socket.socket, backlog: int) -> int:
+    with acting_as(call.thread.tid):
+        try:
+            sock.listen(backlog if backlog < 0x7FFFFFFF else socket.SOMAXCONN)
+        except OSError as err:
+            return -(err.errno or errno.EIO)
+    return 0
+
+
+def blocking(sock: socket.socket, flags: int = 0) -> bool:
+    return not (fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK or flags & MSG_DONTWAIT)
+
+
+def _timeout_ms(sock: socket.socket) -> int:
+    """SO_SNDTIMEO in milliseconds, -1 for none: how long a blocking call waits."""
+    sec, usec = struct.unpack("=qq", sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+    return -1 if sec == usec == 0 else sec * 1000 + usec // 1000
+
+
+def _nonblocking_call(sock: socket.socket, do):
+    """Run do() with O_NONBLOCK set on the socket's open file for the moment:
+    the supervisor must never block. (The flag is the program's too; an
+    unconnected socket is the only one this is done to, where it shows in
+    nothing but F_GETFL.)"""
+    flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+    if flags & os.O_NONBLOCK:
+        return do()
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        return do()
+    finally:
+        fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
+
+
+def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool | None = None):
+    """Generator: connect the supervisor's duplicate of fd (or the stand-in
+    for it); a blocking caller (`wait`: whether the program's socket blocks)
+    waits in its own thread until the connection is made or fails."""
+    wait = blocking(sock) if wait is None else wait
+    limit = _timeout_ms(sock) if wait else 0
+    with acting_as(call.thread.tid, _relative(address)):
+        res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
+    if not wait:
+        return res
+    pauses = iter(_SLEEPS_MS * 64)
+    while True:
+        if res == -errno.EAGAIN and sock.family == AF_UNIX:  # a full backlog: retry, as the kernel waits
+            res = yield from call.thread.wait(fd, 0, next(pauses, 16))
+            if res < 0:
+                return res
+            with acting_as(call.thread.tid, _relative(address)):
+                res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
+            continue
+        if res not in (-errno.EINPROGRESS, -errno.EALREADY):
+            return res
+        res = yield from call.thread.wait(fd, POLLOUT, limit)
+        if res < 0:
+            return res
+        if res == 0:
+            return -errno.EINPROGRESS  # SO_SNDTIMEO ran out, as the kernel says
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            return -err
+        try:
+            sock.getpeername()
+            return 0
+        except OSError:
+            res = -errno.EALREADY  # not there yet (the poll was woken by something else): wait again
+
+
+@dataclass
+class Message:
+    """One message of a send, as the supervisor makes it: its copies."""
+    name: bytes | None     # the destination (already judged), None for the connected peer
+    data: bytes
+    control: bytes = b""
+
+
+def read_message(call: Call, name: bytes | None, iov: int, iovlen: int, control: int,
+                 controllen: int) -> Message | int:
+    """The payload and control data of one msghdr, copied; -EFAULT for a bad buffer."""
+    if iovlen > 1024:
+        return -errno.EMSGSIZE
+    vec = read_buffer(call, iov, 16 * iovlen) if iovlen else b""
+    if vec is None:
+        return -errno.EFAULT
+    parts, total = [], 0
+    for i in range(iovlen):
+        base, length = struct.unpack_from("=QQ", vec, 16 * i)
+        length = min(length, _MAX_PAYLOAD - total)
+        if length:
+            part = read_buffer(call, base, length)
+            if part is None:
+                return -errno.EFAULT
+            parts.append(part)
+            total += length
+    cmsgs = b""
+    if controllen:
+        cmsgs = read_buffer(call, control, min(controllen, 1 << 16))
+        if cmsgs is None:
+            return -errno.EFAULT
+    return Message(name, b"".join(parts), cmsgs)
+
+
+def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
+    """The control data with the program's fds (SCM_RIGHTS) replaced by the
+    supervisor's duplicates of them: what is passed is the program's file."""
+    out, mine, offset = bytearray(), [], 0
+    while offset + 16 <= len(control):
+        length, level, kind = struct.unpack_from("=Qii", control, offset)
+        if length < 16 or offset + length > len(control):
+            break
+        body = control[offset + 16:offset + length]
+        if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
+            fds = struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4])
+            dups = []
+            for fd in fds:
+                try:
+                    dups.append(call.thread.duplicate(fd))
+                except OSError:
+                    for dup in dups + mine:
+                        os.close(dup)
+                    raise OSError(errno.EBADF, f"fd {fd} to pass is not open") from None
+            mine += dups
+            body = struct.pack(f"={len(dups)}i", *dups)
+        out += struct.pack("=Qii", 16 + len(body), level, kind) + body
+        out += bytes(-len(out) % 8)
+        offset += (length + 7) & ~7
+    return bytes(out), mine
+
+
+def send(call: Call, fd: int, sock: socket.socket, message: Message, flags: int, drop_when_full: bool = False):
+    """Generator: send one message on the supervisor's duplicate of fd. Bytes
+    sent, or -errno. A blocking caller waits in its own thread for room; a
+    stream send goes on until all is sent (or a signal comes). drop_when_full:
+    a converted datagram socket, whose receiver is full for a while, drops the
+    datagram and reports it sent, as UDP would."""
+    try:
+        control, dups = _with_fds(call, message.control) if message.control else (b"", [])
+    except OSError as err:
+        return -(err.errno or errno.EBADF)
+    try:
+        return (yield from _send(call, fd, sock, message, control, flags, drop_when_full))
+    finally:
+        for dup in dups:
+            os.close(dup)
+
+
+def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: bytes, flags: int,
+          drop_when_full: bool):
+    wait = blocking(sock, flags)
+    stream = sock.type == socket.SOCK_STREAM
+    limit = _timeout_ms(sock) if wait else 0
+    sent, data, pauses = 0, message.data, iter(_SLEEPS_MS * (1 if drop_when_full else 64))
+    while True:
+        with acting_as(call.thread.tid, _relative(message.name)):
+            res = kernel.sendmsg(sock.fileno(), message.name, data[sent:], b"" if sent else control,
+                                 flags | MSG_DONTWAIT)
+        if res >= 0:
+            sent += res
+            if not (stream and wait and sent < len(data)):
+                return sent
+        elif res != -errno.EAGAIN or not wait:
+            return sent or res
+        if stream:
+            res = yield from call.thread.wait(fd, POLLOUT, limit)
+            if res == 0:
+                return sent or -errno.EAGAIN  # SO_SNDTIMEO ran out
+        else:  # a datagram: poll cannot tell when the receiver has room; try again a little later
+            pause = next(pauses, None)
+            if pause is None:
+                if drop_when_full:
+                    return len(data)
+                pauses = iter((16,))
+                pause = 16
+            res = yield from call.thread.wait(fd, 0, pause)
+        if res < 0:
+            return sent or res
+
+
+# What an IP client expects when nobody is there, whatever the Unix reason.
+_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
+
+
+def connect_unix(call: Call, fd: int, sock: socket.socket, visible: Address, real: UnixAddr,
+                 wait: bool | None = None):
+    """Generator: connect the Unix socket `sock` (fd's, or its stand-in) to
+    `real`, which stands for `visible`; the result as the program expects it
+    from an IP socket."""
+    res = yield from connect(call, fd, sock, pack(real), wait)
+    if -res in _REFUSED:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
+        return -errno.ECONNREFUSED
+    if res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
+    else:
+        call.ctx.log(1, f"{call.describe()}: {visible} -> {real}")
+    return res

