@@ -33,7 +33,13 @@ NR = {
     "dup3": 292,
     "recvmmsg": 299,
     "sendmmsg": 307,
+    "clone": 56,
+    "ptrace": 101,
+    "process_vm_writev": 311,
+    "seccomp": 317,
     "io_uring_setup": 425,
+    "clone3": 435,
+    "pidfd_getfd": 438,
     "close_range": 436,
 }
 NAME = {nr: name for name, nr in NR.items()}

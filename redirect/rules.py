@@ -823,12 +823,13 @@ def parse_rule_file(path: str, *, cwd: str | None = None) -> list[Rule]:
 
     An unreadable file raises OSError for the caller to report.
     """
-    # surrogateescape: socket paths need not be UTF-8.
-    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-        lines = handle.read().splitlines()
+    # surrogateescape: socket paths need not be UTF-8. Lines end at \n (or
+    # \r\n) only: \v, \f, \x1c-\x1e, U+0085 or U+2028 inside a value stay in it.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        lines = handle.read().split("\n")
     rules = []
     for number, line in enumerate(lines, start=1):
-        line = line.strip(" \t\r\n\v\f")
+        line = line.removesuffix("\r").strip(" \t")
         if not line or line.startswith("#"):
             continue
         rules.append(parse_rule(line, cwd=cwd, source=f"{path}:{number}"))

@@ -18,7 +18,13 @@ SO_PROTOCOL, SO_DOMAIN = 38, 39
 # Trapped whatever their arguments.
 _ALWAYS = ["bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
            "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg", "recvmsg", "recvmmsg"]
-_I386 = ["bind", "connect", "sendto", "sendmsg", "sendmmsg"]
+# Every socket call of the i386 ABI (int 0x80), direct or through socketcall():
+# refused, all of them, so none is left for a program to go around the rules.
+_I386 = ["socket", "socketpair", "bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
+         "send", "recv", "sendto", "recvfrom", "shutdown", "setsockopt", "getsockopt", "sendmsg", "recvmsg",
+         "sendmmsg", "recvmmsg"]
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+CLONE_UNTRACED = 0x00800000
 
 
 # Sealed: socket families that can reach a network but no rule can convert
@@ -47,8 +53,21 @@ def build(sealed: bool = False) -> sc.SyscallFilter:
             if family not in _SEALED_OPEN_FAMILIES:
                 native.add_rule(trace, "socket", sc.Arg(0, sc.EQ, family))
         native.add_rule(trace, "socket", sc.Arg(0, sc.GT, 16))
+        # Sockets of other processes (outside the tree, or the supervisor's
+        # siblings) are not the program's to use.
+        for name in ("pidfd_getfd", "ptrace", "process_vm_writev"):
+            native.add_rule(trace, name)
     # io_uring would run socket calls where no filter sees them; programs fall back.
     native.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
+    # A filter of the program's own with a listener outranks ours (its CONTINUE
+    # runs a call natively): refused. Other filters can only refuse more.
+    native.add_rule(trace, "seccomp", sc.Arg(1, sc.MASKED_EQ, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                                              SECCOMP_FILTER_FLAG_NEW_LISTENER))
+    # A child we do not trace could be traced by the program, whose tracer
+    # would let its calls through: CLONE_UNTRACED is refused, and clone3
+    # (whose flags are in memory) says ENOSYS, so libc uses clone.
+    native.add_rule(trace, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
+    native.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
 
     compat = sc.SyscallFilter(sc.ALLOW)
     compat.remove_arch(sc.Arch.NATIVE)

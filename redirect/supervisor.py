@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import sys
 
 from . import arch, kernel, seccomp_filter, socketfile
@@ -54,12 +55,15 @@ class Supervisor:
     # ---- start ---------------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         flt = seccomp_filter.build(sealed=self.ctx.sealed)
+        unsealed = self._inherited_network_sockets() if self.ctx.sealed else []
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the child: wait to be seized, load the filter, exec
             stage = "prctl"
             try:
+                for fd in unsealed:
+                    os.close(fd)
                 # Python ignores SIGPIPE and SIGXFSZ; the program must start with
                 # the defaults (a shell pipeline relies on dying of SIGPIPE).
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
@@ -77,6 +81,9 @@ class Supervisor:
                 os.write(err_w, b"other:0")
             finally:
                 os._exit(127)
+        # The program (the same user) must not open our memory, write into it
+        # or trace us: only root can get into a process that is not dumpable.
+        kernel.set_dumpable(False)
         os.close(go_r)
         os.close(err_w)
         self.err_pipe = err_r
@@ -93,6 +100,26 @@ class Supervisor:
         os.write(go_w, b"g")
         os.close(go_w)
         return pid
+
+    def _inherited_network_sockets(self) -> list[int]:
+        """Sealed: the fds the program would inherit that reach a network (an
+        IP listener or connection the caller left open): closed in the child,
+        each with a line in the log."""
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if not os.get_inheritable(fd):
+                    continue
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    family, kind = sock.family, sock.type
+            except OSError:
+                continue  # not a socket (or gone)
+            if family not in (socket.AF_UNIX, socket.AF_NETLINK):
+                found.append(fd)
+                self.log(0, f"sealed: fd {fd}, a {family.name} {kind.name} socket inherited from the caller, is "
+                            "closed for the program: it would reach the real network")
+        return found
 
     def _spawn_failure(self) -> SpawnError | None:
         """What went wrong in the child before its exec, if anything."""

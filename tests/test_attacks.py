@@ -5,8 +5,12 @@ redirect counts what arrives, and must count nothing."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import struct
 import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -124,3 +128,165 @@ def test_in_rule_port_flip_never_listens_on_the_real_port(attacks, sockdir):
         assert not reached and not [line for line in listening if " 0A " in line]
     finally:
         proc.communicate("go\n", timeout=30)
+
+
+# ---- the program's own filter, its own tracing, the 32-bit ABI, family tricks --------------
+
+def test_own_seccomp_listener_is_refused(attacks, receiver):
+    port = free_port()
+    counter = receiver("tcp", port)
+    result = run(REDIRECT + ["--sealed", "--", attacks, "notify", port])
+    got = _values(result.stdout)
+    assert got["seccomp"] == -16, result.stdout + result.stderr  # EBUSY, as under another notifier
+    assert got["connect"] == -101  # ENETUNREACH: sealed, as without the filter
+    assert "seccomp" in result.stderr and "refused" in result.stderr
+    assert counter.close() == 0
+
+
+def test_untraced_children_are_refused(attacks, receiver):
+    port = free_port()
+    counter = receiver("tcp", port)
+    result = run(REDIRECT + ["--sealed", "--", attacks, "untraced", port], timeout=30)
+    got = _values(result.stdout)
+    assert got.get("clone") == -1, result.stdout + result.stderr  # EPERM
+    assert "CLONE_UNTRACED" in result.stderr
+    assert counter.close() == 0
+
+
+def test_ipv6_udp_socket_cannot_send_to_ipv4_past_the_rules(attacks, receiver, sockdir):
+    port = free_port()
+    counter = receiver("udp", port)
+    sealed = run(REDIRECT + ["--sealed", "--", attacks, "v6-to-v4", port])
+    assert _values(sealed.stdout) == {"sendto": -101, "connect": -101, "send": -89}, sealed.stdout + sealed.stderr
+    ruled = run(redirect(f"out,udp,port={port},path={sockdir}/nobody.sock", verbose=0)
+                + [attacks, "v6-to-v4", port])
+    got = _values(ruled.stdout)
+    assert got["sendto"] == got["connect"] == -111, ruled.stdout + ruled.stderr  # ECONNREFUSED: nobody at the path
+    assert counter.close() == 0
+
+
+@pytest.fixture
+def as_user(unprivileged_user, world_readable_install, attacks):
+    """argv -> the same run as the unprivileged test user, with redirect and
+    the attack program from a world-readable copy ("redirect" and "attacks"
+    in argv stand for them)."""
+    shutil.copy(attacks, world_readable_install / "attacks")
+    (world_readable_install / "attacks").chmod(0o755)
+
+    def command(argv: list) -> tuple[list[str], dict]:
+        argv = [str(a) for a in argv]
+        argv = [str(world_readable_install / "attacks") if a == "attacks" else a for a in argv]
+        if argv[0] == "redirect":
+            argv = ["/usr/bin/python3", "-m", "redirect"] + argv[1:]
+        if os.geteuid() == 0:
+            argv = ["/usr/sbin/runuser", "-u", unprivileged_user.pw_name, "--"] + argv
+        return argv, {"cwd": "/", "env": {"PYTHONPATH": str(world_readable_install), "PATH": "/usr/bin:/bin"}}
+
+    return command
+
+
+def test_supervisor_cannot_be_written_traced_or_robbed(as_user):
+    """As the same (unprivileged) user, from inside: the supervisor's memory
+    cannot be opened or written, and it cannot be traced."""
+    argv, where = as_user(["redirect", "--", "attacks", "supervisor"])
+    result = run(argv, **where)
+    assert _values(result.stdout) == {"mem": -13, "vm-write": -1, "seize": -1}, result.stdout + result.stderr
+
+
+def test_sealed_program_cannot_take_sockets_from_other_processes(as_user, receiver):
+    port = free_port()
+    counter = receiver("tcp", port)
+    # A connected TCP socket in another process of the same user, outside redirect.
+    argv, where = as_user(["/usr/bin/python3", "-c", f"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", {port}))
+print(s.fileno(), flush=True)
+sys.stdin.read()
+"""])
+    holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **where)
+    try:
+        fd = int(holder.stdout.readline())
+        pid = int(subprocess.run(["pgrep", "-f", "-n", "-P", str(holder.pid), "python3"], capture_output=True,
+                                 text=True).stdout.split()[0]) if os.geteuid() == 0 else holder.pid
+        argv, where = as_user(["redirect", "--sealed", "--", "attacks", "steal", pid, fd])
+        result = run(argv, **where)
+        assert _values(result.stdout) == {"getfd": -1}, result.stdout + result.stderr  # EPERM
+        assert "pidfd_getfd" in result.stderr
+        argv, where = as_user(["attacks", "steal", pid, fd])  # outside redirect the attack itself works
+        assert _values(run(argv, **where).stdout) == {"getfd": 0, "send": 7}
+    finally:
+        holder.communicate("", timeout=10)
+    counter.close()
+
+
+def test_sealed_family_flip_as_unprivileged_user(as_user, receiver):
+    port = free_port()
+    counter = receiver("tcp", port)
+    argv, where = as_user(["redirect", "--sealed", "--", "attacks", "flip", "connect", "tcp", "unix",
+                           f"inet:{port}", ATTEMPTS])
+    result = run(argv, timeout=120, **where)
+    assert _values(result.stdout).get("attempts") == ATTEMPTS, result.stdout + result.stderr[-2000:]
+    assert counter.close() == 0
+
+
+def test_inherited_listener_is_closed_in_sealed_mode(attacks):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.set_inheritable(True)
+        port = listener.getsockname()[1]
+        result = run(REDIRECT + ["--sealed", "--", attacks, "accept", listener.fileno()],
+                     pass_fds=[listener.fileno()], timeout=30)
+        assert _values(result.stdout) == {"accept": -9}, result.stdout + result.stderr  # EBADF
+        assert f"fd {listener.fileno()}" in result.stderr and "sealed" in result.stderr
+        assert port  # the test's own listener is untouched
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root supervisor: run as root")
+def test_blackhole_folder_swap_deletes_nothing(attacks, sockdir):
+    """A program that dropped privileges swaps every redirect-* folder it can
+    for a symlink to a directory of root's while its binds are blackholed:
+    the supervisor's clean-up must not empty that directory."""
+    victim = Path(tempfile.mkdtemp(prefix="rd-victim-"))
+    sockdir.chmod(0o1777)  # the program, as nobody, binds there
+    try:
+        (victim / "precious").write_text("keep me")
+        for _ in range(3):
+            port = free_port()
+            result = run(redirect(f"in,port={port},path={sockdir}/bh.sock", verbose=0)
+                         + [attacks, "blackhole-symlink", port, victim], timeout=60)
+            got = _values(result.stdout)
+            assert got.get("first") == 0 and got.get("failed") == 0, result.stdout + result.stderr
+            assert (victim / "precious").read_text() == "keep me"
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
+        for moved in Path("/tmp").glob("moved-redirect-*"):
+            shutil.rmtree(moved, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root supervisor and another user: run as root")
+def test_peer_credentials_name_the_program_user(unprivileged_user, sockdir):
+    """The supervisor connects for the program, but a server reading
+    SO_PEERCRED (PostgreSQL's peer authentication) still sees the program's
+    user, here one the program became after it started."""
+    user = unprivileged_user
+    sockdir.chmod(0o755)
+    sock = sockdir / "peer.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(sock))
+        sock.chmod(0o666)
+        server.listen()
+        server.settimeout(20)
+        port = free_port()
+        code = (f"import os, socket; os.setgroups([]); os.setgid({user.pw_gid}); os.setuid({user.pw_uid}); "
+                f"socket.create_connection(('127.0.0.1', {port})).sendall(b'hi')")
+        client = subprocess.Popen(redirect(f"out,port={port},path={sock}", verbose=0)
+                                  + [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                pid, uid, gid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                assert conn.recv(10) == b"hi"
+        finally:
+            client.communicate(timeout=20)
+    assert (uid, gid) == (user.pw_uid, user.pw_gid)

@@ -869,3 +869,17 @@ def test_glob_literal_path_matches_itself_only(parts):
     assert not glob_match(path, path + "x")
     # '**' spans any number of leading components.
     assert glob_match("/**/" + parts[-1], path)
+
+
+@pytest.mark.parametrize("odd", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_rule_file_lines_end_at_newline_only(tmp_path, odd):
+    """Only \\n (or \\r\\n) ends a line: other characters Python calls line
+    breaks stay in the value, and the line numbers of errors stay right."""
+    path = tmp_path / "rules.txt"
+    path.write_text(f"in,port=80,path=/run/a{odd}b.sock\nin,port=99999,path=/b\n", encoding="utf-8")
+    with pytest.raises(RuleError) as info:
+        parse_rule_file(str(path))
+    assert info.value.source == f"{path}:2"
+    path.write_text(f"in,port=80,path=/run/a{odd}b.sock\n", encoding="utf-8")
+    (rule,) = parse_rule_file(str(path))
+    assert rule.target == f"/run/a{odd}b.sock"

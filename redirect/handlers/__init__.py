@@ -4,7 +4,7 @@ addresses, never registers. Each handler returns a result, PASS, or a generator
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, close, datagram, names, send, sockopt
+from . import accept, bind_connect, close, containment, datagram, names, send, sockopt
 from .common import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS"]
@@ -30,4 +30,9 @@ HANDLERS = {
     "recvmsg": datagram.recvmsg,
     "recvmmsg": datagram.recvmmsg,
     "socket": bind_connect.sealed_socket,
+    "seccomp": containment.seccomp,
+    "clone": containment.clone,
+    "pidfd_getfd": containment.other_processes,
+    "ptrace": containment.other_processes,
+    "process_vm_writev": containment.other_processes,
 }

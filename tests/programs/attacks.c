@@ -352,9 +352,12 @@ static int blackhole_symlink(void)
     int first = socket(AF_INET, SOCK_STREAM, 0);
     int r = bind(first, (struct sockaddr *)&a, sizeof a);
     int failed = 0;
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(bh_port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     for (int i = 0; i < 200 && r == 0; i++) {
-        int s = socket(AF_INET, SOCK_STREAM, 0); /* the same path again: blackholed */
-        if (bind(s, (struct sockaddr *)&a, sizeof a) < 0)
+        int s = socket(AF_INET6, SOCK_STREAM, 0); /* the IPv6 twin: the same path, blackholed */
+        int one = 1;
+        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(s, (struct sockaddr *)&a6, sizeof a6) < 0)
             failed++;
         close(s);
     }

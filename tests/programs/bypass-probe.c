@@ -1,5 +1,5 @@
 /* Tries to bind TCP sockets around a 64-bit seccomp filter: through the i386
- * ABI (int 0x80: socketcall and the direct bind) and the x32 ABI. Prints each
+ * ABI (int 0x80: socketcall and the direct calls) and the x32 ABI. Prints each
  * result as the raw kernel return value (negative errno). */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -49,5 +49,18 @@ int main(int argc, char **argv)
     set_port(port + 2);
     long r = syscall(0x40000000 | 49 /* x32 bind */, fd3, &addr, sizeof addr);
     printf("x32-bind %ld\n", r < 0 ? -(long)errno : r);
+
+    /* listen on a socket never bound (the kernel picks a port), directly and
+     * through socketcall after a bind to port 0: real listeners either way. */
+    int fd4 = socket(AF_INET, SOCK_STREAM, 0);
+    printf("int80-listen %ld\n", int80(363 /* i386 listen */, fd4, 8, 0));
+    int fd5 = socket(AF_INET, SOCK_STREAM, 0);
+    set_port(0);
+    bind(fd5, (struct sockaddr *)&addr, sizeof addr);
+    args[0] = fd5; args[1] = 8;
+    printf("int80-socketcall-listen %ld\n", int80(102, 4 /* SYS_LISTEN */, (long)args, 0));
+    int fd6 = socket(AF_INET, SOCK_STREAM, 0);
+    args[0] = fd6; args[1] = 0; args[2] = 0;
+    printf("int80-socketcall-getsockname %ld\n", int80(102, 6 /* SYS_GETSOCKNAME */, (long)args, 0));
     return 0;
 }
