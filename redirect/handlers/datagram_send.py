@@ -52,9 +52,15 @@ def convert_and_send(call: Call, fd: int, sock: socket.socket, dests: list, mess
 def _send_as_is(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[Message], flags: int):
     """Generator: the messages sent on the program's own socket, each to the
     address judged (packed anew: the kernel reads what was decided)."""
+    batch = []
     for message, visible in zip(messages, dests):
+        if isinstance(visible, int):  # an address the kernel refuses: the batch stops before it
+            if not batch:
+                return visible
+            break
         message.name = pack(visible) if isinstance(visible, IPAddr) else None
-    return (yield from send_all(call, fd, sock, messages, flags))
+        batch.append(message)
+    return (yield from send_all(call, fd, sock, batch, flags))
 
 
 def send_all(call: Call, fd: int, sock: socket.socket, messages: list[Message], flags: int,
