@@ -115,6 +115,15 @@ PTRACE_SYSCALL_INFO_SECCOMP = 3
 _info = _SyscallInfo()  # reused: the supervisor is single-threaded
 
 
+PTRACE_SYSCALL_INFO_ENTRY = 1
+
+
+def syscall_info(tid: int) -> tuple[int, int, tuple[int, ...]]:
+    """At any syscall stop: (op, syscall number, arguments)."""
+    ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(_info), ctypes.addressof(_info))
+    return _info.op, _info.nr, tuple(_info.args)
+
+
 def seccomp_info(tid: int) -> tuple[int, tuple[int, ...], int]:
     """At a seccomp stop: (syscall number, arguments, the filter's TRACE data),
     in one ptrace call instead of GETREGS plus GETEVENTMSG."""

@@ -24,6 +24,8 @@ _I386 = ["socket", "socketpair", "bind", "connect", "listen", "accept", "accept4
          "send", "recv", "sendto", "recvfrom", "shutdown", "setsockopt", "getsockopt", "sendmsg", "recvmsg",
          "sendmmsg", "recvmmsg"]
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+_OTHER_PROCESSES = ("pidfd_getfd", "ptrace", "process_vm_writev")
+_SOCK_PACKET = 10
 CLONE_UNTRACED = 0x00800000
 
 
@@ -55,8 +57,11 @@ def build(sealed: bool = False) -> sc.SyscallFilter:
         native.add_rule(trace, "socket", sc.Arg(0, sc.GT, 16))
         # Sockets of other processes (outside the tree, or the supervisor's
         # siblings) are not the program's to use.
-        for name in ("pidfd_getfd", "ptrace", "process_vm_writev"):
+        for name in _OTHER_PROCESSES:
             native.add_rule(trace, name)
+        # socket(AF_INET, SOCK_PACKET) is a packet socket in an IP family's clothes.
+        for family in (socket.AF_INET, socket.AF_INET6):
+            native.add_rule(trace, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(1, sc.MASKED_EQ, 0xF, _SOCK_PACKET))
     # io_uring would run socket calls where no filter sees them; programs fall back.
     native.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
     # A filter of the program's own with a listener outranks ours (its CONTINUE
@@ -74,6 +79,10 @@ def build(sealed: bool = False) -> sc.SyscallFilter:
     compat.add_arch(sc.Arch.X86)
     for name in _I386:  # libseccomp also covers the socketcall() multiplexer for these
         compat.add_rule(sc.TRACE(TRACE_I386), name)
-    compat.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
+    # What would take a program out of sight through int 0x80 as well: its own
+    # listener, an untraced child, and (sealed) other processes' sockets.
+    for name in ("seccomp", "clone3", "io_uring_setup") + (_OTHER_PROCESSES if sealed else ()):
+        compat.add_rule(sc.TRACE(TRACE_I386), name)
+    compat.add_rule(sc.TRACE(TRACE_I386), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
     native.merge(compat)
     return native

@@ -125,6 +125,20 @@ def remove_if_ours(path: bytes, ident: FileId | None) -> bool:
     return True
 
 
+def chmod_ours(path: bytes, ident: FileId | None, mode: int) -> None:
+    """chmod the file we created at path, through an O_PATH handle of it that
+    follows no symlink and must still be that file (a root supervisor must
+    never chmod what a program swapped in). OSError if it is not."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if ident is None or (st.st_dev, st.st_ino) != ident[:2]:
+            raise OSError(errno.EPERM, f"{os.fsdecode(path)} is no longer the socket redirect made")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
 BLACKHOLE = "blackhole"
 
 

@@ -14,7 +14,7 @@ from .handlers import HANDLERS, Call, Context
 from .registry import Registry
 from .rules import Rule
 from .sockaddr import IPAddr, PortAllocator
-from .tracee import Process, Thread
+from .tracee import HijackedThread, Process, Thread
 
 SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
                  | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
@@ -227,6 +227,11 @@ class Supervisor:
         sig, event = os.WSTOPSIG(status), status >> 16
         if sig == SYSCALL_STOP:
             if thread.busy:
+                try:
+                    thread.check_injected(kernel.PTRACE_SYSCALL_INFO_ENTRY) if thread.awaiting_entry else None
+                except HijackedThread as err:
+                    self._kill_hijacked(thread, err)
+                    return
                 self._guarded(thread.on_syscall_stop)
             else:
                 kernel.resume(tid)
@@ -301,6 +306,11 @@ class Supervisor:
 
     def on_seccomp(self, thread: Thread) -> None:
         if thread.busy:  # one of our own injected syscalls, trapped again
+            try:
+                thread.check_injected()
+            except HijackedThread as err:
+                self._kill_hijacked(thread, err)
+                return
             kernel.resume(thread.tid, kernel.PTRACE_SYSCALL)
             return
         nr, args, trace_data = kernel.seccomp_info(thread.tid)
@@ -323,6 +333,13 @@ class Supervisor:
             self._internal_error(call.describe())
             outcome = -errno.EIO  # fail closed
         self._guarded(thread.start, outcome)
+
+    def _kill_hijacked(self, thread: Thread, err: HijackedThread) -> None:
+        """Fail closed: a program that rewrites the code a supervisor's call
+        runs through gets no call at all. Its process is killed."""
+        self.log(0, f"{err}: the program rewrote the code redirect runs its calls through; killing "
+                    f"process {thread.process.tgid}")
+        os.kill(thread.process.tgid, signal.SIGKILL)
 
     def _guarded(self, step, *args) -> None:
         """Run a handler step; a bug in a handler fails that one call (the thread

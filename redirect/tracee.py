@@ -57,6 +57,14 @@ class Scratch:
 Handler = Generator["Syscall | Scratch", "int", "int | None"]
 
 
+class HijackedThread(Exception):
+    """A thread the supervisor runs a call in made another call instead."""
+
+    def __init__(self, tid: int, nr: int) -> None:
+        super().__init__(f"thread {tid} made syscall {nr} instead of the one redirect injected")
+        self.tid = tid
+
+
 class MemoryUnavailable(OSError):
     """The tracee's memory cannot be reached at all (not: a bad address)."""
 
@@ -114,6 +122,7 @@ class Thread:
         self.injected = False              # the trapped syscall was replaced
         self.awaiting_entry = False        # re-executing: next syscall stop is an entry
         self.held_signals: list[int] = []  # signals held back until the handler ends
+        self.expected: Syscall | None = None  # the injected call running now
         self._scratch_used = 0
 
     # memory (shared by the thread group) ---------------------------------------------
@@ -231,11 +240,22 @@ class Thread:
     def on_syscall_stop(self) -> None:
         """A syscall-entry or -exit stop of an injected syscall."""
         if self.awaiting_entry:
-            self.awaiting_entry = False
+            self.awaiting_entry = False  # checked by the supervisor (check_injected)
             kernel.resume(self.tid, kernel.PTRACE_SYSCALL)
             return
         result = arch.to_signed(getattr(kernel.getregs(self.tid), arch.RESULT_REG))
         self._advance(result)
+
+    def check_injected(self, op: int | None = None) -> None:
+        """The call this thread is about to make must be the one injected: the
+        rewind runs the program's own `syscall` instruction, which another
+        thread may have rewritten to jump elsewhere. Anything else is an
+        attack on the supervisor: HijackedThread (the caller kills it)."""
+        stop, nr, args = kernel.syscall_info(self.tid)
+        expected = self.expected
+        if expected is None or (op is not None and stop != op) or nr != arch.NR[expected.name] \
+                or tuple(arch.to_unsigned(a) for a in expected.args) != tuple(args[:len(expected.args)]):
+            raise HijackedThread(self.tid, nr)
 
     def hold_signal(self, sig: int) -> None:
         self.held_signals.append(sig)
@@ -289,6 +309,7 @@ class Thread:
         return None if addr < 0 else addr
 
     def _inject(self, request: Syscall) -> None:
+        self.expected = request
         regs = kernel.copy_regs(self.saved)
         nr = arch.NR[request.name]
         for reg, value in zip(arch.ARG_REGS, request.args):

@@ -513,13 +513,15 @@ def test_int80_and_x32_cannot_bypass_the_filter(bypass_probe):
     assert native["int80-socketcall-bind"] == 0 and native["int80-bind"] == 0  # the probe really binds
 
     assert native["int80-listen"] == 0 and native["int80-socketcall-listen"] == 0
+    assert native["int80-seccomp-listener"] == -14 and native["int80-clone-untraced"] == -22
 
     for options in ((), ("--sealed",)):
         result = run(REDIRECT + list(options) + ["-r", f"in,port={port}-{port + 2},path=/tmp/never-%p.sock",
                                                  "-r", "in,path=/tmp/never-any-%p.sock", "--", bypass_probe, port])
         got = _results(result.stdout)
         assert got == {"int80-socketcall-bind": -38, "int80-bind": -38, "x32-bind": -38, "int80-listen": -38,
-                       "int80-socketcall-listen": -38, "int80-socketcall-getsockname": -38}, result.stdout
+                       "int80-socketcall-listen": -38, "int80-socketcall-getsockname": -38,
+                       "int80-seccomp-listener": -38, "int80-clone-untraced": -38}, result.stdout
     assert "32-bit (int 0x80) socket call refused" in result.stderr
     assert tcp_listening(port) == tcp_listening(port + 1) == tcp_listening(port + 2) == []
 

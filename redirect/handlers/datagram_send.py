@@ -139,8 +139,13 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
             ctx.log(0, f"{call.describe()}: binding the reply address {own} failed: {os.strerror(-res)}")
             return res
         ident = socketfile.file_id(path)
-        if mode is not None:
-            os.chmod(path, mode)
+        try:
+            if mode is not None:
+                socketfile.chmod_ours(path, ident, mode)
+        except OSError as err:
+            ctx.log(0, f"{call.describe()}: the reply address {own} was changed under us: {err.strerror}")
+            socketfile.remove_if_ours(path, ident)
+            return -errno.EPERM
         if connect:
             res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real, wait=False)
             if res < 0:

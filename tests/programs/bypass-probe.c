@@ -62,5 +62,11 @@ int main(int argc, char **argv)
     int fd6 = socket(AF_INET, SOCK_STREAM, 0);
     args[0] = fd6; args[1] = 0; args[2] = 0;
     printf("int80-socketcall-getsockname %ld\n", int80(102, 6 /* SYS_GETSOCKNAME */, (long)args, 0));
+
+    /* What would take the program out of sight, through int 0x80: its own
+     * seccomp listener (no filter given: EFAULT natively) and an untraced
+     * child (an invalid flag set: EINVAL natively, nothing is created). */
+    printf("int80-seccomp-listener %ld\n", int80(354, 1 /* SET_MODE_FILTER */, 8 /* NEW_LISTENER */, 0));
+    printf("int80-clone-untraced %ld\n", int80(120, 0x00800000 /* CLONE_UNTRACED */ | 0x00010000 /* CLONE_THREAD */, 0, 0));
     return 0;
 }
