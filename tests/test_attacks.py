@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,91 @@ def test_peer_credentials_name_the_program_user(unprivileged_user, sockdir):
         finally:
             client.communicate(timeout=20)
     assert (uid, gid) == (user.pw_uid, user.pw_gid)
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_rewritten_syscall_instruction_gets_the_program_killed(attacks, receiver, sockdir, sealed):
+    """The supervisor's second and later injected calls re-run the program's
+    own `syscall` instruction; a thread rewrites it into a jump to a native
+    connect while another waits in such a call. The old code let that connect
+    through unjudged; now the process is killed."""
+    port = free_port()
+    counter = receiver("tcp", port)
+    options = ["--sealed"] if sealed else ["-r", f"out,port={port},path={sockdir}/never.sock",
+                                           "-r", f"out,path={sockdir}/any.sock"]
+    result = run(REDIRECT + options + ["--", attacks, "rewind", port], timeout=60)
+    assert result.returncode == 128 + 9, result.stdout + result.stderr
+    assert "rewrote the code redirect runs its calls through" in result.stderr
+    assert counter.close() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs CAP_NET_RAW: run as root")
+def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks):
+    assert _values(run([attacks, "packet"]).stdout) == {"socket": 0}  # the attack works outside
+    result = run(REDIRECT + ["--sealed", "--", attacks, "packet"])
+    assert _values(result.stdout) == {"socket": -97}, result.stdout + result.stderr  # EAFNOSUPPORT
+
+
+class _Sniffer:
+    """IGMP reports (IPv4 protocol 2) seen on lo while it runs (root: AF_PACKET)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self.count, self.running = 0, True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while self.running:
+            try:
+                frame = self.sock.recv(2048)
+            except OSError:
+                continue
+            if len(frame) > 23 and frame[14 + 9] == 2:
+                self.count += 1
+
+    def close(self) -> int:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+        return self.count
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="watching lo for IGMP needs CAP_NET_RAW: run as root")
+def test_sealed_refuses_multicast_joins(attacks):
+    sniffer = _Sniffer()
+    try:
+        outside = _values(run([attacks, "igmp"]).stdout)
+        time.sleep(0.5)
+        assert outside == {"join": 0} and sniffer.count > 0  # the attack works outside: reports on lo
+    finally:
+        sniffer.close()
+    sniffer = _Sniffer()
+    try:
+        result = run(REDIRECT + ["--sealed", "--", attacks, "igmp"])
+        time.sleep(0.5)
+    finally:
+        reports = sniffer.close()
+    assert _values(result.stdout) == {"join": -13}, result.stdout + result.stderr  # EACCES
+    assert "multicast" in result.stderr and reports == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root supervisor: run as root")
+def test_reply_socket_mode_never_follows_a_symlink(attacks, sockdir):
+    """A root supervisor gives a datagram client's reply socket its mode; the
+    program (now nobody) swaps each new one for a symlink to a file of root's."""
+    sockdir.chmod(0o755)
+    victim = sockdir / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(sockdir / "srv.sock"))
+        (sockdir / "srv.sock").chmod(0o666)
+        port = free_port()
+        result = run(redirect(f"out,udp,port={port},path={sockdir}/srv.sock", verbose=0)
+                     + [attacks, "reply-chmod", port, victim, 200], timeout=60)
+    got = _values(result.stdout)
+    assert got.get("folder") == 0 and got.get("swapped", 0) > 0, result.stdout + result.stderr
+    assert victim.stat().st_mode & 0o777 == 0o600

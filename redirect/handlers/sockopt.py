@@ -88,12 +88,21 @@ def _default(converted, level: int, name: int) -> bytes:
     return struct.pack("=i", _INT_DEFAULTS.get((level, name), 0))
 
 
+# Joining a multicast group makes the kernel itself send IGMP/MLD reports.
+_JOINS = {(socket.IPPROTO_IP, n) for n in (35, 39, 41, 42, 46, 48)} | \
+    {(socket.IPPROTO_IPV6, n) for n in (20, 27, 42, 46, 48)}  # *_ADD_*MEMBERSHIP, JOIN_ANYCAST, MCAST_JOIN_*, *MSFILTER
+
+
 def setsockopt(call: Call):
     fd, level, name, value_ptr, length = call.args[:5]
     if level not in IP_LEVELS:
         return PASS
     converted, _ = _visible_family(call, fd)
     if converted is None:
+        if call.ctx.sealed and (level, name) in _JOINS:
+            call.ctx.log(0, f"{call.describe()}: sealed: joining a multicast group is refused (EACCES): the "
+                            "kernel would announce it on the network")
+            return -errno.EACCES
         return PASS
     if (level, name) in _REFUSED:
         return -errno.ENOPROTOOPT

