@@ -56,6 +56,10 @@ class Supervisor:
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         flt = seccomp_filter.build(sealed=self.ctx.sealed)
         unsealed = self._inherited_network_sockets() if self.ctx.sealed else []
+        confine = self.ctx.sealed and kernel.landlock_abi() > 0
+        if self.ctx.sealed and not confine:
+            self.log(0, "sealed: this kernel has no Landlock (5.13+, enabled in lsm=): processes of this user "
+                        "outside redirect stay reachable through /proc/PID/mem")
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -64,6 +68,9 @@ class Supervisor:
             try:
                 for fd in unsealed:
                     os.close(fd)
+                if confine:  # no ptrace, /proc/PID/mem or pidfd_getfd of processes outside
+                    stage = "landlock"
+                    kernel.landlock_enter_domain()
                 # Python ignores SIGPIPE and SIGXFSZ; the program must start with
                 # the defaults (a shell pipeline relies on dying of SIGPIPE).
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -379,3 +380,41 @@ def test_reply_socket_mode_never_follows_a_symlink(attacks, sockdir):
     got = _values(result.stdout)
     assert got.get("folder") == 0 and got.get("swapped", 0) > 0, result.stdout + result.stderr
     assert victim.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("unprivileged", [False, True])
+def test_sealed_program_cannot_write_other_processes_memory(attacks, as_user, unprivileged):
+    """A process of the same user outside redirect (which would make any
+    connection its memory told it to): sealed, its /proc/PID/mem does not open."""
+    if unprivileged:
+        victim_argv, where = as_user(["/bin/sleep", "30"])
+    else:
+        victim_argv, where = ["/bin/sleep", "30"], {}
+    victim = subprocess.Popen(victim_argv, **where)
+    pid = victim.pid
+    try:
+        if unprivileged and os.geteuid() == 0:  # runuser's child is the sleep
+            for _ in range(100):
+                found = subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True, text=True).stdout.split()
+                if found:
+                    pid = int(found[0])
+                    break
+                time.sleep(0.02)
+        if unprivileged:
+            argv, where = as_user(["attacks", "procmem", pid])
+            outside = run(argv, **where)
+            argv, where = as_user(["redirect", "--sealed", "--", "attacks", "procmem", pid])
+            inside = run(argv, **where)
+        else:
+            outside = run([attacks, "procmem", pid])
+            inside = run(REDIRECT + ["--sealed", "--", attacks, "procmem", pid])
+        assert _values(outside.stdout) == {"open": 0}, outside.stdout + outside.stderr  # the attack works outside
+        assert _values(inside.stdout) == {"open": -13}, inside.stdout + inside.stderr  # EACCES
+    finally:
+        if pid != victim.pid:
+            try:
+                os.kill(pid, signal.SIGKILL)  # runuser's child
+            except ProcessLookupError:
+                pass
+        victim.kill()
+        victim.wait(10)

@@ -22,6 +22,7 @@
  *                             for a symlink to VICTIM while the supervisor sets its mode
  *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
  *   igmp                      join a multicast group (the kernel sends IGMP reports)
+ *   procmem PID               open /proc/PID/mem of another process for writing
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -534,6 +535,13 @@ int main(int argc, char **argv)
         return packet();
     if (strcmp(argv[1], "igmp") == 0)
         return igmp();
+    if (strcmp(argv[1], "procmem") == 0 && argc == 3) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%s/mem", argv[2]);
+        int fd = open(path, O_RDWR);
+        printf("open %d\n", fd < 0 ? -errno : 0);
+        return 0;
+    }
 usage:
     fprintf(stderr, "usage: see the comment at the top of attacks.c\n");
     return 2;
