@@ -31,6 +31,7 @@ class _Pass:
 
 PASS = _Pass()
 
+_SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD = 1, 0x40000000, 0x40, 1
 _SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
@@ -354,6 +355,56 @@ class Thread:
         socket itself afterwards."""
         pollfd = yield Scratch(struct.pack("=ihh", fd if events else -1, events, 0))
         return (yield Syscall("poll", pollfd, 1, timeout_ms))
+
+    # ---- putting sockets into the program ------------------------------------------
+    def put_socket(self, new: socket.socket, places: list[tuple[int, bool]]):
+        """Generator: a duplicate of the supervisor's socket `new` at each
+        (fd, close-on-exec) of places, replacing what was there. 0 or -errno."""
+        received = yield from self._receive_socket(new)
+        if received < 0:
+            return received
+        res = 0
+        for fd, cloexec in places:
+            if res >= 0:
+                res = yield Syscall("dup3", received, fd, os.O_CLOEXEC if cloexec else 0)
+        yield Syscall("close", received)
+        return min(res, 0)
+
+    def epoll_add(self, epfd: int, fd: int, events: int, data: int):
+        """Generator: epoll_ctl(EPOLL_CTL_ADD) in the program; 0 or -errno."""
+        event = yield Scratch(struct.pack("=IQ", events, data))
+        return (yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, fd, event))
+
+    def _receive_socket(self, passed: socket.socket):
+        """Generator: a duplicate of a supervisor socket in the program, sent
+        over SCM_RIGHTS through a socket pair the thread makes for the moment
+        (no file anywhere). Returns its fd there, or -errno. Whatever another
+        thread does to the scratch memory meanwhile, the fd is checked to be
+        `passed`."""
+        pair = yield Scratch(bytes(8))
+        res = yield Syscall("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, pair)
+        if res < 0:
+            return res
+        ends = struct.unpack("=ii", self.read(pair, 8))
+        try:
+            with socket.socket(fileno=self.duplicate(ends[0])) as sender:
+                sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))])
+        except OSError as err:
+            res = -(err.errno or errno.EIO)
+        if res >= 0:
+            byte = yield Scratch(bytes(8))
+            iov = yield Scratch(struct.pack("=QQ", byte, 1))
+            control = yield Scratch(bytes(24))
+            header = yield Scratch(struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, control, 24, 0))
+            res = yield Syscall("recvmsg", ends[1], header, _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT)
+        for end in ends:
+            yield Syscall("close", end)
+        if res < 0:
+            return res
+        _, level, kind, fd = struct.unpack("=Qiii", self.read(control, 20))
+        if (level, kind) != (socket.SOL_SOCKET, _SCM_RIGHTS) or self.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
+            return -errno.EIO
+        return fd
 
     def release(self) -> None:
         """The thread exited: its scratch page can serve another thread."""

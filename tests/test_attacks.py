@@ -318,9 +318,11 @@ def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks):
 
 
 class _Sniffer:
-    """IGMP reports (IPv4 protocol 2) seen on lo while it runs (root: AF_PACKET)."""
+    """IGMP reports (IPv4 protocol 2) about one group seen on lo while it runs
+    (root: AF_PACKET)."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: str) -> None:
+        self.group = socket.inet_aton(group)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
         self.sock.bind(("lo", 0))
         self.sock.settimeout(0.2)
@@ -334,7 +336,7 @@ class _Sniffer:
                 frame = self.sock.recv(2048)
             except OSError:
                 continue
-            if len(frame) > 23 and frame[14 + 9] == 2:
+            if len(frame) > 23 and frame[14 + 9] == 2 and self.group in frame[14:]:
                 self.count += 1
 
     def close(self) -> int:
@@ -346,16 +348,16 @@ class _Sniffer:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="watching lo for IGMP needs CAP_NET_RAW: run as root")
 def test_sealed_refuses_multicast_joins(attacks):
-    sniffer = _Sniffer()
+    sniffer = _Sniffer("239.1.2.3")
     try:
-        outside = _values(run([attacks, "igmp"]).stdout)
+        outside = _values(run([attacks, "igmp", "239.1.2.3"]).stdout)
         time.sleep(0.5)
         assert outside == {"join": 0} and sniffer.count > 0  # the attack works outside: reports on lo
     finally:
         sniffer.close()
-    sniffer = _Sniffer()
+    sniffer = _Sniffer("239.1.2.4")
     try:
-        result = run(REDIRECT + ["--sealed", "--", attacks, "igmp"])
+        result = run(REDIRECT + ["--sealed", "--", attacks, "igmp", "239.1.2.4"])
         time.sleep(0.5)
     finally:
         reports = sniffer.close()

@@ -19,7 +19,7 @@ from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..socketfile import ReplyDirs
-from ..tracee import MemoryUnavailable, Process, Scratch, Syscall, Thread
+from ..tracee import MemoryUnavailable, Process, Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
 
@@ -30,7 +30,6 @@ MMSGHDR_SIZE = 64          # a msghdr, then unsigned msg_len, padded
 CMSGHDR = struct.Struct("=Qii")
 MAX_BATCH = 32             # messages per recvmmsg/sendmmsg we rewrite: what fits in scratch memory
 IPPROTO_MPTCP = 262
-MSG_DONTWAIT = 0x40
 
 
 @dataclass
@@ -265,7 +264,6 @@ _IP_OPTIONS = [
     (socket.IPPROTO_TCP, 1),                                                          # TCP_NODELAY
 ]
 _DOUBLED = {socket.SO_SNDBUF, socket.SO_RCVBUF}  # the kernel reports twice what was set
-_EPOLL_CTL_ADD = 1
 # A line of an epoll fd's fdinfo: "tfd: 5 events: 19 data: 5  pos:0 ino:1c0b sdev:8"
 _EPOLL_LINE = re.compile(r"tfd:\s*(?P<tfd>\d+)\s+events:\s*(?P<events>[0-9a-f]+)\s+"
                          r"data:\s*(?P<data>[0-9a-f]+).*\bino:(?P<ino>[0-9a-f]+)")
@@ -379,14 +377,8 @@ def install(call: Call, fd: int, sock: socket.socket, new: socket.socket):
     options, owner and epoll registrations, and at other fds of the same socket.
     Returns 0 or -errno; on failure the program's fd is as it was."""
     state = _capture(call, fd, sock)
-    received = yield from _receive_socket(call, new)
-    if received < 0:
-        return received
-    res = yield Syscall("dup3", received, fd, os.O_CLOEXEC if state.cloexec else 0)
-    for other in state.siblings:  # a dup of the IP socket must not stay behind on TCP
-        if res >= 0:
-            res = yield Syscall("dup3", received, other, os.O_CLOEXEC if call.thread.fd_cloexec(other) else 0)
-    yield Syscall("close", received)
+    places = [(fd, state.cloexec)] + [(other, call.thread.fd_cloexec(other)) for other in state.siblings]
+    res = yield from call.thread.put_socket(new, places)
     if res < 0:
         return res
     inode = os.fstat(new.fileno()).st_ino
@@ -394,42 +386,7 @@ def install(call: Call, fd: int, sock: socket.socket, new: socket.socket):
     for (level, name), value in state.ip_options.items():
         call.ctx.registry.set_option(inode, level, name, value)
     for epfd, watched, events, data in state.epoll:
-        event = yield Scratch(struct.pack("=IQ", events, data))
-        res = yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, watched, event)
+        res = yield from call.thread.epoll_add(epfd, watched, events, data)
         if res < 0:
             call.ctx.log(0, f"could not re-register fd {watched} in epoll fd {epfd}: {os.strerror(-res)}")
     return 0
-
-
-_SCM_RIGHTS, _MSG_CMSG_CLOEXEC = 1, 0x40000000
-
-
-def _receive_socket(call: Call, passed: socket.socket):
-    """Generator: a duplicate of a supervisor socket in the program, sent over
-    SCM_RIGHTS through a socket pair the program makes for the moment (no
-    file anywhere). Returns its fd there, or -errno. Whatever another thread
-    does to the scratch memory meanwhile, the fd is checked to be `passed`."""
-    pair = yield Scratch(bytes(8))
-    res = yield Syscall("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, pair)
-    if res < 0:
-        return res
-    ends = struct.unpack("=ii", call.thread.read(pair, 8))
-    try:
-        with socket.socket(fileno=call.thread.duplicate(ends[0])) as sender:
-            sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))])
-    except OSError as err:
-        res = -(err.errno or errno.EIO)
-    if res >= 0:
-        byte = yield Scratch(bytes(8))
-        iov = yield Scratch(struct.pack("=QQ", byte, 1))
-        control = yield Scratch(bytes(24))
-        header = yield Scratch(MSGHDR.pack(0, 0, iov, 1, control, 24, 0))
-        res = yield Syscall("recvmsg", ends[1], header, _MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
-    for end in ends:
-        yield Syscall("close", end)
-    if res < 0:
-        return res
-    _, level, kind, fd = struct.unpack("=Qiii", call.thread.read(control, 20))
-    if (level, kind) != (socket.SOL_SOCKET, _SCM_RIGHTS) or call.thread.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
-        return -errno.EIO
-    return fd

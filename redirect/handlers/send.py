@@ -15,7 +15,7 @@ import struct
 
 from ..decision import SEALED_REASON
 from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
-from ..tracee import PASS, Syscall
+from ..tracee import PASS
 from . import datagram_send, perform
 from .bind_connect import on_socket, connect_to
 from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,
@@ -151,22 +151,21 @@ def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: 
                        verdict.source)
     if verdict is None:
         res = yield from perform.connect(call, fd, sock, pack(visible))
-    else:
-        res = yield from connect_to(call, fd, sock, "stream", verdict, is_unix=False)
+        if res < 0:
+            return res  # EINPROGRESS (non-blocking): as Fast Open without a cookie, the data waits
+        return (yield from _without_address(call, fd, sock, [], flags & ~MSG_FASTOPEN))
+    res = yield from connect_to(call, fd, sock, "stream", verdict, is_unix=False)
     if res < 0:
-        return res  # EINPROGRESS (non-blocking): as Fast Open without a cookie, the data waits
-    return (yield from _without_address(call, fd, None, [], flags & ~MSG_FASTOPEN))
+        return res
+    with call.thread.socket(fd) as unix:  # the Unix socket connect_to put there
+        if unix is None or call.ctx.registry.client(inode_of(unix)) is None:
+            return -errno.EBADF  # another thread closed or replaced it meanwhile
+        return (yield from _without_address(call, fd, unix, [], flags & ~MSG_FASTOPEN))
 
 
-def _without_address(call: Call, fd: int, sock: socket.socket | None, headers: list[bytes], flags: int):
-    """The same send with the destination left out: sendto in the program's
-    own thread (its arguments are registers, nothing to race); a sendmsg's
-    message is sent by the supervisor (its msghdr is memory the program can
-    change)."""
-    if call.name == "sendto":
-        return (yield Syscall("sendto", fd, call.args[1], call.args[2], flags, 0, 0))
-    if sock is None:
-        return -errno.EIO
+def _without_address(call: Call, fd: int, sock: socket.socket, headers: list[bytes], flags: int):
+    """The same send with the destination left out, made by the supervisor on
+    its duplicate of the socket."""
     messages = _messages(call, headers)
     if isinstance(messages, int):
         return messages

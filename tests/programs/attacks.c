@@ -21,7 +21,7 @@
  *   reply-chmod PORT VICTIM N as root: drop to nobody, swap each new reply socket file
  *                             for a symlink to VICTIM while the supervisor sets its mode
  *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
- *   igmp                      join a multicast group (the kernel sends IGMP reports)
+ *   igmp GROUP                join a multicast group (the kernel sends IGMP reports)
  *   procmem PID               open /proc/PID/mem of another process for writing
  */
 #define _GNU_SOURCE
@@ -489,11 +489,11 @@ static int packet(void)
     return 0;
 }
 
-static int igmp(void)
+static int igmp(const char *group)
 {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     struct ip_mreqn m = {.imr_ifindex = 1};
-    m.imr_multiaddr.s_addr = inet_addr("239.1.2.3");
+    m.imr_multiaddr.s_addr = inet_addr(group);
     int r = setsockopt(s, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m);
     printf("join %d\n", r < 0 ? -errno : 0);
     usleep(300000); /* the kernel sends its reports meanwhile */
@@ -533,8 +533,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "packet") == 0)
         return packet();
-    if (strcmp(argv[1], "igmp") == 0)
-        return igmp();
+    if (strcmp(argv[1], "igmp") == 0 && argc == 3)
+        return igmp(argv[2]);
     if (strcmp(argv[1], "procmem") == 0 && argc == 3) {
         char path[64];
         snprintf(path, sizeof path, "/proc/%s/mem", argv[2]);
