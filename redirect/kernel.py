@@ -292,3 +292,24 @@ def landlock_enter_domain() -> None:
         _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
         os.close(ruleset)
+
+
+_libc.recvmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.recvmsg.restype = ctypes.c_ssize_t
+
+
+def recvmsg(fd: int, size: int, controllen: int, flags: int, want_name: bool) -> tuple[int, bytes, bytes, bytes, int]:
+    """recvmsg(2) into one buffer: (result or -errno, data, sender's address,
+    control data, msg_flags). With MSG_TRUNC the result may exceed size."""
+    data_buf = ctypes.create_string_buffer(max(size, 1))
+    name_buf = ctypes.create_string_buffer(128)
+    control_buf = ctypes.create_string_buffer(controllen) if controllen else None
+    iov = _IOVec(ctypes.cast(data_buf, ctypes.c_void_p), size)
+    msg = _MsgHdr(ctypes.cast(name_buf, ctypes.c_void_p) if want_name else None, 128 if want_name else 0,
+                  ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p), 1,
+                  ctypes.cast(control_buf, ctypes.c_void_p) if control_buf else None, controllen, 0)
+    n = _libc.recvmsg(fd, ctypes.byref(msg), flags)
+    if n < 0:
+        return -ctypes.get_errno(), b"", b"", b"", 0
+    return (n, data_buf.raw[:min(n, size)], name_buf.raw[:msg.namelen] if want_name else b"",
+            control_buf.raw[:msg.controllen] if control_buf else b"", msg.flags)

@@ -330,6 +330,7 @@ class Supervisor:
         if handler is None:
             thread.start(None)
             return
+        thread.trapped = (nr, args)
         call = Call(self.ctx, thread, name, args)
         try:
             outcome = handler(call)

@@ -1,10 +1,11 @@
-"""Tracee mechanics: one process's memory and fds, one thread's registers, and
-running a handler's requests (injected syscalls, scratch memory) in a stopped thread.
+"""The ptrace backend: one process's memory and fds, one thread's registers,
+and the operations handlers ask for (handlers/__init__.py), carried out by
+injecting syscalls into the stopped thread.
 
-Handlers are generators. They yield `Syscall` (run this in the tracee, send me the
-result) or `Scratch` (put these bytes in tracee memory, send me the address), and
-return the result of the trapped syscall, or PASS to let it run untouched. A thread
-may sit in an injected syscall (a blocking connect or accept) for a long time; the
+Those operations are generators. Inside they yield `Syscall` (run this in the
+tracee, send me the result) or `Scratch` (put these bytes in tracee memory,
+send me the address); handlers never see either. A thread may sit in an
+injected syscall (waiting in poll for a blocking call) for a long time; the
 generator waits in `Thread.runner` while the supervisor serves the other threads.
 """
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Thread:
         self.awaiting_entry = False        # re-executing: next syscall stop is an entry
         self.held_signals: list[int] = []  # signals held back until the handler ends
         self.expected: Syscall | None = None  # the injected call running now
+        self.trapped: tuple[int, tuple[int, ...]] = (0, ())  # the call this thread stopped at
         self._scratch_used = 0
 
     # memory (shared by the thread group) ---------------------------------------------
@@ -355,6 +357,14 @@ class Thread:
         socket itself afterwards."""
         pollfd = yield Scratch(struct.pack("=ihh", fd if events else -1, events, 0))
         return (yield Syscall("poll", pollfd, 1, timeout_ms))
+
+    def run_trapped(self, args: tuple[int, ...] | None = None):
+        """Generator: the trapped call itself (its own number; these arguments,
+        all registers, or its own), run now so the handler sees the result.
+        For calls that decide nothing on the program's memory: accepting on a
+        listener, closing an fd."""
+        nr, own = self.trapped
+        return (yield Syscall(arch.NAME[nr], *(own if args is None else args)))
 
     # ---- putting sockets into the program ------------------------------------------
     def put_socket(self, new: socket.socket, places: list[tuple[int, bool]]):

@@ -1,6 +1,17 @@
 """Syscall semantics: one handler per trapped syscall, in terms of sockets and
-addresses, never registers. Each handler returns a result, PASS, or a generator
-(see tracee.py) when it needs to run syscalls in the tracee.
+addresses, never registers or injected calls.
+
+A handler answers with a result (>= 0 or -errno) or PASS (let the call run:
+only where nothing was decided on what the program can still change). What it
+needs of the program it asks the backend for (today ptrace: tracee.Thread):
+
+- look: read(addr, n), write(addr, data), duplicate(fd) / socket(fd), fd_inode(fd)
+- act: put_socket(sock, [(fd, cloexec)...]), epoll_add(...), wait(fd, events,
+  timeout), run_trapped() (the call itself, for calls that decide nothing)
+
+The acts are generators (`yield from`): the thread may wait in them while the
+supervisor serves others. Calls it judged, the supervisor makes itself
+(perform.py).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import sockaddr
 from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
-from ..tracee import PASS, Syscall
+from ..tracee import PASS
 from .common import Call, peer_uid, read_room, write_sockaddr
 
 
@@ -23,7 +23,7 @@ def accept(call: Call):
 def _accept(call: Call, listener: Listener, room: int):
     # Run the program's own call (it may block), then overwrite the Unix peer
     # address; the buffer size is the one before the kernel wrote the Unix length.
-    res = yield Syscall(call.name, *call.args)
+    res = yield from call.thread.run_trapped()
     if res < 0:
         return res
     inode = call.thread.fd_inode(res)

@@ -15,8 +15,8 @@ from ..registry import Client, Listener
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..tracee import PASS
 from . import datagram, datagram_send, perform
-from .common import (Call, address_of, identify, inode_of, install, read_buffer, socket_type, stand_in,
-                     unix_name)
+from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, socket_type,
+                     stand_in, unix_name)
 
 _IP = (socket.AF_INET, socket.AF_INET6)
 
@@ -154,28 +154,6 @@ def bind(call: Call):
     if isinstance(data, int):
         return data
     return on_socket(call, lambda sock: _bind_socket(call, sock, data))
-
-
-def on_socket(call: Call, then):
-    """Generator: then(sock) with the supervisor's duplicate of the call's fd
-    (arg 0), held to the end; EBADF/ENOTSOCK as the kernel would say."""
-    fd = call.args[0]
-    try:
-        dup = call.thread.duplicate(fd)
-    except OSError as err:
-        if err.errno == errno.EBADF:
-            return -errno.EBADF
-        raise
-    try:
-        sock = socket.socket(fileno=dup)
-    except OSError:
-        os.close(dup)
-        return -errno.ENOTSOCK
-    with sock:
-        result = then(sock)
-        if isinstance(result, int):
-            return result
-        return (yield from result)
 
 
 def _bind_socket(call: Call, sock: socket.socket, data: bytes):

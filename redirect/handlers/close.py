@@ -3,7 +3,7 @@ bound socket goes, its socket file goes too (unless the rule says noremove), and
 so does a datagram client's private reply socket."""
 from __future__ import annotations
 
-from ..tracee import PASS, Syscall
+from ..tracee import PASS
 from .common import Call
 
 CLOSE_RANGE_CLOEXEC = 4
@@ -33,6 +33,6 @@ def _if_listener(call: Call, fd: int):
 
 
 def _run_then_reap(call: Call):
-    res = yield Syscall(call.name, *call.args)
+    res = yield from call.thread.run_trapped()
     call.ctx.reap()
     return res

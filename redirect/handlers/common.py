@@ -28,7 +28,7 @@ MSGHDR = struct.Struct("=QI4xQQQQi4x")
 MSG_NAME, MSG_NAMELEN, MSG_IOV, MSG_IOVLEN, MSG_CONTROL, MSG_CONTROLLEN, MSG_FLAGS = range(7)
 MMSGHDR_SIZE = 64          # a msghdr, then unsigned msg_len, padded
 CMSGHDR = struct.Struct("=Qii")
-MAX_BATCH = 32             # messages per recvmmsg/sendmmsg we rewrite: what fits in scratch memory
+MAX_BATCH = 32             # messages per recvmmsg the supervisor receives for at once
 IPPROTO_MPTCP = 262
 
 
@@ -81,6 +81,28 @@ class Call:
 
     def describe(self) -> str:
         return f"{self.name}() in pid {self.thread.tid}"
+
+
+def on_socket(call: Call, then):
+    """Generator: then(sock) with the supervisor's duplicate of the call's fd
+    (arg 0), held to the end; EBADF/ENOTSOCK as the kernel would say."""
+    fd = call.args[0]
+    try:
+        dup = call.thread.duplicate(fd)
+    except OSError as err:
+        if err.errno == errno.EBADF:
+            return -errno.EBADF
+        raise
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return -errno.ENOTSOCK
+    with sock:
+        result = then(sock)
+        if isinstance(result, int):
+            return result
+        return (yield from result)
 
 
 def read_buffer(call: Call, addr: int, size: int) -> bytes | None:

@@ -19,12 +19,12 @@ import struct
 from ..peers import UNNAMED
 from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, UnixAddr, local_of_connection,
                         loopback, pack, peer_host, unpack)
-from ..tracee import PASS, MemoryUnavailable, Scratch, Syscall
-from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_FLAGS, MSG_NAME,
-                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, identify, read_headers,
-                     read_room, write_sockaddr)
+from ..tracee import PASS, MemoryUnavailable
+from . import perform
+from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
+                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, identify, on_socket,
+                     read_buffer, read_headers, read_room, write_sockaddr)
 
-_NAME_ROOM = 112                               # sizeof(struct sockaddr_un), rounded up
 MSG_CTRUNC = 0x8
 MSG_ERRQUEUE = 0x2000
 
@@ -58,18 +58,26 @@ def recvfrom(call: Call):
 
 
 def _recvfrom(call: Call, conv: Converted, room: int):
+    return on_socket(call, lambda sock: _recvfrom_on(call, sock, conv, room))
+
+
+def _recvfrom_on(call: Call, sock, conv: Converted, room: int):
     fd, buf, size, flags, src, len_ptr = call.args
+    got = yield from perform.receive(call, fd, sock, min(size, _MAX_RECEIVE), 0, flags,
+                                     want_name=conv.socket_type == "dgram")
+    if isinstance(got, int):
+        return got
+    res, data, name, _, _ = got
+    try:
+        call.thread.write(buf, data)
+    except MemoryUnavailable:
+        raise
+    except OSError:
+        return -errno.EFAULT  # as the kernel: the data is gone
     if conv.socket_type == "stream":  # TCP reports no sender: length 0
-        res = yield Syscall("recvfrom", fd, buf, size, flags, 0, 0)
-        if res >= 0:
-            call.thread.write(len_ptr, struct.pack("=i", 0))
+        call.thread.write(len_ptr, struct.pack("=i", 0))
         return res
-    name = yield Scratch(bytes(_NAME_ROOM))
-    name_len = yield Scratch(struct.pack("=i", _NAME_ROOM))
-    res = yield Syscall("recvfrom", fd, buf, size, flags, name, name_len)
-    if res < 0:
-        return res
-    sender = show_sender(call, conv, unpack(call.thread.read(name, call.thread.read_int(name_len))))
+    sender = show_sender(call, conv, unpack(name) if name else None)
     err = write_sockaddr(call, src, len_ptr, pack(sender), room)
     return err or res
 
@@ -98,66 +106,129 @@ def _receive_batch(call: Call, vec: int, count: int, stride: int):
 
 
 def _receive(call: Call, conv: Converted, vec: int, headers: list[bytes], stride: int):
-    """Run the receive on copies of the program's headers whose address buffers
-    are ours (a Unix address may not fit the program's), then give the program
-    IP addresses, lengths, flags and the control messages it asked for."""
-    copies, names = bytearray(), []
-    for header in headers:
-        fields = list(MSGHDR.unpack(header[:MSGHDR.size]))
-        name = 0
-        if fields[MSG_NAME] and conv.socket_type == "dgram":
-            name = yield Scratch(bytes(_NAME_ROOM))
-        names.append(name)
-        fields[MSG_NAME], fields[MSG_NAMELEN] = name, _NAME_ROOM if name else 0
-        copies += MSGHDR.pack(*fields) + header[MSGHDR.size:]
-    copy = yield Scratch(bytes(copies))
-    if call.name == "recvmsg":
-        res = yield Syscall("recvmsg", call.args[0], copy, call.args[2])
-        done = 1 if res >= 0 else 0
-    else:
-        res = yield Syscall("recvmmsg", call.args[0], copy, len(headers), call.args[3], call.args[4])
-        done = max(res, 0)
-    for i in range(done):
+    return on_socket(call, lambda sock: _receive_on(call, sock, conv, vec, headers, stride))
+
+
+def _receive_on(call: Call, sock, conv: Converted, vec: int, headers: list[bytes], stride: int):
+    """The supervisor receives on its duplicate, then gives the program the
+    data, IP addresses, lengths, flags and the control messages it asked for.
+    recvmmsg: messages as they are there, after the first (which may wait)."""
+    fd = call.args[0]
+    flags = call.args[2] if call.name == "recvmsg" else call.args[3]
+    done = 0
+    for i, header in enumerate(headers):
+        fields = MSGHDR.unpack(header[:MSGHDR.size])
+        iovs = _iovecs(call, fields[MSG_IOV], fields[MSG_IOVLEN])
+        if isinstance(iovs, int):
+            return done or iovs
+        size = min(sum(length for _, length in iovs), _MAX_RECEIVE)
+        got = yield from perform.receive(call, fd, sock, size, _control_room(fields[MSG_CONTROLLEN]),
+                                         flags if not done else flags | MSG_DONTWAIT,
+                                         want_name=bool(fields[MSG_NAME]) and conv.socket_type == "dgram")
+        if isinstance(got, int):
+            return done or got
         try:
-            _deliver(call, conv, vec + i * stride, headers[i], copy + i * stride, names[i], stride)
+            _deliver(call, conv, vec + i * stride, fields, iovs, got, stride)
         except MemoryUnavailable:
             raise
         except OSError:  # the program's buffer is bad: as the kernel, EFAULT (the datagram is gone)
-            return i if i else -errno.EFAULT
-    return res
+            return done or -errno.EFAULT
+        done += 1
+        if call.name == "recvmsg":
+            return got[0]
+        if flags & MSG_WAITFORONE:
+            flags |= MSG_DONTWAIT
+    return done
 
 
-def _deliver(call: Call, conv: Converted, at: int, header: bytes, copy: int, name: int, stride: int) -> None:
-    """Fill in the program's header `at` from the kernel's answer in `copy`."""
+_MAX_RECEIVE = 1 << 20          # a datagram is smaller; a stream read may be short
+MSG_WAITFORONE = 0x10000
+MSG_DONTWAIT = 0x40
+
+
+def _control_room(controllen: int) -> int:
+    return min(controllen, 4096)
+
+
+def _iovecs(call: Call, iov: int, count: int) -> list[tuple[int, int]] | int:
+    if count > 1024:
+        return -errno.EMSGSIZE
+    if not count:
+        return []
+    vec = read_buffer(call, iov, 16 * count)
+    if vec is None:
+        return -errno.EFAULT
+    return [struct.unpack_from("=QQ", vec, 16 * i) for i in range(count)]
+
+
+def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple[int, int]], got, stride: int):
+    """Fill in the program's buffers and header `at` from what the supervisor received."""
     thread = call.thread
-    mine = MSGHDR.unpack(header[:MSGHDR.size])
-    answer = thread.read(copy, stride)
-    kernel = MSGHDR.unpack(answer[:MSGHDR.size])
-    flags, used = kernel[MSG_FLAGS], kernel[MSG_CONTROLLEN]
+    res, data, name, control, flags = got
+    offset = 0
+    for base, length in iovs:
+        if offset >= len(data):
+            break
+        thread.write(base, data[offset:offset + length])
+        offset += length
+    control = _program_control(control)
+    if len(control) < len(got[3]):
+        flags |= MSG_CTRUNC
     sender = None
     if mine[MSG_NAME]:
         if conv.socket_type == "dgram":
-            sender = show_sender(call, conv, unpack(thread.read(name, kernel[MSG_NAMELEN])))
+            sender = show_sender(call, conv, unpack(name) if name else None)
             packed = pack(sender)
             thread.write(mine[MSG_NAME], packed[:mine[MSG_NAMELEN]])
             thread.write(at + 8, struct.pack("=I", len(packed)))
         else:
             thread.write(at + 8, struct.pack("=I", 0))  # TCP: no sender
     if conv.socket_type == "dgram":
-        extra = _cmsgs(call, conv, sender)
-        if extra:
-            try:
-                if not mine[MSG_CONTROL] or mine[MSG_CONTROLLEN] - used < len(extra):
-                    raise OSError(errno.ENOBUFS, "no room")
-                thread.write(mine[MSG_CONTROL] + used, extra)
-                used += len(extra)
-            except MemoryUnavailable:
-                raise
-            except OSError:  # no room, or a bad control pointer: the kernel says MSG_CTRUNC
-                flags |= MSG_CTRUNC
-    thread.write(at + 40, struct.pack("=Qi", used, flags))
+        control += _cmsgs(call, conv, sender)
+    if control:
+        if not mine[MSG_CONTROL] or mine[MSG_CONTROLLEN] < len(control):
+            room = mine[MSG_CONTROLLEN] if mine[MSG_CONTROL] else 0
+            control = _whole_cmsgs(control, room)
+            flags |= MSG_CTRUNC
+        if control:
+            thread.write(mine[MSG_CONTROL], control)
+    thread.write(at + 40, struct.pack("=Qi", len(control), flags))
     if stride == MMSGHDR_SIZE:
-        thread.write(at + MSGHDR.size, answer[MSGHDR.size:MSGHDR.size + 4])  # msg_len
+        thread.write(at + MSGHDR.size, struct.pack("=I", res))  # msg_len
+
+
+_SCM_RIGHTS = 1
+
+
+def _program_control(control: bytes) -> bytes:
+    """The control messages the kernel gave the supervisor that the program may
+    have: not fds (a UDP socket never receives any; the supervisor's
+    duplicates are closed)."""
+    out, offset = bytearray(), 0
+    while offset + CMSGHDR.size <= len(control):
+        length, level, kind = CMSGHDR.unpack_from(control, offset)
+        if length < CMSGHDR.size:
+            break
+        body = control[offset + CMSGHDR.size:offset + length]
+        if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
+            for fd in struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4]):
+                os.close(fd)
+        else:
+            out += control[offset:offset + length] + bytes(-length % 8)
+        offset += (length + 7) & ~7
+    return bytes(out)
+
+
+def _whole_cmsgs(control: bytes, room: int) -> bytes:
+    """The control messages that fit whole in `room` bytes, as the kernel truncates."""
+    offset = 0
+    while offset + CMSGHDR.size <= len(control):
+        length = CMSGHDR.unpack_from(control, offset)[0]
+        step = (length + 7) & ~7
+        if offset + length > room:
+            break
+        offset += step
+    return control[:min(offset, room)]
 
 
 def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:

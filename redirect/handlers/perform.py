@@ -25,7 +25,8 @@ from ..identity import acting_as
 from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
 from .common import Call, read_buffer
 
-POLLOUT = 0x4
+POLLIN, POLLOUT = 0x1, 0x4
+MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
 MSG_DONTWAIT = 0x40
 _SCM_RIGHTS = 1
 _MAX_PAYLOAD = 4 << 20              # one send copies at most this much; a stream send may be short
@@ -57,9 +58,10 @@ def blocking(sock: socket.socket, flags: int = 0) -> bool:
     return not (fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK or flags & MSG_DONTWAIT)
 
 
-def _timeout_ms(sock: socket.socket) -> int:
-    """SO_SNDTIMEO in milliseconds, -1 for none: how long a blocking call waits."""
-    sec, usec = struct.unpack("=qq", sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+def _timeout_ms(sock: socket.socket, option: int = socket.SO_SNDTIMEO) -> int:
+    """SO_SNDTIMEO (or SO_RCVTIMEO) in milliseconds, -1 for none: how long a
+    blocking call waits."""
+    sec, usec = struct.unpack("=qq", sock.getsockopt(socket.SOL_SOCKET, option, 16))
     return -1 if sec == usec == 0 else sec * 1000 + usec // 1000
 
 
@@ -242,3 +244,33 @@ def connect_unix(call: Call, fd: int, sock: socket.socket, visible: Address, rea
     else:
         call.ctx.log(1, f"{call.describe()}: {visible} -> {real}")
     return res
+
+
+def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int, flags: int, want_name: bool):
+    """Generator: one receive on the supervisor's duplicate of fd: (result,
+    data, sender's address, control data, msg_flags), or -errno. A blocking
+    caller waits in its own thread for data (SO_RCVTIMEO honoured); a stream
+    MSG_WAITALL receive gathers until it has `size` bytes or the end."""
+    wait = blocking(sock, flags)
+    limit = _timeout_ms(sock, socket.SO_RCVTIMEO) if wait else 0
+    gather = wait and flags & MSG_WAITALL and sock.type == socket.SOCK_STREAM
+    parts, have = [], 0
+    while True:
+        got = kernel.recvmsg(sock.fileno(), size - have, controllen, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+                             want_name)
+        if got[0] > 0 and gather and have + got[0] < size:
+            parts.append(got[1])
+            have += got[0]
+            controllen = 0
+        elif got[0] >= 0:
+            if not parts:
+                return got
+            data = b"".join(parts) + got[1]
+            return (len(data), data) + got[2:]
+        elif got[0] != -errno.EAGAIN or not wait:
+            return (have, b"".join(parts), b"", b"", 0) if parts else got[0]
+        res = yield from call.thread.wait(fd, POLLIN, limit)
+        if res < 0 or (res == 0 and limit >= 0):
+            if parts:
+                return have, b"".join(parts), b"", b"", 0
+            return res if res < 0 else -errno.EAGAIN  # a signal, or SO_RCVTIMEO ran out

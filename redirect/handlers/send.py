@@ -17,9 +17,9 @@ from ..decision import SEALED_REASON
 from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
 from ..tracee import PASS
 from . import datagram_send, perform
-from .bind_connect import on_socket, connect_to
+from .bind_connect import connect_to
 from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,
-                     Call, identify, inode_of, read_buffer, read_headers, read_sockaddr, socket_type)
+                     Call, identify, inode_of, on_socket, read_buffer, read_headers, read_sockaddr, socket_type)
 from .datagram import shown_family
 from .perform import Message, read_message
 
