@@ -420,3 +420,22 @@ def test_sealed_program_cannot_write_other_processes_memory(attacks, as_user, un
                 pass
         victim.kill()
         victim.wait(10)
+
+
+def test_socket_bound_before_redirect_listens_where_the_rule_says(sockdir, background):
+    """A TCP socket bound by the caller, inherited, and put to listen by the
+    program at an address an in rule matches: the rule's socket, not TCP."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        bound.set_inheritable(True)
+        code = (f"import socket, sys; s = socket.socket(fileno={bound.fileno()}); s.listen(); "
+                "print('listening', flush=True); sys.stdin.readline()")
+        sock = sockdir / "inherited.sock"
+        server = background(redirect(f"in,port={port},path={sock}") + [sys.executable, "-c", code],
+                            interactive=True, pass_fds=[bound.fileno()])
+        server.wait_for_line("listening")
+    assert not [line for line in tcp_listening(port) if " 0A " in line]
+    assert sock.is_socket()
+    server.send_line()
+    assert server.wait() == 0

@@ -324,11 +324,20 @@ def _listen_socket(call: Call, sock: socket.socket):
         return perform.listen(call, sock, backlog)
     bound = address_of(sock.family, sock.getsockname())
     if bound.port != 0:
-        # Bound already (its bind() was seen). Sealed: only where a rule lets it.
+        # Bound already. Sealed: only where a rule lets it.
         if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
                                    for addr in (bound, replace(bound, port=0))):
             call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
             return -errno.EACCES
+        verdict = call.ctx.decide("in", "stream", bound)
+        if verdict is not None and not verdict.error and inode_of(sock) not in call.ctx.registry.pinned:
+            # Bound where redirect did not see it (before the program started,
+            # say), at an address a rule converts: it becomes that rule's
+            # socket now, not a TCP listener.
+            call.ctx.log(1, f"{call.describe()}: {bound} was bound before redirect saw it; converting at listen")
+            return _bind_then_listen(call, fd, sock, verdict)
+        if verdict is not None:
+            _release_port(call, verdict)
         return perform.listen(call, sock, backlog)
     wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
     verdict = call.ctx.decide("in", "stream", wildcard)
