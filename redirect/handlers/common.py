@@ -145,6 +145,36 @@ def read_headers(call: Call, vec: int, count: int, stride: int) -> list[bytes]:
     return headers
 
 
+def read_iovecs(call: Call, iov: int, count: int) -> list[tuple[int, int]] | int:
+    """A msghdr's (base, length) pairs, or -errno (EMSGSIZE past UIO_MAXIOV, EFAULT)."""
+    if count > 1024:
+        return -errno.EMSGSIZE
+    if not count:
+        return []
+    vec = read_buffer(call, iov, 16 * count)
+    if vec is None:
+        return -errno.EFAULT
+    return [struct.unpack_from("=QQ", vec, 16 * i) for i in range(count)]
+
+
+def cmsgs(control: bytes):
+    """(level, type, data) of each control message, as the kernel lays them
+    out (CMSG_NXTHDR); stops at the first malformed header."""
+    offset = 0
+    while offset + CMSGHDR.size <= len(control):
+        length, level, kind = CMSGHDR.unpack_from(control, offset)
+        if length < CMSGHDR.size or offset + length > len(control):
+            return
+        yield level, kind, control[offset + CMSGHDR.size:offset + length]
+        offset += (length + 7) & ~7
+
+
+def cmsg(level: int, kind: int, data: bytes) -> bytes:
+    """One control message, padded to the next one's place."""
+    out = CMSGHDR.pack(CMSGHDR.size + len(data), level, kind) + data
+    return out + bytes(-len(out) % 8)
+
+
 def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:
     """Store an address for the program the way the kernel does: truncate to the
     caller's buffer (`room`: its size, if read before the kernel changed it),

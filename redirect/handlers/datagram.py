@@ -22,8 +22,8 @@ from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, Uni
 from ..tracee import PASS, MemoryUnavailable
 from . import perform
 from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
-                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, identify, on_socket,
-                     read_buffer, read_headers, read_room, write_sockaddr)
+                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, cmsg, cmsgs, identify,
+                     on_socket, read_headers, read_iovecs, read_room, write_sockaddr)
 
 MSG_CTRUNC = 0x8
 MSG_ERRQUEUE = 0x2000
@@ -118,7 +118,7 @@ def _receive_on(call: Call, sock, conv: Converted, vec: int, headers: list[bytes
     done = 0
     for i, header in enumerate(headers):
         fields = MSGHDR.unpack(header[:MSGHDR.size])
-        iovs = _iovecs(call, fields[MSG_IOV], fields[MSG_IOVLEN])
+        iovs = read_iovecs(call, fields[MSG_IOV], fields[MSG_IOVLEN])
         if isinstance(iovs, int):
             return done or iovs
         size = min(sum(length for _, length in iovs), _MAX_RECEIVE)
@@ -148,17 +148,6 @@ MSG_DONTWAIT = 0x40
 
 def _control_room(controllen: int) -> int:
     return min(controllen, 4096)
-
-
-def _iovecs(call: Call, iov: int, count: int) -> list[tuple[int, int]] | int:
-    if count > 1024:
-        return -errno.EMSGSIZE
-    if not count:
-        return []
-    vec = read_buffer(call, iov, 16 * count)
-    if vec is None:
-        return -errno.EFAULT
-    return [struct.unpack_from("=QQ", vec, 16 * i) for i in range(count)]
 
 
 def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple[int, int]], got, stride: int):
@@ -204,18 +193,13 @@ def _program_control(control: bytes) -> bytes:
     """The control messages the kernel gave the supervisor that the program may
     have: not fds (a UDP socket never receives any; the supervisor's
     duplicates are closed)."""
-    out, offset = bytearray(), 0
-    while offset + CMSGHDR.size <= len(control):
-        length, level, kind = CMSGHDR.unpack_from(control, offset)
-        if length < CMSGHDR.size:
-            break
-        body = control[offset + CMSGHDR.size:offset + length]
+    out = bytearray()
+    for level, kind, body in cmsgs(control):
         if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
             for fd in struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4]):
                 os.close(fd)
         else:
-            out += control[offset:offset + length] + bytes(-length % 8)
-        offset += (length + 7) & ~7
+            out += cmsg(level, kind, body)
     return bytes(out)
 
 
@@ -295,8 +279,7 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
             data = struct.pack("=16si", local.packed, _LOOPBACK_IFINDEX)
         else:
             data = struct.pack("=i", 64)  # the TTL / hop limit of a local datagram
-        out += CMSGHDR.pack(CMSGHDR.size + len(data), level, kind) + data
-        out += bytes(-len(out) % 8)
+        out += cmsg(level, kind, data)
     return out
 
 

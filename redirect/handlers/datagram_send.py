@@ -20,7 +20,7 @@ from ..peers import UNNAMED
 from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from . import perform
-from .common import CMSGHDR, MMSGHDR_SIZE, MSGHDR, Call, Converted, address_of, inode_of, install, stand_in
+from .common import MMSGHDR_SIZE, MSGHDR, Call, Converted, address_of, cmsgs, inode_of, install, stand_in
 from .datagram import shown_family
 from .perform import Message
 
@@ -234,15 +234,7 @@ _SOL_UDP, _UDP_SEGMENT = 17, 103
 
 
 def _asks_gso(control: bytes) -> bool:
-    offset = 0
-    while offset + CMSGHDR.size <= len(control):
-        length, level, kind = CMSGHDR.unpack_from(control, offset)
-        if level == _SOL_UDP and kind == _UDP_SEGMENT:
-            return True
-        if length < CMSGHDR.size:
-            return False
-        offset += (length + 7) & ~7
-    return False
+    return any(level == _SOL_UDP and kind == _UDP_SEGMENT for level, kind, _ in cmsgs(control))
 
 
 def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):

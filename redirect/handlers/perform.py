@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .. import kernel
 from ..identity import acting_as
 from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
-from .common import Call, read_buffer
+from .common import Call, cmsg, cmsgs, read_buffer, read_iovecs
 
 POLLIN, POLLOUT = 0x1, 0x4
 MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
@@ -126,15 +126,12 @@ class Message:
 
 def read_message(call: Call, name: bytes | None, iov: int, iovlen: int, control: int,
                  controllen: int) -> Message | int:
-    """The payload and control data of one msghdr, copied; -EFAULT for a bad buffer."""
-    if iovlen > 1024:
-        return -errno.EMSGSIZE
-    vec = read_buffer(call, iov, 16 * iovlen) if iovlen else b""
-    if vec is None:
-        return -errno.EFAULT
+    """The payload and control data of one msghdr, copied; -errno for a bad one."""
+    iovs = read_iovecs(call, iov, iovlen)
+    if isinstance(iovs, int):
+        return iovs
     parts, total = [], 0
-    for i in range(iovlen):
-        base, length = struct.unpack_from("=QQ", vec, 16 * i)
+    for base, length in iovs:
         length = min(length, _MAX_PAYLOAD - total)
         if length:
             part = read_buffer(call, base, length)
@@ -142,38 +139,33 @@ def read_message(call: Call, name: bytes | None, iov: int, iovlen: int, control:
                 return -errno.EFAULT
             parts.append(part)
             total += length
-    cmsgs = b""
+    data = b""
     if controllen:
-        cmsgs = read_buffer(call, control, min(controllen, 1 << 16))
-        if cmsgs is None:
+        data = read_buffer(call, control, min(controllen, 1 << 16))
+        if data is None:
             return -errno.EFAULT
-    return Message(name, b"".join(parts), cmsgs)
+    return Message(name, b"".join(parts), data)
 
 
 def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
     """The control data with the program's fds (SCM_RIGHTS) replaced by the
     supervisor's duplicates of them: what is passed is the program's file."""
-    out, mine, offset = bytearray(), [], 0
-    while offset + 16 <= len(control):
-        length, level, kind = struct.unpack_from("=Qii", control, offset)
-        if length < 16 or offset + length > len(control):
-            break
-        body = control[offset + 16:offset + length]
-        if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
-            fds = struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4])
-            dups = []
-            for fd in fds:
-                try:
-                    dups.append(call.thread.duplicate(fd))
-                except OSError:
-                    for dup in dups + mine:
-                        os.close(dup)
-                    raise OSError(errno.EBADF, f"fd {fd} to pass is not open") from None
-            mine += dups
-            body = struct.pack(f"={len(dups)}i", *dups)
-        out += struct.pack("=Qii", 16 + len(body), level, kind) + body
-        out += bytes(-len(out) % 8)
-        offset += (length + 7) & ~7
+    out, mine = bytearray(), []
+    try:
+        for level, kind, body in cmsgs(control):
+            if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
+                fds = struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4])
+                for fd in fds:
+                    try:
+                        mine.append(call.thread.duplicate(fd))
+                    except OSError:
+                        raise OSError(errno.EBADF, f"fd {fd} to pass is not open") from None
+                body = struct.pack(f"={len(fds)}i", *mine[-len(fds):]) if fds else b""
+            out += cmsg(level, kind, body)
+    except OSError:
+        for dup in mine:
+            os.close(dup)
+        raise
     return bytes(out), mine
 
 

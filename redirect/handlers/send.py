@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 
 from ..decision import SEALED_REASON
 from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
