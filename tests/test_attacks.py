@@ -29,39 +29,49 @@ def attacks():
     yield from _compiled("attacks", "-static", "-pthread")
 
 
-class Receiver:
-    """A real TCP listener or UDP socket on 127.0.0.1, outside redirect,
-    counting the connections or datagrams that reach it."""
+class _Counter:
+    """A socket outside redirect, watched by a thread that counts what
+    arrives (what `_arrived` says counts) until close()."""
 
-    def __init__(self, kind: str, port: int) -> None:
-        self.kind, self.count = kind, 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        if kind == "tcp":
-            self.sock.listen(4096)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.count, self.running = sock, 0, True
         self.sock.settimeout(0.2)
-        self.running = True
-        self.thread = threading.Thread(target=self._count, daemon=True)
+        self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
-    def _count(self) -> None:
+    def _watch(self) -> None:
         while self.running:
             try:
-                if self.kind == "tcp":
-                    conn, _ = self.sock.accept()
-                    conn.close()
-                else:
-                    self.sock.recv(65536)
+                self.count += self._arrived()
             except OSError:
                 continue
-            self.count += 1
 
     def close(self) -> int:
         self.running = False
         self.thread.join(5)
         self.sock.close()
         return self.count
+
+
+class Receiver(_Counter):
+    """A real TCP listener or UDP socket on 127.0.0.1 counting the
+    connections or datagrams that reach it."""
+
+    def __init__(self, kind: str, port: int) -> None:
+        self.kind = kind
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        if kind == "tcp":
+            sock.listen(4096)
+        super().__init__(sock)
+
+    def _arrived(self) -> bool:
+        if self.kind == "tcp":
+            self.sock.accept()[0].close()
+        else:
+            self.sock.recv(65536)
+        return True
 
 
 @pytest.fixture
@@ -317,33 +327,18 @@ def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks):
     assert _values(result.stdout) == {"socket": -97}, result.stdout + result.stderr  # EAFNOSUPPORT
 
 
-class _Sniffer:
-    """IGMP reports (IPv4 protocol 2) about one group seen on lo while it runs
-    (root: AF_PACKET)."""
+class _Sniffer(_Counter):
+    """IGMP reports (IPv4 protocol 2) about one group seen on lo (root: AF_PACKET)."""
 
     def __init__(self, group: str) -> None:
         self.group = socket.inet_aton(group)
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-        self.sock.bind(("lo", 0))
-        self.sock.settimeout(0.2)
-        self.count, self.running = 0, True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        sock.bind(("lo", 0))
+        super().__init__(sock)
 
-    def _watch(self) -> None:
-        while self.running:
-            try:
-                frame = self.sock.recv(2048)
-            except OSError:
-                continue
-            if len(frame) > 23 and frame[14 + 9] == 2 and self.group in frame[14:]:
-                self.count += 1
-
-    def close(self) -> int:
-        self.running = False
-        self.thread.join(5)
-        self.sock.close()
-        return self.count
+    def _arrived(self) -> bool:
+        frame = self.sock.recv(2048)
+        return len(frame) > 23 and frame[14 + 9] == 2 and self.group in frame[14:]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="watching lo for IGMP needs CAP_NET_RAW: run as root")
