@@ -184,6 +184,18 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
     return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
 
 
+def has_pidfd_getfd() -> bool:
+    """Whether the kernel has pidfd_getfd (5.6): tried on our own pidfd."""
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        os.close(pidfd_getfd(pidfd, pidfd))
+        return True
+    except OSError as err:
+        return err.errno != errno.ENOSYS
+    finally:
+        os.close(pidfd)
+
+
 def set_parent_death_signal(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
 

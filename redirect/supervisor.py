@@ -54,6 +54,9 @@ class Supervisor:
 
     # ---- start ---------------------------------------------------------------------
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        if not kernel.has_pidfd_getfd():
+            raise SpawnError("this kernel has no pidfd_getfd (Linux 5.6 or later): redirect looks at and "
+                             "acts on the program's sockets through it", 1)
         flt = seccomp_filter.build(sealed=self.ctx.sealed)
         unsealed = self._inherited_network_sockets() if self.ctx.sealed else []
         confine = self.ctx.sealed and kernel.landlock_abi() > 0

@@ -320,6 +320,15 @@ def test_rewritten_syscall_instruction_gets_the_program_killed(attacks, receiver
     assert counter.close() == 0
 
 
+def test_rewritten_syscall_instruction_as_unprivileged_user(as_user, receiver):
+    port = free_port()
+    counter = receiver("tcp", port)
+    argv, where = as_user(["redirect", "--sealed", "--", "attacks", "rewind", port])
+    result = run(argv, timeout=60, **where)
+    assert "rewrote the code redirect runs its calls through" in result.stderr, result.stdout + result.stderr
+    assert counter.close() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs CAP_NET_RAW: run as root")
 def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks):
     assert _values(run([attacks, "packet"]).stdout) == {"socket": 0}  # the attack works outside
