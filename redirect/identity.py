@@ -24,6 +24,8 @@ class Identity:
     egid: int
     groups: tuple[int, ...]
     umask: int
+    uids: tuple[int, ...] = ()   # real, effective, saved (what SCM_CREDENTIALS may claim)
+    gids: tuple[int, ...] = ()
 
 
 def of_thread(tid: int) -> Identity:
@@ -35,7 +37,8 @@ def of_thread(tid: int) -> Identity:
             fields[key] = value.split()
     return Identity(euid=int(fields["Uid"][1]), egid=int(fields["Gid"][1]),
                     groups=tuple(int(g) for g in fields.get("Groups", [])),
-                    umask=int(fields["Umask"][0], 8) if "Umask" in fields else 0o022)
+                    umask=int(fields["Umask"][0], 8) if "Umask" in fields else 0o022,
+                    uids=tuple(int(u) for u in fields["Uid"][:3]), gids=tuple(int(g) for g in fields["Gid"][:3]))
 
 
 def _ours() -> Identity:

@@ -248,18 +248,20 @@ def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int
 _SYS_SETRESUID, _SYS_SETRESGID, _SYS_SETGROUPS = 117, 119, 116
 
 
-def set_thread_identity(euid: int, egid: int, groups: list[int]) -> None:
-    """Become (euid, egid, groups) in this thread, keeping the saved ids (so a
-    root supervisor can come back). Groups first: later we may lack the right."""
+def set_thread_identity(uid: int, gid: int, groups: list[int]) -> None:
+    """Become (uid, gid, groups), real and effective, in this thread, keeping
+    the saved ids (so a root supervisor can come back: credentials a receiver
+    reads, SO_PASSCRED's, name the real ids). Groups first: later we may lack
+    the right."""
     array = (ctypes.c_uint * max(len(groups), 1))(*groups)
     _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
-    _check(_libc.syscall(_SYS_SETRESGID, -1, egid, -1), "setresgid")
-    _check(_libc.syscall(_SYS_SETRESUID, -1, euid, -1), "setresuid")
+    _check(_libc.syscall(_SYS_SETRESGID, gid, gid, -1), "setresgid")
+    _check(_libc.syscall(_SYS_SETRESUID, uid, uid, -1), "setresuid")
 
 
-def restore_thread_identity(euid: int, egid: int, groups: list[int]) -> None:
-    _check(_libc.syscall(_SYS_SETRESUID, -1, euid, -1), "setresuid")
-    _check(_libc.syscall(_SYS_SETRESGID, -1, egid, -1), "setresgid")
+def restore_thread_identity(uid: int, gid: int, groups: list[int]) -> None:
+    _check(_libc.syscall(_SYS_SETRESUID, uid, uid, -1), "setresuid")
+    _check(_libc.syscall(_SYS_SETRESGID, gid, gid, -1), "setresgid")
     array = (ctypes.c_uint * max(len(groups), 1))(*groups)
     _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
 

@@ -59,15 +59,16 @@ class Receiver(_Counter):
 
     def __init__(self, kind: str, port: int) -> None:
         self.kind = kind
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if kind.endswith("6") else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM if kind.startswith("tcp") else socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        if kind == "tcp":
+        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+        if kind.startswith("tcp"):
             sock.listen(4096)
         super().__init__(sock)
 
     def _arrived(self) -> bool:
-        if self.kind == "tcp":
+        if self.kind.startswith("tcp"):
             self.sock.accept()[0].close()
         else:
             self.sock.recv(65536)
@@ -443,3 +444,124 @@ def test_socket_bound_before_redirect_listens_where_the_rule_says(sockdir, backg
     assert sock.is_socket()
     server.send_line()
     assert server.wait() == 0
+
+
+
+# ---- from the second adversarial pass -------------------------------------------------------
+
+def _ephemeral_port() -> int:
+    """A free port inside ip_local_port_range: the ports the kernel itself hands out."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = map(int, f.read().split())
+    for _ in range(100):
+        port = free_port()
+        if low <= port <= high:
+            return port
+    raise AssertionError("no free port in ip_local_port_range")
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_port_the_kernel_chooses_is_judged_like_a_bind(attacks, sockdir, kind):
+    """IP_LOCAL_PORT_RANGE makes the kernel pick a port an in rule converts, for
+    a listen without bind or a UDP bind to port 0: it must be the rule's socket."""
+    port = _ephemeral_port()
+    rule = f"in,{kind},port={port},path={sockdir}/%p.sock"
+    proc = subprocess.Popen(redirect(rule) + [str(attacks), "portrange", kind, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split() == ["range", "0"]
+        assert proc.stdout.readline().split() == ["ready", "0"]
+        listening = tcp_listening(port)
+        made = (sockdir / f"{port}.sock").is_socket()
+    finally:
+        out, err = proc.communicate("\n", timeout=30)
+    assert not listening and made, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raw socket needs CAP_NET_RAW: run as root")
+def test_sealed_raw_ipv6_with_unspec_family_sends_nothing(attacks, receiver):
+    port = free_port()
+    counter = receiver("udp6", port)
+    outside = _values(run([attacks, "raw6", port, 5]).stdout)
+    assert outside == {"socket": 0, "sent": 5}  # the attack works outside
+    time.sleep(0.3)
+    reached_outside = counter.count
+    result = run(REDIRECT + ["--sealed", "--", attacks, "raw6", port, 20])
+    assert _values(result.stdout) == {"socket": 0, "sent": 0}, result.stdout + result.stderr
+    time.sleep(0.3)
+    assert reached_outside == 5 and counter.close() == 5
+
+
+def test_one_send_copies_little_into_the_supervisor(attacks, sockdir):
+    port = free_port()
+    result = run(redirect(f"out,udp,port={port},path={sockdir}/nobody.sock", verbose=0)
+                 + [attacks, "bigmmsg", port], timeout=60)
+    got = _values(result.stdout)
+    assert got["sendmmsg"] == -90, result.stdout + result.stderr  # EMSGSIZE: too big for UDP, as the kernel says
+    assert 0 < got["supervisor-peak-kb"] < 200 * 1024  # 1024 x 4 MiB asked: 4 GiB were copied before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="counting the supervisor's fds needs root (it is not dumpable)")
+def test_received_pidfds_do_not_pile_up_in_the_supervisor(attacks, sockdir):
+    port, path = free_port(), sockdir / "p.sock"
+    result = run(redirect(f"in,udp,port={port},path={path}", verbose=0) + [attacks, "pidfds", port, path, 300],
+                 timeout=60)
+    got = _values(result.stdout)
+    assert got["received"] == 300, result.stdout + result.stderr
+    assert got["fds-after"] - got["fds-before"] < 10
+
+
+def test_reply_to_a_shown_sender_never_leaves_on_udp(attacks, sockdir):
+    """With only an in rule, a server answers the sender it was shown from
+    fresh sockets while a thread flips the family: nothing reaches whoever
+    holds that UDP port."""
+    port, path = free_port(), sockdir / "srv.sock"
+    proc = subprocess.Popen(redirect(f"in,udp,port={port},path={path}", verbose=0)
+                            + [str(attacks), "replyflip", str(port), "1000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    counter = None
+    try:
+        assert proc.stdout.readline().split() == ["ready", "0"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.bind(str(sockdir / "client.sock"))
+            for _ in range(100):
+                if path.is_socket():
+                    break
+                time.sleep(0.02)
+            client.sendto(b"hi", str(path))
+            shown = int(proc.stdout.readline().split()[1])
+            counter = Receiver("udp", shown)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "ok" in out, out + err
+    time.sleep(0.3)
+    assert counter.close() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root supervisor and a program that drops privileges")
+def test_root_supervisor_sends_with_the_programs_credentials(attacks, sockdir):
+    sockdir.chmod(0o755)
+    path = sockdir / "creds.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        path.chmod(0o666)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        server.settimeout(10)
+        result = run(REDIRECT + ["--sealed", "--", attacks, "creds", path], timeout=30)
+        data, ancillary, _, _ = server.recvmsg(64, 64)
+        server.setblocking(False)
+        try:
+            server.recv(64)
+            second = True
+        except BlockingIOError:
+            second = False
+    assert _values(result.stdout) == {"plain": 5, "forged": -1}, result.stdout + result.stderr  # EPERM
+    assert data == b"plain" and not second
+    (_, _, creds), = ancillary
+    _, uid, gid = struct.unpack("=iII", creds)
+    assert (uid, gid) == (65534, 65534)

@@ -159,7 +159,10 @@ def bind(call: Call):
 def _bind_socket(call: Call, sock: socket.socket, data: bytes):
     verdict, kind, is_unix = _prepare(call, "in", sock, data)
     if isinstance(verdict, Perform):
-        return perform.bind(call, sock, verdict)
+        res = perform.bind(call, sock, verdict)
+        if res == 0 and kind == "dgram" and not is_unix and not call.ctx.sealed:
+            return _judge_chosen_port(call, call.args[0], sock, kind)
+        return res
     if not isinstance(verdict, Decision):
         return verdict
     if verdict.real == UNNAMED:
@@ -318,11 +321,35 @@ def listen(call: Call):
     return on_socket(call, lambda sock: _listen_socket(call, sock))
 
 
+def _judge_chosen_port(call: Call, fd: int, sock: socket.socket, kind: str):
+    """A socket bound to port 0 that no rule converted: the port the kernel
+    chose (IP_LOCAL_PORT_RANGE lets a program choose it) is judged like a
+    bind to it. A rule for it converts the socket now (0), else it stays."""
+    bound = address_of(sock.family, sock.getsockname())
+    verdict = call.ctx.decide("in", kind, bound) if isinstance(bound, IPAddr) and bound.port else None
+    if verdict is None:
+        return 0
+    call.ctx.log(1, f"{call.describe()}: the kernel chose {bound} for a bind to port 0; converting")
+    if verdict.error:
+        return -verdict.error
+    return _bind(call, fd, sock, kind, verdict, False)
+
+
 def _listen_socket(call: Call, sock: socket.socket):
     fd, backlog = call.args[:2]
     if sock.family not in _IP or socket_type(sock) != "stream":
         return perform.listen(call, sock, backlog)
     bound = address_of(sock.family, sock.getsockname())
+    unbound = None
+    if bound.port == 0:
+        unbound = call.ctx.decide("in", "stream", _wildcard(sock))
+        if unbound is None and not call.ctx.sealed:
+            # The kernel would pick the port at listen: pick it first (a bind
+            # to port 0), so the port it gives is judged before anyone connects.
+            res = perform.bind(call, sock, pack(_wildcard(sock)))
+            if res < 0:
+                return res
+            bound = address_of(sock.family, sock.getsockname())
     if bound.port != 0:
         # Bound already. Sealed: only where a rule lets it.
         if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
@@ -334,13 +361,11 @@ def _listen_socket(call: Call, sock: socket.socket):
             # Bound where redirect did not see it (before the program started,
             # say), at an address a rule converts: it becomes that rule's
             # socket now, not a TCP listener.
-            call.ctx.log(1, f"{call.describe()}: {bound} was bound before redirect saw it; converting at listen")
+            call.ctx.log(1, f"{call.describe()}: {bound} was not bound by a bind redirect judged; "
+                            "converting at listen")
             return _bind_then_listen(call, fd, sock, verdict)
-        if verdict is not None:
-            _release_port(call, verdict)
         return perform.listen(call, sock, backlog)
-    wildcard = IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
-    verdict = call.ctx.decide("in", "stream", wildcard)
+    wildcard, verdict = _wildcard(sock), unbound
     if verdict is None:
         return perform.listen(call, sock, backlog)
     if verdict.error:
@@ -349,6 +374,10 @@ def _listen_socket(call: Call, sock: socket.socket):
                         f"({errno.errorcode.get(verdict.error)}; {verdict.source})")
         return -verdict.error
     return _bind_then_listen(call, fd, sock, verdict)
+
+
+def _wildcard(sock: socket.socket) -> IPAddr:
+    return IPAddr(sock.family, ipaddress.ip_address("0.0.0.0" if sock.family == socket.AF_INET else "::"), 0)
 
 
 def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decision):

@@ -62,7 +62,10 @@ class Context:
         # the program anywhere the rules keep it from.
         self._guarded = {d: sealed_or_rule for d, sealed_or_rule in (
             ("in", self.sealed or any(r.direction != "out" and r.action != "ignore" for r in self.rules)),
-            ("out", self.sealed or any(r.direction != "in" and r.action != "ignore" for r in self.rules)))}
+            # Replies to the senders a converted datagram socket was shown are
+            # sends the supervisor decides on too.
+            ("out", self.sealed or any(r.action != "ignore" and (r.direction != "in" or r.socket_type != "stream")
+                                       for r in self.rules)))}
 
     def guards(self, direction: str) -> bool:
         return self._guarded[direction]

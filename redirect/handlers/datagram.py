@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 
+from ..identity import acting_as
 from ..peers import UNNAMED
 from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, UnixAddr, local_of_connection,
                         loopback, pack, peer_host, unpack)
@@ -186,16 +187,16 @@ def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple
         thread.write(at + MSGHDR.size, struct.pack("=I", res))  # msg_len
 
 
-_SCM_RIGHTS = 1
+_FD_CMSGS = (1, 4)  # SCM_RIGHTS, SCM_PIDFD
 
 
 def _program_control(control: bytes) -> bytes:
     """The control messages the kernel gave the supervisor that the program may
-    have: not fds (a UDP socket never receives any; the supervisor's
-    duplicates are closed)."""
+    have: not fds (SCM_RIGHTS, SCM_PIDFD: a UDP socket never receives any, and
+    these are the supervisor's; closed, and the program sees MSG_CTRUNC)."""
     out = bytearray()
     for level, kind, body in cmsgs(control):
-        if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
+        if level == socket.SOL_SOCKET and kind in _FD_CMSGS:
             for fd in struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4]):
                 os.close(fd)
         else:
@@ -225,7 +226,8 @@ def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:
     uid = None
     if not face.host.is_loopback and real.name and not real.abstract:
         try:
-            uid = os.stat(real.name).st_uid  # the sender's user, as 127.U.U.1
+            with acting_as(call.thread.tid):  # a path the sender chose: looked up with the program's rights
+                uid = os.stat(real.name).st_uid  # the sender's user, as 127.U.U.1
         except OSError:
             pass
     return peers.show(real, face.family, peer_host(face, uid), _own_face(call, real))

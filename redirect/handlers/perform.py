@@ -21,15 +21,14 @@ import struct
 from dataclasses import dataclass
 
 from .. import kernel
-from ..identity import acting_as
+from ..identity import acting_as, of_thread
 from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
 from .common import Call, cmsg, cmsgs, read_buffer, read_iovecs
 
 POLLIN, POLLOUT = 0x1, 0x4
 MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
 MSG_DONTWAIT = 0x40
-_SCM_RIGHTS = 1
-_MAX_PAYLOAD = 4 << 20              # one send copies at most this much; a stream send may be short
+_SCM_RIGHTS, _SCM_CREDENTIALS = 1, 2
 _SLEEPS_MS = (1, 2, 4, 8, 16)       # waiting for room where poll cannot tell (Unix datagrams)
 
 
@@ -125,14 +124,15 @@ class Message:
 
 
 def read_message(call: Call, name: bytes | None, iov: int, iovlen: int, control: int,
-                 controllen: int) -> Message | int:
-    """The payload and control data of one msghdr, copied; -errno for a bad one."""
+                 controllen: int, most: int) -> Message | int:
+    """The payload (at most `most` bytes) and control data of one msghdr,
+    copied; -errno for a bad one."""
     iovs = read_iovecs(call, iov, iovlen)
     if isinstance(iovs, int):
         return iovs
     parts, total = [], 0
     for base, length in iovs:
-        length = min(length, _MAX_PAYLOAD - total)
+        length = min(length, most - total)
         if length:
             part = read_buffer(call, base, length)
             if part is None:
@@ -161,12 +161,28 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
                     except OSError:
                         raise OSError(errno.EBADF, f"fd {fd} to pass is not open") from None
                 body = struct.pack(f"={len(fds)}i", *mine[-len(fds):]) if fds else b""
+            elif (level, kind) == (socket.SOL_SOCKET, _SCM_CREDENTIALS):
+                body = _credentials(call, body)
             out += cmsg(level, kind, body)
     except OSError:
         for dup in mine:
             os.close(dup)
         raise
     return bytes(out), mine
+
+
+def _credentials(call: Call, body: bytes) -> bytes:
+    """SCM_CREDENTIALS the program sends: checked as the kernel checks a
+    sender's claim, against the program (its pid, one of its own user and
+    group ids), never against the supervisor's; the pid sent is then the
+    supervisor's, the only one the kernel lets it send."""
+    if len(body) < 12:
+        raise OSError(errno.EINVAL, "short SCM_CREDENTIALS")
+    pid, uid, gid = struct.unpack_from("=iII", body)
+    them = of_thread(call.thread.tid)
+    if pid != call.process.tgid or uid not in them.uids or gid not in them.gids:
+        raise OSError(errno.EPERM, "SCM_CREDENTIALS that are not the program's")
+    return struct.pack("=iII", os.getpid(), uid, gid)
 
 
 def send(call: Call, fd: int, sock: socket.socket, message: Message, flags: int, drop_when_full: bool = False):
@@ -178,7 +194,7 @@ def send(call: Call, fd: int, sock: socket.socket, message: Message, flags: int,
     try:
         control, dups = _with_fds(call, message.control) if message.control else (b"", [])
     except OSError as err:
-        return -(err.errno or errno.EBADF)
+        return -(err.errno or errno.EBADF)  # as the kernel: EBADF, EPERM, EINVAL
     try:
         return (yield from _send(call, fd, sock, message, control, flags, drop_when_full))
     finally:

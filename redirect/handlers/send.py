@@ -24,6 +24,7 @@ from .perform import Message, read_message
 
 MSG_FASTOPEN = 0x20000000
 _MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
+_MAX_COPY = 1 << 20                # what one send copies into the supervisor at most
 _IP = (AF_INET, AF_INET6)
 
 
@@ -64,16 +65,19 @@ def _check(call: Call, names: list[tuple[int, int]], headers: list[bytes]):
 def _messages(call: Call, headers: list[bytes]) -> list[Message] | int:
     """Copies of what the program sends (names are filled in by the caller)."""
     if call.name == "sendto":
-        data = read_buffer(call, call.args[1], min(call.args[2], 4 << 20)) if call.args[2] else b""
+        data = read_buffer(call, call.args[1], min(call.args[2], _MAX_COPY)) if call.args[2] else b""
         return -errno.EFAULT if data is None else [Message(None, data)]
-    messages = []
+    messages, total = [], 0
     for header in headers:
         fields = MSGHDR.unpack(header[:MSGHDR.size])
         message = read_message(call, None, fields[MSG_IOV], fields[MSG_IOVLEN], fields[MSG_CONTROL],
-                               fields[MSG_CONTROLLEN])
+                               fields[MSG_CONTROLLEN], _MAX_COPY - total)
         if isinstance(message, int):
             return message if not messages else messages
         messages.append(message)
+        total += len(message.data)
+        if total >= _MAX_COPY:
+            break  # a shorter batch (or a short stream send): the program sends the rest again
     return messages
 
 
@@ -97,11 +101,11 @@ def _send_on(call: Call, sock: socket.socket, datas: list[bytes | None], headers
         if first is not None and not any(isinstance(d, IPAddr) for d in dests):
             return first
         return datagram_send.convert_and_send(call, fd, sock, dests, messages, flags)
-    if sock.family in _IP and call.ctx.sealed:
-        for d in datas:
-            view = _read(d, sock.family)
-            if isinstance(view, IPAddr):
-                return sealed_off(call, view)  # raw, ICMP, SCTP...: no rule can convert them
+    if sock.family in _IP and call.ctx.sealed and any(d is not None for d in datas):
+        # Raw, ICMP, SCTP, UDP-Lite...: no rule converts them, and whatever the
+        # family field says (a raw IPv6 socket takes AF_UNSPEC for AF_INET6),
+        # an address is somewhere to send to.
+        return sealed_off(call, sock.family)
     for message, data in zip(messages, datas):  # Unix, netlink...: as the program wrote it
         message.name = data
     return datagram_send.send_all(call, fd, sock, messages, flags)
@@ -116,8 +120,9 @@ def _read(data: bytes | None, family: int | None, sock: socket.socket | None = N
     return view if isinstance(view, (IPAddr, int)) else None
 
 
-def sealed_off(call: Call, visible: IPAddr) -> int:
-    call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert; ENETUNREACH)")
+def sealed_off(call: Call, family: int) -> int:
+    call.ctx.log(0, f"{call.describe()}: a send to an address on a {socket.AddressFamily(family).name} socket no "
+                    f"rule can convert: {SEALED_REASON} (ENETUNREACH)")
     return -errno.ENETUNREACH
 
 

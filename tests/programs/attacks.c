@@ -23,6 +23,15 @@
  *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
  *   igmp GROUP                join a multicast group (the kernel sends IGMP reports)
  *   procmem PID               open /proc/PID/mem of another process for writing
+ *   portrange tcp|udp PORT    make the kernel choose PORT (IP_LOCAL_PORT_RANGE) for a listen
+ *                             without bind / a UDP bind to port 0; waits for a line
+ *   raw6 PORT N               raw IPv6 UDP datagrams to [::1]:PORT, the family field AF_UNSPEC
+ *   bigmmsg PORT              sendmmsg of 1024 messages of 4 MiB each; prints the supervisor's peak memory
+ *   pidfds PORT PATH N        receive N datagrams with SO_PASSPIDFD on a socket converted at PORT,
+ *                             sent to PATH; prints the supervisor's open fds
+ *   replyflip PORT N          shown a sender on PORT, answer it N times from fresh sockets while
+ *                             the family flips (waits for a line before the flips)
+ *   creds PATH                as nobody: send to PATH, then with forged SCM_CREDENTIALS (uid 0)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -500,6 +509,181 @@ static int igmp(const char *group)
     return 0;
 }
 
+#ifndef IP_LOCAL_PORT_RANGE
+#define IP_LOCAL_PORT_RANGE 51
+#endif
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+
+static void wait_line(void)
+{
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) { /* stdin closed: go on */ }
+}
+
+static int portrange(const char *type, int port)
+{
+    int udp = strcmp(type, "udp") == 0;
+    int s = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
+    unsigned int range = ((unsigned int)port << 16) | port;
+    int r = setsockopt(s, IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range);
+    printf("range %d\n", r < 0 ? -errno : 0);
+    if (udp) {
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        r = bind(s, (struct sockaddr *)&a, sizeof a);
+    } else {
+        r = listen(s, 8);
+    }
+    printf("ready %d\n", r < 0 ? -errno : 0);
+    wait_line();
+    return 0;
+}
+
+static int raw6(int port, int n)
+{
+    int s = socket(AF_INET6, SOCK_RAW, IPPROTO_UDP);
+    int offset = 6;
+    setsockopt(s, IPPROTO_IPV6, IPV6_CHECKSUM, &offset, sizeof offset);
+    unsigned char packet[12] = {0x04, 0xd2, port >> 8, port & 0xff, 0, 12, 0, 0, 'r', 'a', 'w', '6'};
+    struct sockaddr_in6 a = {.sin6_family = AF_UNSPEC, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int ok = 0;
+    for (int i = 0; i < n; i++)
+        ok += sendto(s, packet, sizeof packet, 0, (struct sockaddr *)&a, sizeof a) == sizeof packet;
+    printf("socket %d\nsent %d\n", s < 0 ? -1 : 0, ok);
+    return 0;
+}
+
+static long peak_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static int bigmmsg(int port)
+{
+    size_t size = 4 << 20;
+    char *buf = malloc(size);
+    memset(buf, 'x', size);
+    static struct mmsghdr msgs[1024];
+    struct iovec iov = {buf, size};
+    struct sockaddr_in a = loopback(port);
+    for (int i = 0; i < 1024; i++) {
+        msgs[i].msg_hdr.msg_iov = &iov;
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &a;
+        msgs[i].msg_hdr.msg_namelen = sizeof a;
+    }
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    int r = sendmmsg(s, msgs, 1024, MSG_DONTWAIT);
+    printf("sendmmsg %d\nsupervisor-peak-kb %ld\n", r < 0 ? -errno : r, peak_kb(getppid()));
+    return 0;
+}
+
+static int count_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
+    DIR *d = opendir(path);
+    int n = 0;
+    while (d && readdir(d))
+        n++;
+    if (d)
+        closedir(d);
+    return d ? n - 2 : -1;
+}
+
+static int pidfds(int port, const char *path, int n)
+{
+    struct sockaddr_in a = loopback(port);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_PASSPIDFD, &one, sizeof one);
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    snprintf(to.sun_path, sizeof to.sun_path, "%s", path);
+    int c = socket(AF_UNIX, SOCK_DGRAM, 0);
+    int before = count_fds(getppid()), got = 0;
+    for (int i = 0; i < n; i++) {
+        sendto(c, "p", 1, 0, (struct sockaddr *)&to, sizeof to);
+        char byte, control[64];
+        struct sockaddr_in from;
+        struct iovec iov = {&byte, 1};
+        struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = control, .msg_controllen = sizeof control};
+        got += recvmsg(s, &msg, 0) == 1;
+    }
+    printf("received %d\nfds-before %d\nfds-after %d\n", got, before, count_fds(getppid()));
+    return 0;
+}
+
+static int replyflip(int port, int n)
+{
+    struct sockaddr_in a = loopback(port), from;
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    printf("ready 0\n");
+    char byte;
+    socklen_t len = sizeof from;
+    recvfrom(s, &byte, 1, 0, (struct sockaddr *)&from, &len);
+    printf("shown %d\n", ntohs(from.sin_port));
+    wait_line();
+    memset(&pattern[0], 0, sizeof pattern[0]);
+    pattern[0].un.sun_family = AF_UNIX;
+    strcpy(pattern[0].un.sun_path, "/nonexistent-redirect-attack");
+    memcpy(&pattern[1], &from, sizeof from);
+    memcpy(&target, &pattern[1], sizeof target);
+    pthread_t t;
+    pthread_create(&t, NULL, flipper, NULL);
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        int f = socket(AF_INET, SOCK_DGRAM, 0);
+        ok += sendto(f, "r", 1, 0, &target.sa, sizeof(struct sockaddr_in)) == 1;
+        close(f);
+    }
+    stop_flipping = 1;
+    pthread_join(t, NULL);
+    printf("ok %d\n", ok);
+    return 0;
+}
+
+static int creds(const char *path)
+{
+    if (setgid(65534) || setuid(65534)) {
+        printf("setuid %d\n", -errno);
+        return 1;
+    }
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    snprintf(to.sun_path, sizeof to.sun_path, "%s", path);
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    int r = sendto(s, "plain", 5, 0, (struct sockaddr *)&to, sizeof to);
+    printf("plain %d\n", r < 0 ? -errno : r);
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    struct ucred forged = {.pid = getppid(), .uid = 0, .gid = 0};
+    char data[] = "forged";
+    struct iovec iov = {data, 6};
+    struct msghdr msg = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = &control, .msg_controllen = sizeof control};
+    control.h.cmsg_len = CMSG_LEN(sizeof forged);
+    control.h.cmsg_level = SOL_SOCKET;
+    control.h.cmsg_type = SCM_CREDENTIALS;
+    memcpy(CMSG_DATA(&control.h), &forged, sizeof forged);
+    r = sendmsg(s, &msg, 0);
+    printf("forged %d\n", r < 0 ? -errno : r);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     alarm(60); /* bounded, whatever happens */
@@ -535,6 +719,18 @@ int main(int argc, char **argv)
         return packet();
     if (strcmp(argv[1], "igmp") == 0 && argc == 3)
         return igmp(argv[2]);
+    if (strcmp(argv[1], "portrange") == 0 && argc == 4)
+        return portrange(argv[2], atoi(argv[3]));
+    if (strcmp(argv[1], "raw6") == 0 && argc == 4)
+        return raw6(atoi(argv[2]), atoi(argv[3]));
+    if (strcmp(argv[1], "bigmmsg") == 0 && argc == 3)
+        return bigmmsg(atoi(argv[2]));
+    if (strcmp(argv[1], "pidfds") == 0 && argc == 5)
+        return pidfds(atoi(argv[2]), argv[3], atoi(argv[4]));
+    if (strcmp(argv[1], "replyflip") == 0 && argc == 4)
+        return replyflip(atoi(argv[2]), atoi(argv[3]));
+    if (strcmp(argv[1], "creds") == 0 && argc == 3)
+        return creds(argv[2]);
     if (strcmp(argv[1], "procmem") == 0 && argc == 3) {
         char path[64];
         snprintf(path, sizeof path, "/proc/%s/mem", argv[2]);
