@@ -15,24 +15,38 @@ from contextlib import contextmanager
 
 def clear_stale(path: bytes, socket_type: int) -> int:
     """Make way for a bind at `path`: 0 if the path is free (a dead socket file
-    is removed), else the errno the bind should fail with."""
+    is removed), else the errno the bind should fail with. The file is looked
+    at and removed through its directory's fd, and only while it is still the
+    dead socket that was looked at (a program that may write the directory
+    cannot point the removal elsewhere)."""
+    folder, name = os.path.split(path)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
+        where = os.open(folder or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return 0  # let the bind itself report what is wrong (EACCES, ENOTDIR...)
-    if not stat.S_ISSOCK(st.st_mode):
-        return errno.EADDRINUSE
-    if is_alive(path, socket_type):
-        return errno.EADDRINUSE
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        return err.errno
-    return 0
+        try:
+            st = os.stat(name, dir_fd=where, follow_symlinks=False)
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            return 0
+        if not stat.S_ISSOCK(st.st_mode):
+            return errno.EADDRINUSE
+        if is_alive(path, socket_type):
+            return errno.EADDRINUSE
+        try:
+            again = os.stat(name, dir_fd=where, follow_symlinks=False)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                return errno.EADDRINUSE  # replaced meanwhile: not ours to judge
+            os.unlink(name, dir_fd=where)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            return err.errno
+        return 0
+    finally:
+        os.close(where)
 
 
 SO_ACCEPTCON = 0x10000  # the "listening" flag in /proc/net/unix
