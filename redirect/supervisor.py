@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import socket
 import sys
@@ -94,6 +95,11 @@ class Supervisor:
         # The program (the same user) must not open our memory, write into it
         # or trace us: only root can get into a process that is not dumpable.
         kernel.set_dumpable(False)
+        # Duplicates of the program's sockets (and fds it passes) are held
+        # here while calls wait: room for them, up to the hard limit.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         os.close(go_r)
         os.close(err_w)
         self.err_pipe = err_r
@@ -305,7 +311,10 @@ class Supervisor:
                 process.threads.pop(tid, None)
                 if gone is not None:
                     gone.abandon()
+                    gone.release()
         if former != thread.tid and former in self.threads:
+            thread.abandon()  # the leader's own state: its tid now belongs to the thread that exec'd
+            thread.release()
             moved = self.threads.pop(former)
             process.threads.pop(former, None)
             moved.tid = thread.tid
@@ -397,7 +406,12 @@ class Supervisor:
         registry = self.ctx.registry
         if not registry.listener_inodes and not registry.bound_clients:
             return
-        held = self.held_inodes()
+        try:
+            held = self.held_inodes()
+        except OSError as err:  # cannot tell what is held (out of fds): remove nothing now
+            self.ctx.warn_once(("reap", err.errno), f"cannot read the program's fds ({err.strerror}); "
+                                                     "socket files stay until it can be told")
+            return
         for listener in list(registry.listener_inodes.values()):
             if listener.inode in held:
                 continue

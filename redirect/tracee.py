@@ -170,9 +170,12 @@ class Thread:
         return 0o022
 
     def fds(self) -> Iterator[tuple[int, str]]:
+        """(fd, link) of each fd in this thread's table; nothing if the thread
+        is gone. Raises OSError if the table cannot be read (EMFILE...): an
+        empty answer would make live sockets look closed."""
         try:
             names = os.listdir(f"/proc/{self.tid}/fd")
-        except OSError:
+        except (FileNotFoundError, ProcessLookupError):
             return
         for name in names:
             try:

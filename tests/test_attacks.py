@@ -565,3 +565,42 @@ def test_root_supervisor_sends_with_the_programs_credentials(attacks, sockdir):
     (_, _, creds), = ancillary
     _, uid, gid = struct.unpack("=iII", creds)
     assert (uid, gid) == (65534, 65534)
+
+
+
+# ---- from the third adversarial pass --------------------------------------------------------
+
+def test_port_the_kernel_chooses_at_a_send_is_judged(attacks, receiver, sockdir):
+    port, sink = _ephemeral_port(), free_port()
+    counter = receiver("udp", sink)
+    rule = f"in,udp,port={port},path={sockdir}/%p.sock"
+    proc = subprocess.Popen(redirect(rule) + [str(attacks), "portrange", "udp-send", str(port), str(sink)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split() == ["range", "0"]
+        assert proc.stdout.readline().split() == ["ready", "-101"]  # ENETUNREACH: it became the rule's socket
+        listening = tcp_listening(port)
+    finally:
+        out, err = proc.communicate("\n", timeout=30)
+    assert not listening, err
+    assert counter.close() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root supervisor: run as root")
+def test_stale_file_check_never_follows_the_programs_symlinks(sockdir):
+    """A program (dropped to nobody) points a rule's directory at a folder of
+    root's holding a dead socket: the supervisor must not remove it."""
+    sockdir.chmod(0o755)
+    public, vault = sockdir / "pub", sockdir / "vault"
+    public.mkdir(mode=0o777)
+    public.chmod(0o777)
+    vault.mkdir(mode=0o700)
+    port = free_port()
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(vault / f"{port}.sock"))  # closed at once: a stale socket file
+    code = (f"import os, socket; os.setgroups([]); os.setgid(65534); os.setuid(65534); "
+            f"os.symlink('{vault}', '{public}/d'); s = socket.socket()\n"
+            f"try: s.bind(('127.0.0.1', {port})); print('bound')\nexcept OSError as e: print(e.errno)")
+    result = run(redirect(f"in,port={port},path={public}/d/%p.sock", verbose=0) + [sys.executable, "-c", code])
+    assert result.stdout.split() == ["13"], result.stdout + result.stderr  # EACCES, as for the program itself
+    assert (vault / f"{port}.sock").is_socket()

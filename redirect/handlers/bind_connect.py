@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from .. import socketfile
 from ..decision import SEALED, SEALED_REASON, Decision
+from ..identity import acting_as
 from ..peers import UNNAMED
 from ..registry import Client, Listener
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
@@ -135,7 +136,9 @@ def _free_port(call: Call, kind: str, visible: IPAddr, verdict: Decision) -> Dec
     (another program under another redirect): try other ports."""
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     for _ in range(16):
-        if verdict.error or socketfile.clear_stale(verdict.real.name, stype) != errno.EADDRINUSE:
+        with acting_as(call.thread.tid):
+            taken = socketfile.clear_stale(verdict.real.name, stype) == errno.EADDRINUSE
+        if verdict.error or not taken:
             return verdict
         _release_port(call, verdict)
         verdict = call.ctx.decide("in", kind, visible)
@@ -161,7 +164,7 @@ def _bind_socket(call: Call, sock: socket.socket, data: bytes):
     if isinstance(verdict, Perform):
         res = perform.bind(call, sock, verdict)
         if res == 0 and kind == "dgram" and not is_unix and not call.ctx.sealed:
-            return _judge_chosen_port(call, call.args[0], sock, kind)
+            return _bind_chosen(call, sock, kind)
         return res
     if not isinstance(verdict, Decision):
         return verdict
@@ -229,7 +232,8 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {problem} (EPERM)")
             _release_port(call, verdict)
             return -errno.EPERM
-        err = socketfile.clear_stale(real.name, stype)
+        with acting_as(call.thread.tid):  # a path the program may have laid: looked at with its rights
+            err = socketfile.clear_stale(real.name, stype)
         if err:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {os.strerror(err)}"
                        + (" (a live socket or another file is in the way)" if err == errno.EADDRINUSE else ""))
@@ -322,17 +326,41 @@ def listen(call: Call):
 
 
 def _judge_chosen_port(call: Call, fd: int, sock: socket.socket, kind: str):
-    """A socket bound to port 0 that no rule converted: the port the kernel
-    chose (IP_LOCAL_PORT_RANGE lets a program choose it) is judged like a
-    bind to it. A rule for it converts the socket now (0), else it stays."""
+    """Generator: a UDP socket bound to port 0 that no rule converted: the
+    port the kernel chose (IP_LOCAL_PORT_RANGE lets a program choose it, and
+    a program may bind again and again until it gets it) is judged by the
+    rules that name ports. One of them converts the socket now (0), else it
+    stays as it is (0)."""
     bound = address_of(sock.family, sock.getsockname())
-    verdict = call.ctx.decide("in", kind, bound) if isinstance(bound, IPAddr) and bound.port else None
+    verdict = call.ctx.decide_chosen_port(kind, bound) if isinstance(bound, IPAddr) and bound.port else None
     if verdict is None:
         return 0
-    call.ctx.log(1, f"{call.describe()}: the kernel chose {bound} for a bind to port 0; converting")
+    call.ctx.log(1, f"{call.describe()}: the kernel chose {bound}, which rule {verdict.rule.text} names; "
+                    "converting")
     if verdict.error:
         return -verdict.error
-    return _bind(call, fd, sock, kind, verdict, False)
+    res = yield from _bind(call, fd, sock, kind, verdict, False)
+    return 1 if res == 0 else res
+
+
+def _bind_chosen(call: Call, sock: socket.socket, kind: str):
+    res = yield from _judge_chosen_port(call, call.args[0], sock, kind)
+    return min(res, 0)
+
+
+def claim_port(call: Call, fd: int, sock: socket.socket):
+    """Generator: before a send or connect on an unbound IP datagram socket
+    makes the kernel bind it, bind it to port 0 here and judge the port given
+    (_judge_chosen_port): 0 (it stays), 1 (it was converted: the call must
+    not go out on `sock`), or -errno."""
+    if not call.ctx.port_rules or sock.family not in _IP:
+        return 0
+    if address_of(sock.family, sock.getsockname()).port:
+        return 0
+    res = perform.bind(call, sock, pack(_wildcard(sock)))
+    if res < 0:
+        return res
+    return (yield from _judge_chosen_port(call, fd, sock, "dgram"))
 
 
 def _listen_socket(call: Call, sock: socket.socket):
@@ -407,10 +435,25 @@ def _connect_socket(call: Call, sock: socket.socket, data: bytes):
         return datagram_send.connect(call, conv, sock, data)
     verdict, kind, is_unix = _prepare(call, "out", sock, data)
     if isinstance(verdict, Perform):
+        if kind == "dgram" and not is_unix:
+            return _claim_then_connect(call, fd, sock, verdict)
         return perform.connect(call, fd, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
     return connect_to(call, fd, sock, kind, verdict, is_unix)
+
+
+def _claim_then_connect(call: Call, fd: int, sock: socket.socket, address: bytes):
+    res = yield from claim_port(call, fd, sock)
+    if res != 0:
+        return _left_the_network(call) if res > 0 else res
+    return (yield from perform.connect(call, fd, sock, address))
+
+
+def _left_the_network(call: Call) -> int:
+    call.ctx.log(0, f"{call.describe()}: the socket was converted (its port is a rule's), so it is a Unix "
+                    "socket now and no out rule sends there (ENETUNREACH)")
+    return -errno.ENETUNREACH
 
 
 def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):

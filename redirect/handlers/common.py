@@ -49,6 +49,13 @@ class Context:
     def decide(self, direction: str, kind: str, visible: Address) -> Decision | None:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
 
+    def decide_chosen_port(self, kind: str, bound: IPAddr) -> Decision | None:
+        """The verdict on a port the kernel chose for a socket (a bind to port
+        0, a send's implicit bind): the rules that name ports judge it, as if
+        bound there. A rule for any port converts servers that bind; a
+        client's port is not a server's."""
+        return decide(self.port_rules, "in", kind, bound, self.ports, False)
+
     def warn_once(self, key, message: str) -> None:
         if key not in self.warned:
             self.warned.add(key)
@@ -57,6 +64,7 @@ class Context:
     def __post_init__(self) -> None:
         # Most rule sets never look at Unix sockets: skip them without a lookup.
         self.unix_rules = any(r.from_unix or r.from_abstract for r in self.rules)
+        self.port_rules = [r for r in self.rules if r.port is not None and r.direction != "out"]
         # Where a verdict other than "let it be" is possible. Only there must a
         # call run exactly as judged (perform.py); elsewhere no race can take
         # the program anywhere the rules keep it from.

@@ -29,6 +29,7 @@ POLLIN, POLLOUT = 0x1, 0x4
 MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
 MSG_DONTWAIT = 0x40
 _SCM_RIGHTS, _SCM_CREDENTIALS = 1, 2
+_SCM_MAX_FD = 253                   # the kernel's limit of fds in one message
 _SLEEPS_MS = (1, 2, 4, 8, 16)       # waiting for room where poll cannot tell (Unix datagrams)
 
 
@@ -155,6 +156,8 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
         for level, kind, body in cmsgs(control):
             if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
                 fds = struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4])
+                if len(mine) + len(fds) > _SCM_MAX_FD:
+                    raise OSError(errno.EINVAL, "more fds than one message may pass")
                 for fd in fds:
                     try:
                         mine.append(call.thread.duplicate(fd))

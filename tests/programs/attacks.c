@@ -23,8 +23,9 @@
  *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
  *   igmp GROUP                join a multicast group (the kernel sends IGMP reports)
  *   procmem PID               open /proc/PID/mem of another process for writing
- *   portrange tcp|udp PORT    make the kernel choose PORT (IP_LOCAL_PORT_RANGE) for a listen
- *                             without bind / a UDP bind to port 0; waits for a line
+ *   portrange tcp|udp|udp-send PORT [SINK]  make the kernel choose PORT (IP_LOCAL_PORT_RANGE)
+ *                             for a listen without bind / a UDP bind to port 0 / the bind a UDP
+ *                             send to SINK makes; waits for a line
  *   raw6 PORT N               raw IPv6 UDP datagrams to [::1]:PORT, the family field AF_UNSPEC
  *   bigmmsg PORT              sendmmsg of 1024 messages of 4 MiB each; prints the supervisor's peak memory
  *   pidfds PORT PATH N        receive N datagrams with SO_PASSPIDFD on a socket converted at PORT,
@@ -522,14 +523,17 @@ static void wait_line(void)
     if (!fgets(line, sizeof line, stdin)) { /* stdin closed: go on */ }
 }
 
-static int portrange(const char *type, int port)
+static int portrange(const char *type, int port, int sink)
 {
-    int udp = strcmp(type, "udp") == 0;
+    int udp = strncmp(type, "udp", 3) == 0;
     int s = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     unsigned int range = ((unsigned int)port << 16) | port;
     int r = setsockopt(s, IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range);
     printf("range %d\n", r < 0 ? -errno : 0);
-    if (udp) {
+    if (strcmp(type, "udp-send") == 0) { /* the kernel binds at the send */
+        struct sockaddr_in to = loopback(sink);
+        r = sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof to);
+    } else if (udp) {
         struct sockaddr_in a = {.sin_family = AF_INET};
         r = bind(s, (struct sockaddr *)&a, sizeof a);
     } else {
@@ -719,8 +723,8 @@ int main(int argc, char **argv)
         return packet();
     if (strcmp(argv[1], "igmp") == 0 && argc == 3)
         return igmp(argv[2]);
-    if (strcmp(argv[1], "portrange") == 0 && argc == 4)
-        return portrange(argv[2], atoi(argv[3]));
+    if (strcmp(argv[1], "portrange") == 0 && (argc == 4 || argc == 5))
+        return portrange(argv[2], atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 0);
     if (strcmp(argv[1], "raw6") == 0 && argc == 4)
         return raw6(atoi(argv[2]), atoi(argv[3]));
     if (strcmp(argv[1], "bigmmsg") == 0 && argc == 3)
