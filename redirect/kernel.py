@@ -36,8 +36,6 @@ def _fixed_sonames():
 
 with _fixed_sonames():
     import pyseccomp  # noqa: E402  (re-exported for the filter module)
-    from ptrace import PtraceError  # noqa: E402
-    from ptrace.binding import func as _pt  # noqa: E402
 
 __all__ = ["pyseccomp"]
 
@@ -134,10 +132,26 @@ def seccomp_info(tid: int) -> tuple[int, tuple[int, ...], int]:
     return _info.nr, tuple(_info.args), _info.ret_data
 
 
+_ptrace_binding = None
+
+
+def _binding():
+    """python-ptrace's register binding, imported at the first handler that
+    needs registers (~14 ms: a program that never makes one does not pay)."""
+    global _ptrace_binding
+    if _ptrace_binding is None:
+        with _fixed_sonames():
+            from ptrace import PtraceError
+            from ptrace.binding import func
+        _ptrace_binding = func, PtraceError
+    return _ptrace_binding
+
+
 def getregs(tid: int):
+    func, error = _binding()
     try:
-        return _pt.ptrace_getregs(tid)
-    except PtraceError as err:  # one exception type for callers: OSError with errno
+        return func.ptrace_getregs(tid)
+    except error as err:  # one exception type for callers: OSError with errno
         raise OSError(err.errno, str(err)) from None
 
 
@@ -146,9 +160,10 @@ def copy_regs(regs):
 
 
 def setregs(tid: int, regs) -> None:
+    func, error = _binding()
     try:
-        _pt.ptrace_setregs(tid, regs)
-    except PtraceError as err:
+        func.ptrace_setregs(tid, regs)
+    except error as err:
         raise OSError(err.errno, str(err)) from None
 
 
