@@ -33,6 +33,7 @@ class _Pass:
 PASS = _Pass()
 
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD = 1, 0x40000000, 0x40, 1
+_ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516
 _SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
 _PROT_RW = 0x3
 _MAP_PRIVATE_ANON = 0x22
@@ -359,7 +360,11 @@ class Thread:
         program's call). What it waits on is only a hint: callers check the
         socket itself afterwards."""
         pollfd = yield Scratch(struct.pack("=ihh", fd if events else -1, events, 0))
-        return (yield Syscall("poll", pollfd, 1, timeout_ms))
+        res = yield Syscall("poll", pollfd, 1, timeout_ms)
+        # The wait stands in for a socket call's own blocking, which a signal
+        # with SA_RESTART restarts (poll's ERESTARTNOHAND would say EINTR, and
+        # its restart block would restart poll, not the program's call).
+        return -_ERESTARTSYS if res in (-_ERESTARTNOHAND, -_ERESTART_RESTARTBLOCK) else res
 
     def run_trapped(self, args: tuple[int, ...] | None = None):
         """Generator: the trapped call itself (its own number; these arguments,

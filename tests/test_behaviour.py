@@ -550,3 +550,31 @@ print(results["0.0.0.0"], results["::"])
     for _ in range(4):
         result = run(redirect(f"in,port={port},path={sockdir}/dual.sock") + [sys.executable, "-c", code, port])
         assert result.stdout.split() == ["ok", "ok"], result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def restart_probe():
+    yield from _compiled("restart", "-static")
+
+
+def test_blocking_connect_made_by_the_supervisor_restarts_after_a_signal(restart_probe, sockdir):
+    """Under an out rule (so the supervisor makes the connect and the thread
+    waits for it), a connect to a real listener whose backlog is full waits
+    through SA_RESTART signals and ends connected, as natively."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port), timeout=5)  # the backlog is full now
+        try:
+            proc = subprocess.Popen(redirect(f"out,port={port + 1},path={sockdir}/other.sock", verbose=0)
+                                    + [str(restart_probe), str(port)], stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            listener.settimeout(10)
+            accepted = [listener.accept()[0] for _ in range(2)]  # room again: the program's SYN gets in
+            out, _ = proc.communicate(timeout=20)
+            for conn in accepted:
+                conn.close()
+        finally:
+            filler.close()
+    assert out.split() == ["connect", "0", "ticks", "1"], out
