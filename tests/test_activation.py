@@ -301,3 +301,16 @@ def test_socat_udp_listen_fork_with_activate(sockdir, background):
         assert result.stdout == f"hello {i}\n", result.stderr + server.output
     server.stop()
     assert not sock.exists()
+
+
+
+@needs_activate
+def test_passed_tcp_socket_at_the_programs_own_port(bins, background):
+    """systemd passes 127.0.0.1:PORT and the program binds that very address:
+    its listen finds the passed socket listening (not a blackhole)."""
+    port = free_port()
+    proc = background(activated([f"127.0.0.1:{port}"], None, [f"in,port={port},systemd"],
+                                [bins / "go-http-server", "-addr", f"127.0.0.1:{port}"]))
+    assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
+    assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
+    assert "blackhole" not in proc.output

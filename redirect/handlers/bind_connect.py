@@ -384,8 +384,8 @@ def _listen_socket(call: Call, sock: socket.socket):
                                    for addr in (bound, replace(bound, port=0))):
             call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
             return -errno.EACCES
-        verdict = call.ctx.decide("in", "stream", bound)
-        if verdict is not None and not verdict.error and inode_of(sock) not in call.ctx.registry.pinned:
+        verdict = None if _handed_over(call, sock) else call.ctx.decide("in", "stream", bound)
+        if verdict is not None and not verdict.error:
             # Bound where redirect did not see it (before the program started,
             # say), at an address a rule converts: it becomes that rule's
             # socket now, not a TCP listener.
@@ -402,6 +402,15 @@ def _listen_socket(call: Call, sock: socket.socket):
                         f"({errno.errorcode.get(verdict.error)}; {verdict.source})")
         return -verdict.error
     return _bind_then_listen(call, fd, sock, verdict)
+
+
+def _handed_over(call: Call, sock: socket.socket) -> bool:
+    """A listening socket redirect handed over (socket activation): the
+    rules judged it at its bind already."""
+    inode = inode_of(sock)
+    activation = call.ctx.activation
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 0 or \
+        any(p.inode == inode for p in (*activation.passed, *activation.opened))
 
 
 def _wildcard(sock: socket.socket) -> IPAddr:
