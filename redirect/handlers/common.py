@@ -367,12 +367,28 @@ def _ip_options(sock: socket.socket) -> dict[tuple[int, int], bytes]:
     return found
 
 
+_DEFAULTS: dict[tuple[int, int], dict[int, bytes]] = {}
+
+
+def _set_by_program(sock: socket.socket) -> dict[int, bytes]:
+    """The SOL_SOCKET options whose values differ from a fresh socket of the
+    same family and type: what the program set. (TCP's default buffer sizes
+    are where it starts to grow them; copied onto a Unix socket, which never
+    grows them, they made bulk transfers several times slower.)"""
+    key = (sock.family, sock.type)
+    if key not in _DEFAULTS:
+        with socket.socket(sock.family, sock.type) as fresh:
+            _DEFAULTS[key] = _options(fresh)
+    defaults = _DEFAULTS[key]
+    return {name: value for name, value in _options(sock).items() if defaults.get(name) != value}
+
+
 def _capture(call: Call, fd: int, sock: socket.socket) -> _SocketState:
     watches, siblings = _scan_fds(call.thread, fd, os.fstat(sock.fileno()).st_ino)
     return _SocketState(
         status_flags=fcntl.fcntl(sock.fileno(), fcntl.F_GETFL),
         cloexec=call.thread.fd_cloexec(fd),
-        options=_options(sock),
+        options=_set_by_program(sock),
         ip_options=_ip_options(sock),
         owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
         signal=fcntl.fcntl(sock.fileno(), F_GETSIG),

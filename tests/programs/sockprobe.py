@@ -20,7 +20,7 @@ def options(port):
     """State set before bind survives the conversion; options read back as TCP."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 40000)  # not TCP's default (65536 would read as it)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     fcntl.fcntl(s.fileno(), fcntl.F_SETOWN, os.getpid())
     import signal
