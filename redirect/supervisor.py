@@ -133,7 +133,7 @@ class Supervisor:
                 continue  # not a socket (or gone)
             if family not in (socket.AF_UNIX, socket.AF_NETLINK):
                 found.append(fd)
-                self.log(0, f"sealed: fd {fd}, a {family.name} {kind.name} socket inherited from the caller, is "
+                self.log(0, f"sealed: fd {fd}, an {family.name} {kind.name} socket inherited from the caller, is "
                             "closed for the program: it would reach the real network")
         return found
 

@@ -121,7 +121,7 @@ def _read(data: bytes | None, family: int | None, sock: socket.socket | None = N
 
 
 def sealed_off(call: Call, family: int) -> int:
-    call.ctx.log(0, f"{call.describe()}: a send to an address on a {socket.AddressFamily(family).name} socket no "
+    call.ctx.log(0, f"{call.describe()}: a send to an address on an {socket.AddressFamily(family).name} socket no "
                     f"rule can convert: {SEALED_REASON} (ENETUNREACH)")
     return -errno.ENETUNREACH
 
