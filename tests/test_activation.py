@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import curl_unix, free_port, redirect, run, tcp_listening, unix_request
+from conftest import curl_unix, free_port, redirect, run, tcp_listening, unix_request, wait_for_socket
 
 from redirect.activation import Activation, Passed, parse_listen_env
 
@@ -39,10 +39,9 @@ def http_get(port: int, timeout: float = 10) -> str:
 
 
 def wait_for_path(path: Path, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.02)
+    """Until systemd-socket-activate's socket is there and ready (bound, and
+    listening for a stream one: its bind and listen are two steps)."""
+    wait_for_socket(path, timeout)
 
 
 # ---- pure parts ---------------------------------------------------------------------------
