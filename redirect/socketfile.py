@@ -191,10 +191,18 @@ def permission_problem(rule) -> str | None:
     if os.geteuid() == 0:
         return None
     if rule.owner is not None and rule.owner != os.geteuid():
-        return f"only root can give a socket file to another owner (owner={rule.owner})"
+        return f"only root can give a socket file to another owner ({_named(rule, 'owner')})"
     if rule.group is not None and rule.group != os.getegid() and rule.group not in os.getgroups():
-        return f"this user is not in group {rule.group}, so it cannot give the socket file to it"
+        return f"this user is not in group {_named(rule, 'group')}, so it cannot give the socket file to it"
     return None
+
+
+def _named(rule, item: str) -> str:
+    """owner=/group= as the rule wrote it (a name or a number), for messages."""
+    for part in rule.text.split(","):
+        if part.startswith(item + "="):
+            return part[len(item) + 1:]
+    return str(getattr(rule, item))
 
 
 def initial_mode(rule) -> int:

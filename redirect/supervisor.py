@@ -190,7 +190,9 @@ class Supervisor:
         try:
             skipped = activation.open_rule_sockets(self.ctx.rules)
         except OSError as err:
-            raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}", 1) from None
+            missing = err.errno == errno.ENOENT and err.filename and not os.path.isdir(os.path.dirname(err.filename))
+            raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}"
+                             + (" (its directory does not exist)" if missing else ""), 1) from None
         for note in skipped:
             self.log(0, f"--activate: {note}")
         if not activation.opened:
