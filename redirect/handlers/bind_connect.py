@@ -162,10 +162,10 @@ def bind(call: Call):
 def _bind_socket(call: Call, sock: socket.socket, data: bytes):
     verdict, kind, is_unix = _prepare(call, "in", sock, data)
     if isinstance(verdict, Perform):
-        res = perform.bind(call, sock, verdict)
-        if res == 0 and kind == "dgram" and not is_unix and not call.ctx.sealed:
-            return _bind_chosen(call, sock, kind)
-        return res
+        visible = unpack(verdict) if sock.family in _IP else None
+        if isinstance(visible, IPAddr) and visible.port == 0 and call.ctx.port_rules and kind is not None:
+            return bind_any_port(call, sock, visible, kind)
+        return perform.bind(call, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
     if verdict.real == UNNAMED:
@@ -325,42 +325,48 @@ def listen(call: Call):
     return on_socket(call, lambda sock: _listen_socket(call, sock))
 
 
-def _judge_chosen_port(call: Call, fd: int, sock: socket.socket, kind: str):
-    """Generator: a UDP socket bound to port 0 that no rule converted: the
-    port the kernel chose (IP_LOCAL_PORT_RANGE lets a program choose it, and
-    a program may bind again and again until it gets it) is judged by the
-    rules that name ports. One of them converts the socket now (0), else it
-    stays as it is (0)."""
-    bound = address_of(sock.family, sock.getsockname())
-    verdict = call.ctx.decide_chosen_port(kind, bound) if isinstance(bound, IPAddr) and bound.port else None
-    if verdict is None:
-        return 0
-    call.ctx.log(1, f"{call.describe()}: the kernel chose {bound}, which rule {verdict.rule.text} names; "
-                    "converting")
-    if verdict.error:
-        return -verdict.error
-    res = yield from _bind(call, fd, sock, kind, verdict, False)
-    return 1 if res == 0 else res
+def bind_any_port(call: Call, sock: socket.socket, visible: IPAddr, kind: str) -> int:
+    """Bind to a port of the supervisor's choosing where the kernel would
+    choose one (a bind to port 0, a listen or UDP send on an unbound socket):
+    a free port of the ephemeral range that no rule names. Binding first and
+    judging after cannot be undone (another process may hold the socket too),
+    and the kernel's choice can be steered (IP_LOCAL_PORT_RANGE, or binding
+    again and again). 0 or -errno (EADDRINUSE when no port is free)."""
+    low, high = _ephemeral_range()
+    reuse = [(option, sock.getsockopt(socket.SOL_SOCKET, option)) for option in (socket.SO_REUSEADDR,
+                                                                                    socket.SO_REUSEPORT)]
+    try:
+        for option, _ in reuse:  # a chosen port must not be shared with another socket's
+            sock.setsockopt(socket.SOL_SOCKET, option, 0)
+        for _ in range(64):
+            port = low + int.from_bytes(os.urandom(4), "little") % (high - low + 1)
+            if call.ctx.decide_chosen_port(kind, replace(visible, port=port)) is not None:
+                continue  # a rule's port: never on the network
+            res = perform.bind(call, sock, pack(replace(visible, port=port)))
+            if res != -errno.EADDRINUSE:
+                return res
+        return -errno.EADDRINUSE
+    finally:
+        for option, value in reuse:
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
 
 
-def _bind_chosen(call: Call, sock: socket.socket, kind: str):
-    res = yield from _judge_chosen_port(call, call.args[0], sock, kind)
-    return min(res, 0)
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
-def claim_port(call: Call, fd: int, sock: socket.socket):
-    """Generator: before a send or connect on an unbound IP datagram socket
-    makes the kernel bind it, bind it to port 0 here and judge the port given
-    (_judge_chosen_port): 0 (it stays), 1 (it was converted: the call must
-    not go out on `sock`), or -errno."""
+def claim_port(call: Call, fd: int, sock: socket.socket) -> int:
+    """Before a send or connect on an unbound IP datagram socket makes the
+    kernel bind it: bound here to a port no rule names (bind_any_port)."""
     if not call.ctx.port_rules or sock.family not in _IP:
         return 0
-    if address_of(sock.family, sock.getsockname()).port:
-        return 0
-    res = perform.bind(call, sock, pack(_wildcard(sock)))
-    if res < 0:
-        return res
-    return (yield from _judge_chosen_port(call, fd, sock, "dgram"))
+    bound = address_of(sock.family, sock.getsockname())
+    return 0 if bound.port else bind_any_port(call, sock, _wildcard(sock), "dgram")
 
 
 def _listen_socket(call: Call, sock: socket.socket):
@@ -371,10 +377,10 @@ def _listen_socket(call: Call, sock: socket.socket):
     unbound = None
     if bound.port == 0:
         unbound = call.ctx.decide("in", "stream", _wildcard(sock))
-        if unbound is None and not call.ctx.sealed:
-            # The kernel would pick the port at listen: pick it first (a bind
-            # to port 0), so the port it gives is judged before anyone connects.
-            res = perform.bind(call, sock, pack(_wildcard(sock)))
+        if unbound is None and call.ctx.port_rules:
+            # The kernel would pick the port at listen: the supervisor picks
+            # one first, never a rule's.
+            res = bind_any_port(call, sock, _wildcard(sock), "stream")
             if res < 0:
                 return res
             bound = address_of(sock.family, sock.getsockname())
@@ -453,16 +459,10 @@ def _connect_socket(call: Call, sock: socket.socket, data: bytes):
 
 
 def _claim_then_connect(call: Call, fd: int, sock: socket.socket, address: bytes):
-    res = yield from claim_port(call, fd, sock)
-    if res != 0:
-        return _left_the_network(call) if res > 0 else res
+    res = claim_port(call, fd, sock)
+    if res < 0:
+        return res
     return (yield from perform.connect(call, fd, sock, address))
-
-
-def _left_the_network(call: Call) -> int:
-    call.ctx.log(0, f"{call.describe()}: the socket was converted (its port is a rule's), so it is a Unix "
-                    "socket now and no out rule sends there (ENETUNREACH)")
-    return -errno.ENETUNREACH
 
 
 def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):

@@ -60,10 +60,10 @@ def _send_as_is(call: Call, fd: int, sock: socket.socket, dests: list, messages:
             break
         message.name = pack(visible) if isinstance(visible, IPAddr) else None
         batch.append(message)
-    from .bind_connect import _left_the_network, claim_port  # bind_connect imports this module
-    res = yield from claim_port(call, fd, sock)
-    if res != 0:
-        return _left_the_network(call) if res > 0 else res
+    from .bind_connect import claim_port  # bind_connect imports this module
+    res = claim_port(call, fd, sock)
+    if res < 0:
+        return res
     return (yield from send_all(call, fd, sock, batch, flags))
 
 
