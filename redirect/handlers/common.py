@@ -50,10 +50,10 @@ class Context:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
 
     def decide_chosen_port(self, kind: str, bound: IPAddr) -> Decision | None:
-        """The verdict on a port the kernel chose for a socket (a bind to port
-        0, a send's implicit bind): the rules that name ports judge it, as if
-        bound there. A rule for any port converts servers that bind; a
-        client's port is not a server's."""
+        """Whether a rule names this port, for a port picked on the program's
+        behalf (bind_any_port): the rules that name ports judge it, as if
+        bound there. A rule for any port converts servers that bind; a port
+        picked for a client is not a server's."""
         return decide(self.port_rules, "in", kind, bound, self.ports, False)
 
     def warn_once(self, key, message: str) -> None:
