@@ -467,15 +467,10 @@ def _ephemeral_port() -> int:
     raise AssertionError("no free port in ip_local_port_range")
 
 
-@pytest.mark.parametrize("kind", ["tcp", "udp"])
-def test_port_the_kernel_would_choose_is_never_a_rules(attacks, sockdir, kind):
-    """IP_LOCAL_PORT_RANGE would make the kernel pick a port an in rule names,
-    for a listen without bind or a UDP bind to port 0: the supervisor picks
-    the port instead, never a rule's."""
-    port = _ephemeral_port()
-    rule = f"in,{kind},port={port},path={sockdir}/%p.sock"
-    proc = subprocess.Popen(redirect(rule) + [str(attacks), "portrange", kind, str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _steered_port_stays_off_the_network(attacks, port: int, kind: str, options: list[str]) -> None:
+    """The portrange attack under these redirect options: nothing may sit on `port`."""
+    argv = REDIRECT + options + ["--", str(attacks), "portrange", kind, str(port)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().split() == ["range", "0"]
         assert proc.stdout.readline().split() == ["ready", "0"]
@@ -483,6 +478,15 @@ def test_port_the_kernel_would_choose_is_never_a_rules(attacks, sockdir, kind):
     finally:
         out, err = proc.communicate("\n", timeout=30)
     assert not listening, err
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_port_the_kernel_would_choose_is_never_a_rules(attacks, sockdir, kind):
+    """IP_LOCAL_PORT_RANGE would make the kernel pick a port an in rule names,
+    for a listen without bind or a UDP bind to port 0: the supervisor picks
+    the port instead, never a rule's."""
+    port = _ephemeral_port()
+    _steered_port_stays_off_the_network(attacks, port, kind, ["-v", "-r", f"in,{kind},port={port},path={sockdir}/%p.sock"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a raw socket needs CAP_NET_RAW: run as root")
@@ -598,17 +602,8 @@ def test_port_the_kernel_would_choose_at_a_send_is_never_a_rules(attacks, receiv
 def test_port_the_kernel_would_choose_sealed_with_an_ignore_rule(attacks, sockdir, kind):
     """Sealed, with a rule naming the port and a catch-all ignore rule after it."""
     port = _ephemeral_port()
-    rules = [f"in,{kind},port={port},path={sockdir}/%p.sock", f"in,{kind},ignore"]
-    argv = REDIRECT + ["--sealed"] + [a for r in rules for a in ("-r", r)] + ["--", str(attacks), "portrange",
-                                                                            kind, str(port)]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().split() == ["range", "0"]
-        assert proc.stdout.readline().split() == ["ready", "0"]
-        listening = tcp_listening(port)
-    finally:
-        out, err = proc.communicate("\n", timeout=30)
-    assert not listening, err
+    _steered_port_stays_off_the_network(attacks, port, kind, [
+        "--sealed", "-r", f"in,{kind},port={port},path={sockdir}/%p.sock", "-r", f"in,{kind},ignore"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root supervisor: run as root")
