@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -47,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--on-demand", action="store_true",
                    help="with --activate: start the program only when the first connection or "
                         "datagram arrives (it waits in the socket for the program)")
+    p.add_argument("--backend", choices=("auto", "notify", "ptrace"),
+                   default=os.environ.get("REDIRECT_BACKEND", "auto"),
+                   help="how calls are trapped: notify (seccomp user notification, fast; Linux 5.14+) or "
+                        "ptrace (the fallback); auto (the default, or $REDIRECT_BACKEND) picks notify where "
+                        "the kernel has what it needs. -v says which runs and why")
+    p.add_argument("--count-calls", metavar="FILE",
+                   help="when the program ends, write how many of its calls redirect trapped, per "
+                        "syscall, to FILE (JSON): what redirect costs a workload")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: every conversion, -vv: more)")
     p.add_argument("--version", action="version", version=f"redirect {__version__}")
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
     supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
-                            sealed=args.sealed)
+                            sealed=args.sealed, backend=args.backend)
     try:
         return supervisor.run(command)
     except SpawnError as err:
@@ -118,6 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.count_calls:
+            _write_counts(args.count_calls, supervisor)
+
+
+def _write_counts(path: str, supervisor) -> None:
+    import json  # only with --count-calls
+
+    try:
+        with open(path, "w") as out:
+            json.dump({"backend": supervisor.backend.NAME if supervisor.backend else None,
+                       "trapped": dict(sorted(supervisor.trapped.items()))}, out)
+            out.write("\n")
+    except OSError as err:
+        print(f"redirect: --count-calls: cannot write {path}: {err.strerror}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -342,3 +342,148 @@ def recvmsg(fd: int, size: int, controllen: int, flags: int, want_name: bool) ->
         return -ctypes.get_errno(), b"", b"", b"", 0
     return (n, data_buf.raw[:min(n, size)], name_buf.raw[:msg.namelen] if want_name else b"",
             control_buf.raw[:msg.controllen] if control_buf else b"", msg.flags)
+
+
+# ---- seccomp user notification (the notify backend) ------------------------------------
+_SYS_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER, SECCOMP_GET_ACTION_AVAIL = 1, 2
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_ADDFD_FLAG_SETFD, SECCOMP_ADDFD_FLAG_SEND = 1, 2
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
+# ioctl numbers: _IOWR('!', 0, struct seccomp_notif) and so on (x86_64 sizes).
+NOTIF_RECV, NOTIF_SEND, NOTIF_ID_VALID = 0xC0502100, 0xC0182101, 0x40082102
+NOTIF_ADDFD, NOTIF_SET_FLAGS = 0x40182103, 0x40082104
+_NOTIF = struct.Struct("=QIIiIQ6Q")         # id, pid, flags, nr, arch, ip, args
+_NOTIF_RESP = struct.Struct("=QqiI")        # id, val, error, flags
+_NOTIF_ADDFD = struct.Struct("=QIIII")      # id, flags, srcfd, newfd, newfd_flags
+_notif_buf = bytearray(_NOTIF.size)
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_libc.ioctl.restype = ctypes.c_int
+
+
+def has_user_notification() -> bool:
+    """Whether this kernel has SECCOMP_RET_USER_NOTIF (5.0)."""
+    action = ctypes.c_uint32(SECCOMP_RET_USER_NOTIF)
+    return _libc.syscall(_SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+
+
+def load_filter_with_listener(program: bytes) -> int:
+    """Install a BPF filter (the bytes of its instructions) on this thread,
+    with no-new-privs; the listener fd for its notifications."""
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("=H6xQ", len(program) // 8, ctypes.addressof(code))
+    return _check(_libc.syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                                fprog), "seccomp")
+
+
+def _ioctl(fd: int, request: int, arg) -> int:
+    return _check(_libc.ioctl(fd, request, arg), "ioctl")
+
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+
+def notif_receive(listener: int) -> tuple[int, int, int, int, tuple[int, ...]]:
+    """One notification: (id, tid, syscall number, audit arch, arguments).
+    OSError ENOENT when the call went away between the wake-up and now."""
+    buf = (ctypes.c_char * _NOTIF.size).from_buffer(_notif_buf)
+    ctypes.memset(buf, 0, _NOTIF.size)
+    _ioctl(listener, NOTIF_RECV, ctypes.addressof(buf))
+    ident, tid, _, nr, audit_arch, _, *args = _NOTIF.unpack_from(_notif_buf)
+    return ident, tid, nr, audit_arch, tuple(args)
+
+
+def notif_send(listener: int, ident: int, val: int, error: int, flags: int = 0) -> None:
+    """Answer a call: its result (val), or -errno (error), or CONTINUE."""
+    resp = ctypes.create_string_buffer(_NOTIF_RESP.pack(ident, val, error, flags), _NOTIF_RESP.size)
+    _ioctl(listener, NOTIF_SEND, resp)
+
+
+def notif_id_valid(listener: int, ident: int) -> bool:
+    """Whether the call is still waiting for its answer (not interrupted, the
+    thread not gone)."""
+    value = ctypes.c_uint64(ident)
+    return _libc.ioctl(listener, NOTIF_ID_VALID, ctypes.byref(value)) == 0
+
+
+def notif_addfd(listener: int, ident: int, srcfd: int, newfd: int = 0, flags: int = 0,
+                cloexec: bool = False) -> int:
+    """Put a duplicate of our srcfd into the calling thread (SETFD: at newfd;
+    SEND: as the call's result, one step). The fd number there."""
+    addfd = ctypes.create_string_buffer(
+        _NOTIF_ADDFD.pack(ident, flags, srcfd, newfd, os.O_CLOEXEC if cloexec else 0), _NOTIF_ADDFD.size)
+    return _ioctl(listener, NOTIF_ADDFD, addfd)
+
+
+def notif_features(listener: int) -> dict[str, bool]:
+    """What this kernel's listener can do, tried on it (never guessed from the
+    version): ADDFD (5.9), ADDFD SEND (5.14). A bad srcfd gets EBADF where
+    the request is known, EINVAL where it is not."""
+    def known(flags: int) -> bool:
+        addfd = ctypes.create_string_buffer(_NOTIF_ADDFD.pack(0, flags, 0xFFFFFFFF, 0, 0), _NOTIF_ADDFD.size)
+        return _libc.ioctl(listener, NOTIF_ADDFD, addfd) == -1 and ctypes.get_errno() == errno.EBADF
+    return {"addfd": known(0), "addfd_send": known(SECCOMP_ADDFD_FLAG_SEND)}
+
+
+def notif_sync_wake_up(listener: int) -> bool:
+    """SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): the program and the supervisor
+    hand the CPU to each other instead of waking across CPUs. Passed by value."""
+    return _libc.ioctl(listener, NOTIF_SET_FLAGS, ctypes.c_void_p(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)) == 0
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    """Orphans of the program's tree become our children (we see them end)."""
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+
+
+_libc.epoll_ctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+def epoll_ctl_add(epfd: int, fd: int, events: int, data: int) -> int:
+    """epoll_ctl(EPOLL_CTL_ADD) with the program's own event data: 0 or -errno."""
+    event = ctypes.create_string_buffer(struct.pack("=IQ", events, data), 12)
+    return _result(_libc.epoll_ctl(epfd, 1, fd, event))
+
+
+# ---- the kernel's table of Unix sockets (sock_diag) ------------------------------------
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NLMSG_ERROR = 4, 20, 1, 2
+_diag: "socket.socket | None" = None
+
+
+def unix_socket_exists(inode: int) -> bool:
+    """Whether a Unix socket with this inode still exists anywhere (some
+    process holds it): one exact sock_diag lookup, no fd table read."""
+    import socket as _socket
+    global _diag
+    if _diag is None:
+        _diag = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)
+    # struct unix_diag_req: family, protocol, pad, states, ino, show, cookie (none: ~0, ~0)
+    req = struct.pack("=BBHIIIII", 1, 0, 0, 0xFFFFFFFF, inode, 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    _diag.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, inode, 0) + req)
+    reply = _diag.recv(8192)
+    kind = struct.unpack_from("=H", reply, 4)[0]
+    if kind == _NLMSG_ERROR:
+        err = -struct.unpack_from("=i", reply, 16)[0]
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, f"sock_diag: {os.strerror(err)}")
+    return True
+
+
+_libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+SFD_NONBLOCK, SFD_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+def signalfd(signals) -> int:
+    """An fd that is readable while one of these (blocked) signals is pending."""
+    mask = 0
+    for sig in signals:
+        mask |= 1 << (int(sig) - 1)
+    sigset = ctypes.create_string_buffer(struct.pack("=Q", mask) + bytes(120), 128)
+    return _check(_libc.signalfd(-1, sigset, SFD_NONBLOCK | SFD_CLOEXEC), "signalfd")

@@ -15,9 +15,6 @@ TRACE_I386 = 2   # int 0x80 socket calls: refused with a log line, we do not tra
 
 SO_PROTOCOL, SO_DOMAIN = 38, 39
 
-# Trapped whatever their arguments.
-_ALWAYS = ["bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
-           "close", "dup2", "dup3", "close_range", "sendmsg", "sendmmsg", "recvmsg", "recvmmsg"]
 # Every socket call of the i386 ABI (int 0x80), direct or through socketcall():
 # refused, all of them, so none is left for a program to go around the rules.
 _I386 = ["socket", "socketpair", "bind", "connect", "listen", "accept", "accept4", "getsockname", "getpeername",
@@ -34,22 +31,61 @@ CLONE_UNTRACED = 0x00800000
 _SEALED_OPEN_FAMILIES = (1, 2, 10, 16)
 
 
-def build(sealed: bool = False) -> sc.SyscallFilter:
+def needs(rules, sealed: bool) -> set[str]:
+    """Which groups of calls the rules and options make the supervisor judge
+    (pure): a program whose rules cannot apply to datagrams pays nothing for
+    its datagram calls, one with only in rules nothing for connects..."""
+    def may(direction: str, kind: str) -> bool:
+        return sealed or any(r.direction in (None, direction) and r.socket_type in (None, kind) for r in rules)
+    groups = set()
+    if rules or sealed:
+        groups |= {"names", "options", "bind", "connect"}
+    if may("in", "stream"):
+        groups |= {"listen", "accept"}
+    if rules or sealed:
+        # A converted stream socket's receives would show a Unix peer's path.
+        groups.add("receive")
+    if may("in", "dgram") or may("out", "dgram"):
+        groups |= {"send", "listen"}
+    elif may("out", "stream"):
+        groups.add("send")  # sendto/sendmsg with an address: TCP Fast Open connects
+    return groups
+
+
+_GROUPS = {
+    "names": ["getsockname", "getpeername"],
+    "bind": ["bind"],
+    "connect": ["connect"],
+    "listen": ["listen"],
+    "accept": ["accept", "accept4"],
+    "send": ["sendmsg", "sendmmsg"],
+    "receive": ["recvmsg", "recvmmsg"],
+}
+
+
+def build(rules=(), sealed: bool = False, backend: str = "ptrace") -> sc.SyscallFilter:
+    """The filter for these rules: TRACE actions for the ptrace backend,
+    USER_NOTIF for the notify one."""
+    groups = needs(rules, sealed)
     native = sc.SyscallFilter(sc.ALLOW)
     # x32 calls (nr | 0x40000000) are a third ABI: refuse them outright.
     native.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
-    trace = sc.TRACE(TRACE_NATIVE)
-    for name in _ALWAYS:
-        native.add_rule(trace, name)
-    # sendto without an address goes to the connected peer: nothing to decide.
-    native.add_rule(trace, "sendto", sc.Arg(4, sc.NE, 0))
-    # recvfrom without an address buffer reveals nothing about the sender.
-    native.add_rule(trace, "recvfrom", sc.Arg(4, sc.NE, 0))
-    # SOL_SOCKET options work on Unix sockets, except these two which would say AF_UNIX.
-    native.add_rule(trace, "getsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
-    for name in (SO_DOMAIN, SO_PROTOCOL):
-        native.add_rule(trace, "getsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, name))
-    native.add_rule(trace, "setsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
+    trace = sc.TRACE(TRACE_NATIVE) if backend == "ptrace" else sc.NOTIFY
+    for group in groups:
+        for name in _GROUPS.get(group, ()):
+            native.add_rule(trace, name)
+    if "send" in groups:
+        # sendto without an address goes to the connected peer: nothing to decide.
+        native.add_rule(trace, "sendto", sc.Arg(4, sc.NE, 0))
+    if "receive" in groups:
+        # recvfrom without an address buffer reveals nothing about the sender.
+        native.add_rule(trace, "recvfrom", sc.Arg(4, sc.NE, 0))
+    if "options" in groups:
+        # SOL_SOCKET options work on Unix sockets, except these two which would say AF_UNIX.
+        native.add_rule(trace, "getsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
+        for name in (SO_DOMAIN, SO_PROTOCOL):
+            native.add_rule(trace, "getsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, name))
+        native.add_rule(trace, "setsockopt", sc.Arg(1, sc.NE, socket.SOL_SOCKET))
     if sealed:
         for family in range(3, 17):
             if family not in _SEALED_OPEN_FAMILIES:
@@ -64,25 +100,34 @@ def build(sealed: bool = False) -> sc.SyscallFilter:
             native.add_rule(trace, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(1, sc.MASKED_EQ, 0xF, _SOCK_PACKET))
     # io_uring would run socket calls where no filter sees them; programs fall back.
     native.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
-    # A filter of the program's own with a listener outranks ours (its CONTINUE
-    # runs a call natively): refused. Other filters can only refuse more.
-    native.add_rule(trace, "seccomp", sc.Arg(1, sc.MASKED_EQ, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                                              SECCOMP_FILTER_FLAG_NEW_LISTENER))
-    # A child we do not trace could be traced by the program, whose tracer
-    # would let its calls through: CLONE_UNTRACED is refused, and clone3
-    # (whose flags are in memory) says ENOSYS, so libc uses clone.
-    native.add_rule(trace, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
-    native.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    if backend == "ptrace":
+        # A filter of the program's own with a listener outranks ours (its
+        # CONTINUE runs a call natively): refused. (Under the notify backend
+        # the kernel refuses a second listener itself: EBUSY.)
+        native.add_rule(trace, "seccomp", sc.Arg(1, sc.MASKED_EQ, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                                                  SECCOMP_FILTER_FLAG_NEW_LISTENER))
+        # A child we do not trace could be traced by the program, whose tracer
+        # would let its calls through: CLONE_UNTRACED is refused, and clone3
+        # (whose flags are in memory) says ENOSYS, so libc uses clone. (A
+        # user notification reaches every child, traced or not.)
+        native.add_rule(trace, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
+        native.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
 
     compat = sc.SyscallFilter(sc.ALLOW)
     compat.remove_arch(sc.Arch.NATIVE)
     compat.add_arch(sc.Arch.X86)
+    # Refused with a line in the log (the notify backend tells the ABI by the
+    # notification's arch).
+    refuse = sc.TRACE(TRACE_I386) if backend == "ptrace" else sc.NOTIFY
     for name in _I386:  # libseccomp also covers the socketcall() multiplexer for these
-        compat.add_rule(sc.TRACE(TRACE_I386), name)
+        compat.add_rule(refuse, name)
     # What would take a program out of sight through int 0x80 as well: its own
     # listener, an untraced child, and (sealed) other processes' sockets.
-    for name in ("seccomp", "clone3", "io_uring_setup") + (_OTHER_PROCESSES if sealed else ()):
-        compat.add_rule(sc.TRACE(TRACE_I386), name)
-    compat.add_rule(sc.TRACE(TRACE_I386), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
+    for name in ("io_uring_setup",) + (_OTHER_PROCESSES if sealed else ()):
+        compat.add_rule(refuse, name)
+    if backend == "ptrace":
+        for name in ("seccomp", "clone3"):
+            compat.add_rule(refuse, name)
+        compat.add_rule(refuse, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_UNTRACED, CLONE_UNTRACED))
     native.merge(compat)
     return native

@@ -1,5 +1,8 @@
-"""Spawn the program under the seccomp filter, follow every thread, fork and exec,
-and hand each trapped syscall to its handler."""
+"""Spawn the program under the seccomp filter and hand each trapped syscall to
+its handler, through one of two backends: seccomp user notification
+(notify.py, the default where the kernel has what it needs) or ptrace
+(PtraceBackend below, over tracee.py). Shared here: the rules' context,
+spawning, signals, socket files, and the dispatch of a call to its handler."""
 from __future__ import annotations
 
 import errno
@@ -8,21 +11,20 @@ import resource
 import signal
 import socket
 import sys
+import time
 
 from . import arch, kernel, seccomp_filter, socketfile
 from .activation import Activation, program_environment
 from .handlers import HANDLERS, Call, Context
+from .program import ProgramThread
 from .registry import Registry
 from .rules import Rule
 from .sockaddr import IPAddr, PortAllocator
 from .tracee import HijackedThread, Process, Thread
 
-SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
-                 | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
-                 | kernel.PTRACE_O_EXITKILL)
-SYSCALL_STOP = signal.SIGTRAP | 0x80
-STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+REAP_EVERY = 1.0  # seconds: closes are not trapped, so a closed listener's file goes at most this late
+BACKENDS = ("notify", "ptrace")
 
 
 class SpawnError(Exception):
@@ -31,13 +33,16 @@ class SpawnError(Exception):
         self.exit_code = exit_code
 
 
+class Unavailable(Exception):
+    """This backend cannot run here; the message says why (auto mode then
+    takes the next one)."""
+
+
 class Supervisor:
-    def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None,
-                 activate: bool = False, on_demand: bool = False, sealed: bool = False) -> None:
+    def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None, activate: bool = False,
+                 on_demand: bool = False, sealed: bool = False, backend: str = "auto") -> None:
         self.verbosity = verbosity
         self.log_file = log_file or sys.stderr
-        self.processes: dict[int, Process] = {}
-        self.threads: dict[int, Thread] = {}
         ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
         activation = Activation.from_environment(os.environ, self.log)
         self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
@@ -45,6 +50,10 @@ class Supervisor:
         self.main_pid = 0
         self.main_status: int | None = None
         self.activate, self.on_demand = activate or on_demand, on_demand
+        self.requested = backend
+        self.backend = None
+        self.next_reap = 0.0
+        self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
@@ -54,36 +63,73 @@ class Supervisor:
                 pass  # a closed log (stderr piped to `head`) must not take the program down
 
     # ---- start ---------------------------------------------------------------------
+    def _candidates(self) -> list:
+        if self.requested == "ptrace":
+            return [PtraceBackend]
+        from .notify import NotifyBackend  # noqa: PLC0415 (only the backend that runs is imported)
+        return [NotifyBackend] if self.requested == "notify" else [NotifyBackend, PtraceBackend]
+
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         if not kernel.has_pidfd_getfd():
             raise SpawnError("this kernel has no pidfd_getfd (Linux 5.6 or later): redirect looks at and "
                              "acts on the program's sockets through it", 1)
-        flt = seccomp_filter.build(sealed=self.ctx.sealed)
         unsealed = self._inherited_network_sockets() if self.ctx.sealed else []
         confine = self.ctx.sealed and kernel.landlock_abi() > 0
         if self.ctx.sealed and not confine:
             self.log(0, "sealed: this kernel has no Landlock (5.13+, enabled in lsm=): processes of this user "
                         "outside redirect stay reachable through /proc/PID/mem")
+        # The program must not open our memory, write into it or trace us:
+        # only root can get into a process that is not dumpable.
+        kernel.set_dumpable(False)
+        # Duplicates of the program's sockets (and fds it passes) are held
+        # here while calls wait: room for them, up to the hard limit.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        # Orphans of the program's tree become ours: we see every process end.
+        kernel.set_child_subreaper()
+        # Children's ends are read from a signalfd or sigtimedwait, not a handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        candidates = self._candidates()
+        for number, kind in enumerate(candidates):
+            try:
+                backend = kind(self)
+                pid = self._fork(argv, env, backend, unsealed, confine)
+            except Unavailable as why:
+                if self.requested != "auto" or number == len(candidates) - 1:
+                    raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", 1) from None
+                self.log(1, f"backend: not {kind.NAME} ({why})")
+                continue
+            self.backend, self.main_pid = backend, pid
+            self.log(1, f"backend: {backend.describe()}")
+            return pid
+        raise AssertionError("no backend")
+
+    def _fork(self, argv, env, backend, unsealed: list[int], confine: bool) -> int:
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        backend.prepare()  # before the fork: the child only loads what is ready
         pid = os.fork()
-        if pid == 0:  # the child: wait to be seized, load the filter, exec
+        if pid == 0:  # the child: be watched, then exec
             stage = "prctl"
             try:
+                kernel.set_dumpable(True)  # ours is not: the child must be reachable by us (same user)
+                os.write(report_w, b"+")
                 for fd in unsealed:
                     os.close(fd)
                 if confine:  # no ptrace, /proc/PID/mem or pidfd_getfd of processes outside
                     stage = "landlock"
                     kernel.landlock_enter_domain()
-                # Python ignores SIGPIPE and SIGXFSZ; the program must start with
-                # the defaults (a shell pipeline relies on dying of SIGPIPE).
+                # Python ignores SIGPIPE and SIGXFSZ and we block SIGCHLD; the
+                # program must start with the defaults (a shell pipeline relies
+                # on dying of SIGPIPE).
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 kernel.set_parent_death_signal(signal.SIGKILL)
-                if os.read(go_r, 1) != b"g":
-                    os._exit(1)
                 stage = "seccomp"
-                flt.load()
+                backend.in_child(go_r, report_w)
                 stage = "exec"
                 os.execvpe(argv[0], argv, os.environ if env is None else env)
             except OSError as err:
@@ -92,30 +138,36 @@ class Supervisor:
                 os.write(err_w, b"other:0")
             finally:
                 os._exit(127)
-        # The program (the same user) must not open our memory, write into it
-        # or trace us: only root can get into a process that is not dumpable.
-        kernel.set_dumpable(False)
-        # Duplicates of the program's sockets (and fds it passes) are held
-        # here while calls wait: room for them, up to the hard limit.
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        os.close(go_r)
-        os.close(err_w)
+        for fd in (go_r, err_w, report_w):
+            os.close(fd)
         self.err_pipe = err_r
         try:
-            kernel.seize(pid, SEIZE_OPTIONS)
-        except OSError as err:
+            os.read(report_r, 1)  # the child is reachable now (or gone: started() says why)
+            backend.started(pid, go_w, report_r)
+        except BaseException:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace "
-                             "restricted (kernel.yama.ptrace_scope) or are we inside a tracer?", 1)
-        self.main_pid = pid
-        process = self.processes[pid] = Process(pid)
-        self.threads[pid] = process.threads[pid] = Thread(pid, process)
-        os.write(go_w, b"g")
-        os.close(go_w)
+            if self.err_pipe >= 0:
+                os.close(self.err_pipe)
+            raise
+        finally:
+            os.close(go_w)
+            os.close(report_r)
         return pid
+
+    def child_failure(self) -> tuple[str, int] | None:
+        """(stage, errno) the child reported before its exec, if it did."""
+        try:
+            report = os.read(self.err_pipe, 64).decode()
+        except OSError:
+            return None
+        finally:
+            os.close(self.err_pipe)
+            self.err_pipe = -1
+        if not report:
+            return None
+        stage, _, code = report.partition(":")
+        return stage, int(code or 0)
 
     def _inherited_network_sockets(self) -> list[int]:
         """Sealed: the fds the program would inherit that reach a network (an
@@ -139,16 +191,12 @@ class Supervisor:
 
     def _spawn_failure(self) -> SpawnError | None:
         """What went wrong in the child before its exec, if anything."""
-        try:
-            report = os.read(self.err_pipe, 64).decode()
-        except OSError:
+        if self.err_pipe < 0:
             return None
-        finally:
-            os.close(self.err_pipe)
-        if not report:
+        failure = self.child_failure()
+        if failure is None:
             return None
-        stage, _, code = report.partition(":")
-        err = int(code or 0)
+        stage, err = failure
         if stage == "exec":
             return _exec_error(self.argv0, err)
         if stage == "seccomp":
@@ -170,7 +218,7 @@ class Supervisor:
             if self.activate:
                 self._open_rule_sockets(argv[0])
             self.spawn(argv, env)
-            self.loop()
+            self.backend.loop()
             failure = self._spawn_failure()  # empty once the exec happened
             if failure is not None:
                 raise failure
@@ -214,19 +262,139 @@ class Supervisor:
             return  # the terminal sent it to the program's process group already
         # To the program; once it has exited, to what is left of its tree (a
         # daemonised child), so that stopping redirect stops them.
-        targets = [self.main_pid] if self.main_status is None else list(self.processes)
+        targets = [self.main_pid] if self.main_status is None else self.backend.pids()
         for pid in targets:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
+    # ---- calls -----------------------------------------------------------------------
+    def handle(self, thread: ProgramThread, nr: int, args: tuple[int, ...]):
+        """What the handler of this trapped call makes of it: a result, PASS,
+        or a generator to drive (the backend drives it)."""
+        name = arch.NAME.get(nr)
+        self.trapped[name] = self.trapped.get(name, 0) + 1
+        handler = HANDLERS.get(name)
+        if handler is None:
+            return -errno.ENOSYS  # trapped by the filter, handled by nobody: a bug; never run it
+        call = Call(self.ctx, thread, name, args)
+        try:
+            return handler(call)
+        except OSError as err:  # e.g. the fd could not be looked at
+            self.log(0, f"{call.describe()}: {err.strerror or err}; the call fails with EIO")
+        except Exception:
+            self.internal_error(call.describe())
+        return -errno.EIO  # fail closed
+
+    def internal_error(self, what: str) -> None:
+        import traceback  # only ever needed here: keep it off the start-up path
+
+        self.log(0, f"internal error handling {what}; the call fails with EIO:\n" + traceback.format_exc())
+
+    def process_ended(self, pid: int, status: int) -> None:
+        """A child of ours (the program, or an orphan of its tree) ended."""
+        if pid == self.main_pid:
+            self.main_status = status
+        self.reap()
+
+    # ---- socket files --------------------------------------------------------------
+    def held_inodes(self) -> set[int]:
+        """The inodes of every socket a process of the program holds right now."""
+        held = set()
+        for thread in self.backend.holders():
+            for _, link in thread.fds():
+                if link.startswith("socket:["):
+                    held.add(int(link[8:-1]))
+        return held
+
+    def reap_if_due(self) -> None:
+        if time.monotonic() >= self.next_reap:
+            self.reap()
+
+    def reap(self) -> None:
+        """Forget converted sockets that no longer exist (the kernel's table of
+        Unix sockets says so: no process has them, whoever it is); remove their
+        files (listeners' unless noremove, datagram clients' reply sockets), if
+        the path still holds the file that was bound."""
+        self.next_reap = time.monotonic() + REAP_EVERY
+        registry = self.ctx.registry
+        if not registry.listener_inodes and not registry.bound_clients:
+            return
+        try:
+            gone = [listener for listener in registry.listener_inodes.values()
+                    if not kernel.unix_socket_exists(listener.inode)]
+            gone_clients = [inode for inode in registry.bound_clients if not kernel.unix_socket_exists(inode)]
+        except OSError as err:  # cannot tell: remove nothing now
+            self.ctx.warn_once(("reap", err.errno), f"cannot look up the program's sockets ({err.strerror}); "
+                                                     "socket files stay until it can be told")
+            return
+        for listener in gone:
+            registry.drop_listener(listener)
+            for conn in self.ctx.kept.pop(listener.inode, ()):
+                conn.close()
+            if isinstance(listener.visible, IPAddr):
+                self.ctx.ports.release(listener.visible.port)
+            if listener.remove and not listener.real.abstract:
+                if socketfile.remove_if_ours(listener.real.name, listener.file_id):
+                    self.log(1, f"removed {listener.real}")
+        for inode in gone_clients:
+            client = registry.bound_clients[inode]
+            registry.drop_bound_client(inode)
+            socketfile.remove_if_ours(client.own.name, client.file_id)
+
+
+class PtraceBackend:
+    """ptrace with SECCOMP_RET_TRACE: each trapped call stops the thread; the
+    supervisor injects the syscalls an act needs into it (tracee.py)."""
+    NAME = "ptrace"
+    SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
+                     | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
+                     | kernel.PTRACE_O_EXITKILL)
+    SYSCALL_STOP = signal.SIGTRAP | 0x80
+    STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+        self.log = supervisor.log
+        self.processes: dict[int, Process] = {}
+        self.threads: dict[int, Thread] = {}
+
+    def describe(self) -> str:
+        return "ptrace (--backend ptrace)" if self.sup.requested == "ptrace" else \
+            "ptrace (seccomp user notification cannot run here)"
+
+    def prepare(self) -> None:
+        self.filter = seccomp_filter.build(self.sup.ctx.rules, sealed=self.sup.ctx.sealed, backend="ptrace")
+
+    def in_child(self, go: int, report: int) -> None:
+        if os.read(go, 1) != b"g":  # seized
+            os._exit(1)
+        self.filter.load()
+
+    def started(self, pid: int, go: int, report: int) -> None:
+        try:
+            kernel.seize(pid, self.SEIZE_OPTIONS)
+        except OSError as err:
+            raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace restricted "
+                             "(kernel.yama.ptrace_scope) or are we inside a tracer?", 1) from None
+        process = self.processes[pid] = Process(pid)
+        self.threads[pid] = process.threads[pid] = Thread(pid, process)
+        os.write(go, b"g")
+
+    def pids(self) -> list[int]:
+        return list(self.processes)
+
     def loop(self) -> None:
         while self.threads:
             try:
-                tid, status = os.waitpid(-1, kernel.WALL)
+                tid, status = os.waitpid(-1, kernel.WALL | os.WNOHANG)
             except ChildProcessError:
                 break
+            if tid == 0:  # nothing now: wait for the next stop, or the reap timer
+                self.sup.reap_if_due()
+                signal.sigtimedwait({signal.SIGCHLD}, REAP_EVERY)
+                continue
             try:
                 self.dispatch(tid, status)
             except OSError as err:
@@ -243,7 +411,7 @@ class Supervisor:
         if thread is None:
             return
         sig, event = os.WSTOPSIG(status), status >> 16
-        if sig == SYSCALL_STOP:
+        if sig == self.SYSCALL_STOP:
             if thread.busy:
                 try:
                     thread.check_injected(kernel.PTRACE_SYSCALL_INFO_ENTRY) if thread.awaiting_entry else None
@@ -258,7 +426,7 @@ class Supervisor:
         elif event == kernel.PTRACE_EVENT_EXEC:
             self.on_exec(thread)
         elif event == kernel.PTRACE_EVENT_STOP:
-            if sig in STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT
+            if sig in self.STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT
                 kernel.ptrace(kernel.PTRACE_LISTEN, tid)
             else:
                 kernel.resume(tid, thread.resume_request)
@@ -289,8 +457,8 @@ class Supervisor:
 
     def thread_gone(self, tid: int, status: int) -> None:
         thread = self.threads.pop(tid, None)
-        if tid == self.main_pid:
-            self.main_status = status
+        if tid == self.sup.main_pid:
+            self.sup.main_status = status
         if thread is None:
             return
         thread.abandon()
@@ -300,7 +468,7 @@ class Supervisor:
         if not process.threads:
             self.processes.pop(process.tgid, None)
             process.close()
-            self.reap()
+            self.sup.reap()
 
     def on_exec(self, thread: Thread) -> None:
         former = kernel.geteventmsg(thread.tid)
@@ -322,7 +490,7 @@ class Supervisor:
             moved.tid = thread.tid
             self.threads[thread.tid] = process.threads[thread.tid] = moved
         process.after_exec()
-        self.reap()  # close-on-exec may have closed a listener
+        self.sup.reap()  # close-on-exec may have closed a listener
         kernel.resume(thread.tid)
 
     def on_seccomp(self, thread: Thread) -> None:
@@ -339,21 +507,7 @@ class Supervisor:
             self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
             thread.start(-errno.ENOSYS)
             return
-        name = arch.NAME.get(nr)
-        handler = HANDLERS.get(name)
-        if handler is None:
-            thread.start(None)
-            return
-        thread.trapped = (nr, args)
-        call = Call(self.ctx, thread, name, args)
-        try:
-            outcome = handler(call)
-        except OSError as err:  # e.g. the fd could not be looked at
-            self.log(0, f"{call.describe()}: {err.strerror or err}; the call fails with EIO")
-            outcome = -errno.EIO  # fail closed
-        except Exception:
-            self._internal_error(call.describe())
-            outcome = -errno.EIO  # fail closed
+        outcome = self.sup.handle(thread, nr, args)
         self._guarded(thread.start, outcome)
 
     def _kill_hijacked(self, thread: Thread, err: HijackedThread) -> None:
@@ -371,17 +525,11 @@ class Supervisor:
         except OSError as err:
             if err.errno == errno.ESRCH:
                 raise
-            self._internal_error("a trapped call")
+            self.sup.internal_error("a trapped call")
         except Exception:
-            self._internal_error("a trapped call")
+            self.sup.internal_error("a trapped call")
 
-    def _internal_error(self, what: str) -> None:
-        import traceback  # only ever needed here: keep it off the start-up path
-
-        self.log(0, f"internal error handling {what}; the call fails with EIO:\n" + traceback.format_exc())
-
-    # ---- socket files --------------------------------------------------------------
-    def _fd_holders(self):
+    def holders(self):
         """Every thread whose fd table may hold a socket: all traced threads (a
         thread may have its own table, the leader may be a zombie with none),
         and children forked a moment ago whose first stop we have not seen."""
@@ -392,41 +540,6 @@ class Supervisor:
                     adopted = self.adopt(child)
                     if adopted is not None:
                         yield adopted
-
-    def held_inodes(self) -> set[int]:
-        """The inodes of every socket a traced process holds right now."""
-        held = set()
-        for thread in self._fd_holders():
-            for _, link in thread.fds():
-                if link.startswith("socket:["):
-                    held.add(int(link[8:-1]))
-        return held
-
-    def reap(self) -> None:
-        """Forget converted sockets no traced process holds any more; remove
-        their files (listeners' unless noremove, datagram clients' reply sockets)."""
-        registry = self.ctx.registry
-        if not registry.listener_inodes and not registry.bound_clients:
-            return
-        try:
-            held = self.held_inodes()
-        except OSError as err:  # cannot tell what is held (out of fds): remove nothing now
-            self.ctx.warn_once(("reap", err.errno), f"cannot read the program's fds ({err.strerror}); "
-                                                     "socket files stay until it can be told")
-            return
-        for listener in list(registry.listener_inodes.values()):
-            if listener.inode in held:
-                continue
-            registry.drop_listener(listener)
-            if isinstance(listener.visible, IPAddr):
-                self.ctx.ports.release(listener.visible.port)
-            if listener.remove and not listener.real.abstract:
-                if socketfile.remove_if_ours(listener.real.name, listener.file_id):
-                    self.log(1, f"removed {listener.real}")
-        for inode, client in list(registry.bound_clients.items()):
-            if inode not in held:
-                registry.drop_bound_client(inode)
-                socketfile.remove_if_ours(client.own.name, client.file_id)
 
 
 def _exec_error(argv0: str, err: int) -> SpawnError:

@@ -15,24 +15,13 @@ import os
 import socket
 import struct
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 
-from . import arch, kernel
+from . import arch, kernel, program
+from .program import PASS, ProgramThread
 
-class _Pass:
-    """A handler's explicit answer: let the trapped syscall run as it is. Only
-    for calls where nothing was decided on memory or fds the program can still
-    change (a handler that returns nothing is a bug, and its call fails)."""
-
-    def __repr__(self) -> str:
-        return "PASS"
-
-
-PASS = _Pass()
-
-_SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD = 1, 0x40000000, 0x40, 1
+_SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
 _ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516
 _SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
 _PROT_RW = 0x3
@@ -68,155 +57,35 @@ class HijackedThread(Exception):
         self.tid = tid
 
 
-class MemoryUnavailable(OSError):
-    """The tracee's memory cannot be reached at all (not: a bad address)."""
-
-
-class Process:
-    """A thread group: its memory and its scratch pages. (File descriptors are
-    looked up per thread: a thread may have its own fd table, and the leader
-    may have exited while other threads run.)"""
+class Process(program.Process):
+    """A thread group: its memory and its scratch pages."""
 
     def __init__(self, tgid: int) -> None:
-        self.tgid = tgid
-        self.threads: dict[int, Thread] = {}
-        self._mem: int | None = None
+        super().__init__(tgid)
         self.free_pages: list[int] = []
 
-    # memory -----------------------------------------------------------------------
-    def mem_fd(self, tid: int) -> int:
-        """/proc/TID/mem, opened through a thread that is stopped right now (the
-        leader may be a zombie); the open file keeps the address space."""
-        if self._mem is None:
-            try:
-                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
-            except OSError as err:
-                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
-                                                   f"{err.strerror}") from None
-        return self._mem
-
-    # lifecycle --------------------------------------------------------------------
     def after_exec(self) -> None:
         """A new program image: old memory and scratch pages are gone."""
-        if self._mem is not None:
-            os.close(self._mem)
-            self._mem = None
+        self.forget_memory()
         self.free_pages.clear()
         for thread in self.threads.values():
             thread.page = None
             thread.close_pidfd()  # after an exec from another thread, it names the old task
 
-    def close(self) -> None:
-        if self._mem is not None:
-            os.close(self._mem)
-            self._mem = None
 
-
-class Thread:
+class Thread(ProgramThread):
     """One traced thread and, while it runs a handler, that handler's state."""
 
     def __init__(self, tid: int, process: Process) -> None:
-        self.tid = tid
-        self.process = process
+        super().__init__(tid, process)
         self.page: int | None = None       # this thread's scratch page in the tracee
-        self._pidfd: int | None = None     # for pidfd_getfd on this thread's fd table
         self.runner: Generator | None = None
         self.saved = None                  # registers at the trap
         self.injected = False              # the trapped syscall was replaced
         self.awaiting_entry = False        # re-executing: next syscall stop is an entry
         self.held_signals: list[int] = []  # signals held back until the handler ends
         self.expected: Syscall | None = None  # the injected call running now
-        self.trapped: tuple[int, tuple[int, ...]] = (0, ())  # the call this thread stopped at
         self._scratch_used = 0
-
-    # memory (shared by the thread group) ---------------------------------------------
-    def read(self, addr: int, size: int) -> bytes:
-        return os.pread(self.process.mem_fd(self.tid), size, addr)
-
-    def write(self, addr: int, data: bytes) -> None:
-        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
-            raise OSError(errno.EFAULT, "short write to tracee memory")
-
-    def read_int(self, addr: int) -> int:
-        return struct.unpack("=i", self.read(addr, 4))[0]
-
-    # fds (this thread's fd table) ---------------------------------------------------
-    def fd_inode(self, fd: int) -> int | None:
-        """The socket inode behind fd, or None if it is no socket."""
-        try:
-            link = os.readlink(f"/proc/{self.tid}/fd/{fd}")
-        except OSError:
-            return None
-        return int(link[8:-1]) if link.startswith("socket:[") else None
-
-    def fd_cloexec(self, fd: int) -> bool:
-        with open(f"/proc/{self.tid}/fdinfo/{fd}") as info:
-            for line in info:
-                if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
-        return False
-
-    def euid(self) -> int:
-        with open(f"/proc/{self.tid}/status") as status:
-            for line in status:
-                if line.startswith("Uid:"):
-                    return int(line.split()[2])
-        raise OSError(errno.ESRCH, f"no thread {self.tid}")
-
-    def umask(self) -> int:
-        with open(f"/proc/{self.tid}/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-        return 0o022
-
-    def fds(self) -> Iterator[tuple[int, str]]:
-        """(fd, link) of each fd in this thread's table; nothing if the thread
-        is gone. Raises OSError if the table cannot be read (EMFILE...): an
-        empty answer would make live sockets look closed."""
-        try:
-            names = os.listdir(f"/proc/{self.tid}/fd")
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        for name in names:
-            try:
-                yield int(name), os.readlink(f"/proc/{self.tid}/fd/{name}")
-            except OSError:
-                continue
-
-    @contextmanager
-    def socket(self, fd: int) -> Iterator[socket.socket | None]:
-        """The tracee's socket at fd, duplicated into the supervisor (same open
-        file: options and flags set here are the tracee's); None if fd is no
-        socket. Raises OSError if the fd cannot be looked at: the caller must
-        then fail closed, not let the call through."""
-        try:
-            dup = self.duplicate(fd)
-        except OSError as err:
-            if err.errno != errno.EBADF:
-                raise
-            yield None  # no such fd: the kernel will say EBADF itself
-            return
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:  # not a socket
-            os.close(dup)
-            yield None
-            return
-        with sock:
-            yield sock
-
-    def duplicate(self, fd: int) -> int:
-        """The program's fd duplicated into the supervisor (close-on-exec):
-        the same open file. OSError(EBADF) if there is none."""
-        if self._pidfd is None:
-            self._pidfd = kernel.pidfd_open_thread(self.tid)
-        try:
-            return kernel.pidfd_getfd(self._pidfd, fd)
-        except OSError as err:
-            if err.errno == errno.EBADF:
-                raise
-            raise OSError(err.errno, f"cannot look at fd {fd} of thread {self.tid}: {err.strerror}") from None
 
     @property
     def busy(self) -> bool:
@@ -353,26 +222,18 @@ class Thread:
         for sig in held:
             kernel.tgkill(self.process.tgid, self.tid, sig)
 
-    def wait(self, fd: int, events: int, timeout_ms: int):
-        """Generator: block this thread (only) until fd is ready for `events`
-        (0: just sleep), at most timeout_ms (-1: no limit). The ready count,
-        or -errno (a signal: -EINTR or an -ERESTART* that restarts the
-        program's call). What it waits on is only a hint: callers check the
-        socket itself afterwards."""
+    def wait(self, sock: socket.socket, fd: int, events: int, timeout_ms: int):
+        """Generator: block this thread (only) until its fd (whose socket is
+        `sock`, or stands in for it) is ready for `events` (0: just sleep), at
+        most timeout_ms (-1: no limit). The ready count, or -errno (a signal:
+        -EINTR or an -ERESTART* that restarts the program's call). What it
+        waits on is only a hint: callers check the socket itself afterwards."""
         pollfd = yield Scratch(struct.pack("=ihh", fd if events else -1, events, 0))
         res = yield Syscall("poll", pollfd, 1, timeout_ms)
         # The wait stands in for a socket call's own blocking, which a signal
         # with SA_RESTART restarts (poll's ERESTARTNOHAND would say EINTR, and
         # its restart block would restart poll, not the program's call).
         return -_ERESTARTSYS if res in (-_ERESTARTNOHAND, -_ERESTART_RESTARTBLOCK) else res
-
-    def run_trapped(self, args: tuple[int, ...] | None = None):
-        """Generator: the trapped call itself (its own number; these arguments,
-        all registers, or its own), run now so the handler sees the result.
-        For calls that decide nothing on the program's memory: accepting on a
-        listener, closing an fd."""
-        nr, own = self.trapped
-        return (yield Syscall(arch.NAME[nr], *(own if args is None else args)))
 
     # ---- putting sockets into the program ------------------------------------------
     def put_socket(self, new: socket.socket, places: list[tuple[int, bool]]):
@@ -387,6 +248,19 @@ class Thread:
                 res = yield Syscall("dup3", received, fd, os.O_CLOEXEC if cloexec else 0)
         yield Syscall("close", received)
         return min(res, 0)
+
+    def give(self, sock: socket.socket, cloexec: bool, lost=None):
+        """Generator: the call's result is a new fd of the supervisor's socket
+        `sock` in the program (ours is closed). (`lost`: for a backend where
+        the call can go away before it gets the socket; a stopped thread
+        cannot.)"""
+        try:
+            fd = yield from self._receive_socket(sock)
+            if fd >= 0 and not cloexec:
+                yield Syscall("fcntl", fd, _F_SETFD, 0)
+            return fd
+        finally:
+            sock.close()
 
     def epoll_add(self, epfd: int, fd: int, events: int, data: int):
         """Generator: epoll_ctl(EPOLL_CTL_ADD) in the program; 0 or -errno."""
@@ -430,8 +304,3 @@ class Thread:
             self.process.free_pages.append(self.page)
             self.page = None
         self.close_pidfd()
-
-    def close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None

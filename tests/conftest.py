@@ -23,6 +23,31 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures" / "static-bins"
 BINS = FIXTURES / "out"
 REDIRECT = [sys.executable, "-m", "redirect"]
+# Every test that runs redirect runs once per backend: REDIRECT_BACKEND (the
+# CLI's default) picks it for each redirect the test starts.
+BACKENDS = ("notify", "ptrace")
+ONE_BACKEND = {"test_bench", "test_rules", "test_sockaddr"}  # pure code, or measures both itself
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        names = ("notify",) if metafunc.module.__name__ in ONE_BACKEND else BACKENDS
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _backend_for_redirect(backend, monkeypatch) -> None:
+    monkeypatch.setenv("REDIRECT_BACKEND", backend)
+
+
+def user_env(install: Path) -> dict[str, str]:
+    """The environment of a run as the unprivileged user, from a world-readable copy."""
+    return {"PYTHONPATH": str(install), "PATH": "/usr/bin:/bin", "REDIRECT_BACKEND": os.environ["REDIRECT_BACKEND"]}
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +187,17 @@ def wait_for_socket(path: Path, timeout: float = 10, proc: Background | None = N
 
 _SO_ACCEPTCON = 0x10000
 _SOCK_STREAM_TYPE = 1
+
+
+def gone_soon(path: Path, within: float = 3) -> bool:
+    """Whether path is gone within a few seconds: closes are not trapped, so
+    the supervisor finds a closed listener on its reap timer (about 1 s)."""
+    deadline = time.monotonic() + within
+    while os.path.lexists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _unix_socket_ready(path: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import curl_unix, free_port, redirect, run, tcp_listening, wait_for_socket
+from conftest import user_env, curl_unix, free_port, redirect, run, tcp_listening, wait_for_socket
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users needs root")
 
@@ -73,7 +73,7 @@ def test_owner_it_cannot_give_fails_closed(unprivileged_user, world_readable_ins
     port, sock = free_port(), sockdir / "o.sock"
     code = ("import socket\ns=socket.socket()\ntry:\n    s.bind(('127.0.0.1', %d))\n    print('bound')\n"
             "except OSError as e:\n    print('errno', e.errno)\n" % port)
-    env = {"PYTHONPATH": str(world_readable_install), "PATH": "/usr/bin:/bin"}
+    env = user_env(world_readable_install)
     result = subprocess.run(prefix + ["/usr/bin/python3", "-m", "redirect", "-r", f"in,port={port},path={sock},owner=root",
                                       "--", "/usr/bin/python3", "-c", code],
                             capture_output=True, text=True, timeout=30, env=env, cwd="/")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import curl_unix, free_port, tcp_listening, wait_for_socket
+from conftest import user_env, curl_unix, free_port, tcp_listening, wait_for_socket
 
 def test_runs_as_unprivileged_user(unprivileged_user, world_readable_install, background):
     user = unprivileged_user
@@ -24,7 +24,7 @@ def test_runs_as_unprivileged_user(unprivileged_user, world_readable_install, ba
                    world_readable_install / "tcp-server", "127.0.0.1", port]
         if os.geteuid() == 0:
             command = ["/usr/sbin/runuser", "-u", user.pw_name, "--"] + command
-        server = background(command, cwd="/", env={"PYTHONPATH": str(world_readable_install), "PATH": "/usr/bin:/bin"})
+        server = background(command, cwd="/", env=user_env(world_readable_install))
         wait_for_socket(sock, proc=server)
         assert os.stat(sock).st_uid == user.pw_uid
         assert curl_unix(sock).startswith("hello from tcp-server peer=127.0.0.1:")
@@ -68,7 +68,7 @@ def test_udp_reply_sockets_follow_the_servers_owner(unprivileged_user, world_rea
                            "-r", f"out,udp,port={port},path={sock}", "--",
                            world_readable_install / "udp-client", "127.0.0.1", port, "hi"]
                 result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=30,
-                                        cwd="/", env={"PYTHONPATH": str(world_readable_install), "PATH": "/usr/bin:/bin"})
+                                        cwd="/", env=user_env(world_readable_install))
                 helper.join(20)
             assert result.returncode == 0, result.stdout + result.stderr
             assert f"reply 127.0.0.1 {port} echo:hi" in result.stdout

@@ -15,7 +15,7 @@ supervisor serves others. Calls it judged, the supervisor makes itself
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, close, containment, datagram, names, send, sockopt
+from . import accept, bind_connect, containment, datagram, names, send, sockopt
 from .common import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS"]
@@ -30,10 +30,6 @@ HANDLERS = {
     "getpeername": names.getpeername,
     "getsockopt": sockopt.getsockopt,
     "setsockopt": sockopt.setsockopt,
-    "close": close.close,
-    "dup2": close.dup2,
-    "dup3": close.dup2,
-    "close_range": close.close_range,
     "sendto": send.sendto,
     "sendmsg": send.sendmsg,
     "sendmmsg": send.sendmmsg,

@@ -1,11 +1,15 @@
 """accept() and accept4(): connections to a converted listener come from an IP peer."""
 from __future__ import annotations
 
+import os
+import socket
+
 from .. import sockaddr
+from ..program import PASS
 from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
-from ..tracee import PASS
-from .common import Call, peer_uid, read_room, write_sockaddr
+from . import perform
+from .common import Call, on_socket, peer_uid, read_room, write_sockaddr
 
 
 def accept(call: Call):
@@ -17,20 +21,25 @@ def accept(call: Call):
     if listener is None or not isinstance(listener.visible, IPAddr):
         return PASS
     room = read_room(call, call.args[2])
-    return PASS if room is None else _accept(call, listener, room)
+    if room is None:
+        return PASS
+    return on_socket(call, lambda sock: _accept(call, listener, sock, room))
 
 
-def _accept(call: Call, listener: Listener, room: int):
-    # Run the program's own call (it may block), then overwrite the Unix peer
-    # address; the buffer size is the one before the kernel wrote the Unix length.
-    res = yield from call.thread.run_trapped()
-    if res < 0:
-        return res
-    inode = call.thread.fd_inode(res)
-    with call.thread.socket(res) as conn:
-        uid = peer_uid(conn) if conn is not None else None
-    if inode is not None:  # later getpeername/getsockname need no look at the socket
-        call.ctx.registry.add_accepted(inode, Accepted(listener, uid))
-    peer = sockaddr.peer_of_connection(listener.visible, inode or 0, uid)
+def _accept(call: Call, listener: Listener, sock, room: int):
+    # The supervisor accepts, writes the IP peer address the program expects,
+    # then gives the connection to the program as the call's result.
+    flags = call.args[3] if call.name == "accept4" else 0
+    conn = yield from perform.accept(call, call.args[0], sock, flags)
+    if isinstance(conn, int):
+        return conn
+    inode = os.fstat(conn.fileno()).st_ino
+    uid = peer_uid(conn)
+    call.ctx.registry.add_accepted(inode, Accepted(listener, uid))  # later getpeername/getsockname need no look
+    peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
     err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
-    return res if err == 0 else err
+    if err:
+        conn.close()
+        return err
+    kept = call.ctx.kept.setdefault(listener.inode, [])
+    return (yield from call.thread.give(conn, bool(flags & socket.SOCK_CLOEXEC), lost=kept.append))

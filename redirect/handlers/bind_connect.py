@@ -14,7 +14,7 @@ from ..identity import acting_as
 from ..peers import UNNAMED
 from ..registry import Client, Listener
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
-from ..tracee import PASS
+from ..program import PASS
 from . import datagram, datagram_send, perform
 from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, socket_type,
                      stand_in, unix_name)
@@ -180,6 +180,9 @@ def _bind(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision
         return (yield from _hand_over(call, fd, sock, kind, verdict, is_unix))
     real, blackhole = verdict.real, blackhole or verdict.rule.action == "blackhole"
     holder = None if blackhole else ctx.registry.listener_at(real)
+    if holder is not None:  # closes are not trapped: it may be closed already
+        ctx.reap()
+        holder = ctx.registry.listener_at(real)
     fresh = False  # a new socket even where --activate opened one
     if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
             and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):

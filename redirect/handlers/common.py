@@ -19,7 +19,7 @@ from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..socketfile import ReplyDirs
-from ..tracee import MemoryUnavailable, Process, Thread
+from ..program import MemoryUnavailable, Process, ProgramThread as Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
 
@@ -45,6 +45,9 @@ class Context:
     binding: set = field(default_factory=set)  # socket paths a bind is making right now
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
+    # Connections accepted for a call that went away before it got them (a
+    # signal): listener inode -> sockets, for the next accept.
+    kept: dict = field(default_factory=dict)
 
     def decide(self, direction: str, kind: str, visible: Address) -> Decision | None:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)

@@ -20,7 +20,7 @@ from ..identity import acting_as
 from ..peers import UNNAMED
 from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, UnixAddr, local_of_connection,
                         loopback, pack, peer_host, unpack)
-from ..tracee import PASS, MemoryUnavailable
+from ..program import PASS, MemoryUnavailable
 from . import perform
 from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
                      MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, cmsg, cmsgs, identify,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 
 from .. import sockaddr
-from ..tracee import PASS
+from ..program import PASS
 from . import datagram
 from .common import Call, identify, write_sockaddr
 

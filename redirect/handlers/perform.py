@@ -93,7 +93,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
     pauses = iter(_SLEEPS_MS * 64)
     while True:
         if res == -errno.EAGAIN and sock.family == AF_UNIX:  # a full backlog: retry, as the kernel waits
-            res = yield from call.thread.wait(fd, 0, next(pauses, 16))
+            res = yield from call.thread.wait(sock, fd, 0, next(pauses, 16))
             if res < 0:
                 return res
             with acting_as(call.thread.tid, _relative(address)):
@@ -101,7 +101,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             continue
         if res not in (-errno.EINPROGRESS, -errno.EALREADY):
             return res
-        res = yield from call.thread.wait(fd, POLLOUT, limit)
+        res = yield from call.thread.wait(sock, fd, POLLOUT, limit)
         if res < 0:
             return res
         if res == 0:
@@ -114,6 +114,34 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             return 0
         except OSError:
             res = -errno.EALREADY  # not there yet (the poll was woken by something else): wait again
+
+
+def accept(call: Call, fd: int, sock: socket.socket, flags: int):
+    """Generator: a connection from the listener `sock` (the supervisor's
+    duplicate of fd), made the way accept4's flags say; a blocking caller
+    waits in its own thread (SO_RCVTIMEO honoured). The supervisor's socket
+    of the connection, or -errno. Connections taken for a call that then went
+    away (a signal reached the thread first) come first: none is lost."""
+    kept = call.ctx.kept.get(os.fstat(sock.fileno()).st_ino)
+    wait = blocking(sock)
+    limit = _timeout_ms(sock, socket.SO_RCVTIMEO) if wait else 0
+    while True:
+        if kept:
+            conn = kept.pop(0)
+        else:
+            try:
+                conn = socket.socket(fileno=_nonblocking_call(sock, lambda: sock._accept()[0]))
+            except OSError as err:
+                if err.errno != errno.EAGAIN or not wait:
+                    return -(err.errno or errno.EIO)
+                res = yield from call.thread.wait(sock, fd, POLLIN, limit)
+                if res < 0:
+                    return res
+                if res == 0 and limit >= 0:
+                    return -errno.EAGAIN  # SO_RCVTIMEO ran out
+                continue
+        conn.setblocking(not flags & socket.SOCK_NONBLOCK)
+        return conn
 
 
 @dataclass
@@ -222,7 +250,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
         elif res != -errno.EAGAIN or not wait:
             return sent or res
         if stream:
-            res = yield from call.thread.wait(fd, POLLOUT, limit)
+            res = yield from call.thread.wait(sock, fd, POLLOUT, limit)
             if res == 0:
                 return sent or -errno.EAGAIN  # SO_SNDTIMEO ran out
         else:  # a datagram: poll cannot tell when the receiver has room; try again a little later
@@ -232,7 +260,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
                     return len(data)
                 pauses = iter((16,))
                 pause = 16
-            res = yield from call.thread.wait(fd, 0, pause)
+            res = yield from call.thread.wait(sock, fd, 0, pause)
         if res < 0:
             return sent or res
 
@@ -280,7 +308,7 @@ def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int
             return (len(data), data) + got[2:]
         elif got[0] != -errno.EAGAIN or not wait:
             return (have, b"".join(parts), b"", b"", 0) if parts else got[0]
-        res = yield from call.thread.wait(fd, POLLIN, limit)
+        res = yield from call.thread.wait(sock, fd, POLLIN, limit)
         if res < 0 or (res == 0 and limit >= 0):
             if parts:
                 return have, b"".join(parts), b"", b"", 0

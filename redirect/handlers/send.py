@@ -14,7 +14,7 @@ import socket
 
 from ..decision import SEALED_REASON
 from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
-from ..tracee import PASS
+from ..program import PASS
 from . import datagram_send, perform
 from .bind_connect import connect_to
 from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,

@@ -11,7 +11,7 @@ import socket
 import struct
 
 from ..sockaddr import IPAddr
-from ..tracee import PASS
+from ..program import PASS
 from .common import Call, identify
 
 SO_PROTOCOL, SO_DOMAIN = 38, 39

@@ -1,0 +1,511 @@
+"""The notify backend: seccomp user notification (SECCOMP_RET_USER_NOTIF).
+
+The program runs untraced. A trapped call waits in the kernel until the
+supervisor answers it: the supervisor reads the call's memory (checked with
+ID_VALID after every read: the bytes are the waiting call's), takes
+duplicates of its fds (pidfd_getfd), makes the calls it judged itself
+(handlers/perform.py), puts sockets into the program with ADDFD (SETFD at a
+number; SEND as the call's result, installing and answering in one step),
+and answers. CONTINUE (PASS) is only ever the answer to calls on which
+nothing was decided.
+
+A call that must wait (a blocking accept, connect, receive) is simply not
+answered yet: the supervisor watches the socket itself and serves other
+calls meanwhile. A signal to the waiting thread ends the notification as it
+ends a wait on a real socket (EINTR, or a restart under SA_RESTART); what the
+supervisor took for it by then goes to the next call.
+
+No ptrace anywhere: the program's signals cost nothing, strace -p and gdb -p
+attach to it, and it may trace its own children.
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import select
+import signal
+import socket
+import time
+import types
+from dataclasses import dataclass, field
+
+from . import kernel, seccomp_filter
+from .program import PASS, MemoryUnavailable, Process, ProgramThread
+from .supervisor import Supervisor, Unavailable
+
+_SWEEP_EVERY = 0.1  # seconds: how soon a wait whose call went away (a signal) lets go of its socket
+
+
+class CallGone(BaseException):
+    """The call is no longer waiting for an answer (a signal, the thread
+    ended): its handler is dropped without one. Not an Exception: no
+    handler's error path may swallow it."""
+
+
+@dataclass
+class Give:
+    """A handler's answer: the call's result is a new fd of this socket."""
+    sock: socket.socket
+    cloexec: bool
+    lost: object = None  # called with the socket if the call went away first
+
+
+@dataclass
+class Wait:
+    """A handler waits: for fileno to be ready for events (0: a pause), at
+    most timeout_ms (-1: no limit)."""
+    fileno: int
+    events: int
+    timeout_ms: int
+
+
+def _now(value):
+    """A backend act that is done at once, as the generator handlers expect."""
+    return value
+    yield  # noqa: B901 (makes this a generator)
+
+
+class Task:
+    """A thread of the program seen in a notification: its pidfd (for its fd
+    table, and to tell that it ended) and its process."""
+
+    def __init__(self, tid: int, process: Process) -> None:
+        self.tid = tid
+        self.process = process
+        self.pidfd = kernel.pidfd_open_thread(tid)
+        self._poll = select.poll()
+        self._poll.register(self.pidfd, select.POLLIN)
+
+    def alive(self) -> bool:
+        return not self._poll.poll(0)
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+class Notified(ProgramThread):
+    """The thread of one notification, and the acts handlers ask for
+    (handlers/__init__.py), done by the supervisor."""
+
+    def __init__(self, backend: "NotifyBackend", task: Task, ident: int) -> None:
+        super().__init__(task.tid, task.process)
+        self._pidfd = task.pidfd  # the task's: not closed with this call
+        self.ident = ident
+        self.listener = backend.listener
+
+    def valid(self) -> bool:
+        return kernel.notif_id_valid(self.listener, self.ident)
+
+    def read(self, addr: int, size: int) -> bytes:
+        data = os.pread(self.process.mem_fd(self.tid), size, addr)
+        if not data and size:  # the open memory is of an image gone (exec, or the pid reused)
+            self.process.forget_memory()
+            data = os.pread(self.process.mem_fd(self.tid), size, addr)
+        # Only bytes read while the call still waits are the call's.
+        if not self.valid():
+            raise CallGone
+        return data
+
+    def write(self, addr: int, data: bytes) -> None:
+        if not self.valid():
+            raise CallGone
+        super().write(addr, data)
+
+    def wait(self, sock: socket.socket, fd: int, events: int, timeout_ms: int):
+        return (yield Wait(sock.fileno(), events, timeout_ms))
+
+    def put_socket(self, new: socket.socket, places: list[tuple[int, bool]]):
+        for fd, cloexec in places:
+            try:
+                kernel.notif_addfd(self.listener, self.ident, new.fileno(), fd, kernel.SECCOMP_ADDFD_FLAG_SETFD,
+                                   cloexec)
+            except OSError as err:
+                return _now(-(err.errno or errno.EIO))
+        return _now(0)
+
+    def give(self, sock: socket.socket, cloexec: bool, lost=None):
+        return _now(Give(sock, cloexec, lost))
+
+    def epoll_add(self, epfd: int, fd: int, events: int, data: int):
+        """Made by the supervisor in the program's epoll instance, with the
+        socket at the program's own fd number in our table for the moment:
+        an epoll registration is of (file, fd number), and the program will
+        name it by its number."""
+        try:
+            ep, target = self.duplicate(epfd), self.duplicate(fd)
+        except OSError as err:
+            return _now(-(err.errno or errno.EBADF))
+        try:
+            return _now(_at_number(target, fd, lambda: kernel.epoll_ctl_add(ep, fd, events, data)))
+        finally:
+            os.close(ep)
+            os.close(target)
+
+
+def _at_number(fileno: int, number: int, do):
+    """do() with our fd `number` referring to fileno's file; whatever of ours
+    was at that number is back afterwards."""
+    if number == fileno:
+        return do()
+    saved = inheritable = None
+    try:
+        inheritable = os.get_inheritable(number)
+        saved = os.dup(number)
+    except OSError:
+        pass  # the number is free here
+    os.dup2(fileno, number, inheritable=False)
+    try:
+        return do()
+    finally:
+        if saved is None:
+            os.close(number)
+        else:
+            os.dup2(saved, number, inheritable=inheritable)
+            os.close(saved)
+
+
+@dataclass(eq=False)
+class Pending:
+    """A call being handled: its thread, and its handler while it waits."""
+    thread: Notified
+    nr: int
+    args: tuple[int, ...]
+    handler: types.GeneratorType | None = None
+    key: int = -1                     # our fd in the epoll set while waiting on a socket
+    timer: int = 0                    # which timer entry is current
+    started: float = field(default_factory=time.monotonic)
+
+
+class NotifyBackend:
+    NAME = "notify"
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        if not kernel.has_user_notification():
+            raise Unavailable("this kernel has no seccomp user notification (Linux 5.0)")
+        self.sup = supervisor
+        self.log = supervisor.log
+        self.tasks: dict[int, Task] = {}
+        self.processes: dict[int, Process] = {}
+        self.waiting: dict[int, Pending] = {}     # epoll key -> call
+        self.parked: set[Pending] = set()         # every call that waits (on a socket or a timer)
+        self.timers: list[tuple[float, int, Pending]] = []
+        self.replay: dict[int, tuple[int, tuple[int, ...], int]] = {}
+        self.listener = -1
+        self.sync_wake_up = False
+        self._seq = 0
+        self._next_sweep = 0.0
+
+    def describe(self) -> str:
+        why = "--backend notify" if self.sup.requested == "notify" else "the kernel has what it needs"
+        speed = "sync wake-up" if self.sync_wake_up else \
+            "without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): each call costs a cross-CPU wake-up"
+        return f"notify (seccomp user notification; {why}; {speed})"
+
+    # ---- start ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        flt = seccomp_filter.build(self.sup.ctx.rules, sealed=self.sup.ctx.sealed, backend="notify")
+        memfd = os.memfd_create("redirect-filter", os.MFD_CLOEXEC)
+        try:
+            with open(memfd, "wb", closefd=False) as out:
+                flt.export_bpf(out)
+            self.program = os.pread(memfd, os.fstat(memfd).st_size, 0)
+        finally:
+            os.close(memfd)
+
+    def in_child(self, go: int, report: int) -> None:
+        # Nothing the filter traps runs between here and the exec: read,
+        # write and close are not trapped (the supervisor has no listener yet).
+        fd = kernel.load_filter_with_listener(self.program)
+        os.write(report, str(fd).encode())
+        if os.read(go, 1) != b"g":
+            os._exit(1)
+        os.close(fd)
+
+    def started(self, pid: int, go: int, report: int) -> None:
+        number = os.read(report, 16)
+        if not number:  # the child failed before: say why
+            stage, err = self.sup.child_failure() or ("other", 0)
+            if stage == "seccomp" and err == errno.EBUSY:
+                raise Unavailable("another seccomp notifier watches this process already (EBUSY): the kernel "
+                                  "allows one listener")
+            if stage == "seccomp":
+                raise Unavailable(f"installing the filter failed: {os.strerror(err)}")
+            raise Unavailable(f"the child failed at {stage}: {os.strerror(err)}")
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.listener = kernel.pidfd_getfd(pidfd, int(number))
+        finally:
+            os.close(pidfd)
+        features = kernel.notif_features(self.listener)
+        if not features["addfd"]:
+            raise Unavailable("this kernel cannot put fds into a notified process (SECCOMP_IOCTL_NOTIF_ADDFD, "
+                              "Linux 5.9)")
+        if not features["addfd_send"]:
+            raise Unavailable("this kernel has no SECCOMP_ADDFD_FLAG_SEND (Linux 5.14): without it an fd "
+                              "given as a call's result could be lost to a signal")
+        self.sync_wake_up = kernel.notif_sync_wake_up(self.listener)
+        process = self.processes[pid] = Process(pid)
+        self.tasks[pid] = Task(pid, process)
+        os.write(go, b"g")
+
+    # ---- the tree --------------------------------------------------------------------
+    def pids(self) -> list[int]:
+        """Every process of the program's tree now (they are all below us:
+        we are their subreaper)."""
+        found, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            for tid in _tasks_of(pid):
+                for child in _children_of(pid, tid):
+                    found.append(child)
+                    todo.append(child)
+        return found
+
+    def holders(self):
+        for pid in self.pids():
+            process = Process(pid)
+            for tid in _tasks_of(pid):
+                yield ProgramThread(tid, process)
+
+    # ---- the loop --------------------------------------------------------------------
+    def loop(self) -> None:
+        self.epoll = select.epoll()
+        self.epoll.register(self.listener, select.EPOLLIN)
+        children = kernel.signalfd({signal.SIGCHLD})
+        self.epoll.register(children, select.EPOLLIN)
+        self.done = False
+        try:
+            self._children()
+            while not self.done:
+                for key, events in self.epoll.poll(self._timeout()):
+                    if key == self.listener:
+                        if events & select.EPOLLIN:
+                            self._receive()
+                        elif events & select.EPOLLHUP:  # no task left under the filter
+                            self.epoll.unregister(self.listener)
+                    elif key == children:
+                        os.read(children, 4096)
+                        self._children()
+                    else:
+                        self._ready(key)
+                self._timers()
+        finally:
+            for pending in list(self.parked):
+                self._drop(pending)
+            os.close(children)
+            self.epoll.close()
+            os.close(self.listener)
+            for task in self.tasks.values():
+                task.close()
+            for process in self.processes.values():
+                process.close()
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        until = self.sup.next_reap if self.sup.ctx.registry.listener_inodes or \
+            self.sup.ctx.registry.bound_clients else now + 3600
+        if self.parked:
+            until = min(until, self._next_sweep)
+        if self.timers:
+            until = min(until, self.timers[0][0])
+        return max(until - now, 0)
+
+    def _children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.done = True
+                return
+            if pid == 0:
+                return
+            process = self.processes.pop(pid, None)
+            if process is not None:
+                process.close()
+            for tid in [tid for tid, task in self.tasks.items() if task.process.tgid == pid]:
+                self.tasks.pop(tid).close()
+            self.sup.process_ended(pid, status)
+
+    def _task(self, tid: int) -> Task:
+        task = self.tasks.get(tid)
+        if task is not None:
+            if task.alive():
+                return task
+            self.tasks.pop(tid).close()  # the tid is another thread's now
+        tgid = kernel.tgid_of(tid)
+        process = self.processes.get(tgid)
+        if process is None:
+            process = self.processes[tgid] = Process(tgid)
+        task = self.tasks[tid] = Task(tid, process)
+        return task
+
+    def _receive(self) -> None:
+        try:
+            ident, tid, nr, audit_arch, args = kernel.notif_receive(self.listener)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.EINTR):
+                return  # the call went away between the wake-up and now
+            raise
+        again = self.replay.pop(tid, None)
+        if again is not None and again[:2] == (nr, args):
+            # The same call again: its answer was lost to a signal after the
+            # supervisor had made it. Made once; answered now.
+            self._send(ident, again[2])
+            return
+        if audit_arch != kernel.AUDIT_ARCH_X86_64:
+            self.log(0, f"pid {tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
+            self._send(ident, -errno.ENOSYS)
+            return
+        try:
+            task = self._task(tid)
+        except OSError:
+            self._send(ident, -errno.ESRCH)  # gone already: nobody reads this
+            return
+        pending = Pending(Notified(self, task, ident), nr, args)
+        try:
+            outcome = self.sup.handle(pending.thread, nr, args)
+        except CallGone:
+            return
+        if isinstance(outcome, types.GeneratorType):
+            pending.handler = outcome
+            self._step(pending, None)
+        else:
+            self._answer(pending, outcome)
+
+    def _step(self, pending: Pending, value) -> None:
+        try:
+            request = pending.handler.send(value)
+        except StopIteration as stop:
+            self._answer(pending, stop.value)
+            return
+        except CallGone:
+            return
+        except OSError as err:
+            self.log(0, f"a trapped call in pid {pending.thread.tid}: {err.strerror or err}; the call fails with EIO")
+            self._answer(pending, -errno.EIO)
+            return
+        except Exception:
+            self.sup.internal_error("a trapped call")
+            self._answer(pending, -errno.EIO)
+            return
+        self._park(pending, request)
+
+    def _answer(self, pending: Pending, result) -> None:
+        thread = pending.thread
+        if isinstance(result, Give):
+            try:
+                kernel.notif_addfd(self.listener, thread.ident, result.sock.fileno(),
+                                   flags=kernel.SECCOMP_ADDFD_FLAG_SEND, cloexec=result.cloexec)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS) and result.lost is not None:
+                    result.lost(result.sock)  # the call went away: the next one gets it
+                    self._wake_all()
+                    return
+                result.sock.close()
+                if err.errno not in (errno.ENOENT, errno.ESRCH):
+                    self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
+                return
+            result.sock.close()
+            return
+        if result is None:
+            result = -errno.EIO  # a handler that forgot to answer: never let the call through
+        if not self._send(thread.ident, result) and result is not PASS:
+            self.replay[thread.tid] = (pending.nr, pending.args, result)
+
+    def _send(self, ident: int, result) -> bool:
+        """Answer; False if the call is no longer there to answer."""
+        try:
+            if result is PASS:
+                kernel.notif_send(self.listener, ident, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+            elif result < 0:
+                kernel.notif_send(self.listener, ident, 0, result)
+            else:
+                kernel.notif_send(self.listener, ident, result, 0)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    # ---- calls that wait -------------------------------------------------------------
+    def _park(self, pending: Pending, wait) -> None:
+        if not isinstance(wait, Wait):
+            self.sup.internal_error(f"a trapped call (it asked for {wait!r})")
+            pending.handler.close()
+            self._answer(pending, -errno.EIO)
+            return
+        if wait.events:
+            pending.key = os.dup(wait.fileno)  # a key of its own: two calls may wait on one socket
+            self.waiting[pending.key] = pending
+            self.epoll.register(pending.key, wait.events | select.EPOLLONESHOT)
+        self._seq += 1
+        pending.timer = self._seq
+        if wait.timeout_ms >= 0:
+            heapq.heappush(self.timers, (time.monotonic() + wait.timeout_ms / 1000, self._seq, pending))
+        if not self.parked:
+            self._next_sweep = time.monotonic() + _SWEEP_EVERY
+        self.parked.add(pending)
+
+    def _unpark(self, pending: Pending) -> None:
+        self.parked.discard(pending)
+        pending.timer = 0
+        if pending.key >= 0:
+            self.waiting.pop(pending.key, None)
+            self.epoll.unregister(pending.key)
+            os.close(pending.key)
+            pending.key = -1
+
+    def _resume(self, pending: Pending, value: int) -> None:
+        self._unpark(pending)
+        if not pending.thread.valid():
+            pending.handler.close()  # a signal ended the call: nothing was taken for it
+            return
+        self._step(pending, value)
+
+    def _drop(self, pending: Pending) -> None:
+        self._unpark(pending)
+        pending.handler.close()
+
+    def _ready(self, key: int) -> None:
+        pending = self.waiting.get(key)
+        if pending is not None:
+            self._resume(pending, 1)
+
+    def _wake_all(self) -> None:
+        """Something was put back for the next call (a connection): every
+        waiting call looks again."""
+        for pending in list(self.parked):
+            if pending in self.parked:
+                self._resume(pending, 1)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, seq, pending = heapq.heappop(self.timers)
+            if pending.timer == seq:
+                self._resume(pending, 0)
+        if self.parked and now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+            for pending in list(self.parked):
+                if not pending.thread.valid():
+                    self._drop(pending)
+        self.sup.reap_if_due()
+
+
+def _tasks_of(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _children_of(pid: int, tid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+__all__ = ["NotifyBackend", "MemoryUnavailable"]

@@ -1,0 +1,162 @@
+"""The program as both backends see it from outside: a thread's fds through
+pidfd_getfd and /proc, a process's memory through /proc/PID/mem. What a
+backend adds is how it answers a call (tracee.py: ptrace; notify.py: seccomp
+user notification); handlers/__init__.py lists the whole interface."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from . import kernel
+
+
+class _Pass:
+    """A handler's explicit answer: let the trapped syscall run as it is. Only
+    for calls where nothing was decided on memory or fds the program can still
+    change (a handler that returns nothing is a bug, and its call fails)."""
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = _Pass()
+
+
+class MemoryUnavailable(OSError):
+    """The program's memory cannot be reached at all (not: a bad address)."""
+
+
+class Process:
+    """A thread group and its memory. (File descriptors are looked up per
+    thread: a thread may have its own fd table, and the leader may have
+    exited while other threads run.)"""
+
+    def __init__(self, tgid: int) -> None:
+        self.tgid = tgid
+        self.threads: dict[int, ProgramThread] = {}
+        self._mem: int | None = None
+
+    def mem_fd(self, tid: int) -> int:
+        """/proc/TID/mem, opened through a thread that is in a call right now
+        (the leader may be a zombie); the open file keeps the address space."""
+        if self._mem is None:
+            try:
+                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            except OSError as err:
+                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
+                                                   f"{err.strerror}") from None
+        return self._mem
+
+    def forget_memory(self) -> None:
+        """A new program image (exec): the open memory file names the old one."""
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+
+    close = forget_memory
+
+
+class ProgramThread:
+    """One thread of the program: its fd table and its process's memory."""
+
+    def __init__(self, tid: int, process: Process) -> None:
+        self.tid = tid
+        self.process = process
+        self._pidfd: int | None = None     # for pidfd_getfd on this thread's fd table
+
+    # memory (shared by the thread group) ---------------------------------------------
+    def read(self, addr: int, size: int) -> bytes:
+        return os.pread(self.process.mem_fd(self.tid), size, addr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
+            raise OSError(errno.EFAULT, "short write to the program's memory")
+
+    def read_int(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 4), "little", signed=True)
+
+    # fds (this thread's fd table) ---------------------------------------------------
+    def fd_inode(self, fd: int) -> int | None:
+        """The socket inode behind fd, or None if it is no socket."""
+        try:
+            link = os.readlink(f"/proc/{self.tid}/fd/{fd}")
+        except OSError:
+            return None
+        return int(link[8:-1]) if link.startswith("socket:[") else None
+
+    def fd_cloexec(self, fd: int) -> bool:
+        with open(f"/proc/{self.tid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        return False
+
+    def euid(self) -> int:
+        with open(f"/proc/{self.tid}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+        raise OSError(errno.ESRCH, f"no thread {self.tid}")
+
+    def umask(self) -> int:
+        with open(f"/proc/{self.tid}/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+        return 0o022
+
+    def fds(self) -> Iterator[tuple[int, str]]:
+        """(fd, link) of each fd in this thread's table; nothing if the thread
+        is gone. Raises OSError if the table cannot be read (EMFILE...): an
+        empty answer would make live sockets look closed."""
+        try:
+            names = os.listdir(f"/proc/{self.tid}/fd")
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        for name in names:
+            try:
+                yield int(name), os.readlink(f"/proc/{self.tid}/fd/{name}")
+            except OSError:
+                continue
+
+    @contextmanager
+    def socket(self, fd: int) -> Iterator[socket.socket | None]:
+        """The program's socket at fd, duplicated into the supervisor (same
+        open file: options and flags set here are the program's); None if fd
+        is no socket. Raises OSError if the fd cannot be looked at: the caller
+        must then fail closed, not let the call through."""
+        try:
+            dup = self.duplicate(fd)
+        except OSError as err:
+            if err.errno != errno.EBADF:
+                raise
+            yield None  # no such fd: the kernel will say EBADF itself
+            return
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
+            yield None
+            return
+        with sock:
+            yield sock
+
+    def duplicate(self, fd: int) -> int:
+        """The program's fd duplicated into the supervisor (close-on-exec):
+        the same open file. OSError(EBADF) if there is none."""
+        if self._pidfd is None:
+            self._pidfd = kernel.pidfd_open_thread(self.tid)
+        try:
+            return kernel.pidfd_getfd(self._pidfd, fd)
+        except OSError as err:
+            if err.errno == errno.EBADF:
+                raise
+            raise OSError(err.errno, f"cannot look at fd {fd} of thread {self.tid}: {err.strerror}") from None
+
+    def close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
