@@ -44,6 +44,28 @@ NR = {
 }
 NAME = {nr: name for name, nr in NR.items()}
 
+# The arguments the kernel takes as 32-bit (int; unsigned int where the
+# second table says): it reads only the low half of the register, and so
+# must we (the upper half is the program's to fill with anything). Pointers
+# and sizes are 64-bit.
+INT_ARGS = {
+    "socket": (0, 1, 2), "bind": (0, 2), "connect": (0, 2), "listen": (0, 1), "accept": (0,),
+    "accept4": (0, 3), "getsockname": (0,), "getpeername": (0,), "setsockopt": (0, 1, 2, 4),
+    "getsockopt": (0, 1, 2), "sendto": (0, 3, 5), "sendmsg": (0, 2), "sendmmsg": (0, 2, 3),
+    "recvfrom": (0, 3), "recvmsg": (0, 2), "recvmmsg": (0, 2, 3), "seccomp": (0, 1), "pidfd_getfd": (0, 1, 2),
+    "process_vm_writev": (0,), "ptrace": (1,),
+}
+UNSIGNED_ARGS = {"sendmsg": (2,), "sendmmsg": (2, 3), "recvmsg": (2,), "recvmmsg": (2, 3), "seccomp": (0, 1),
+                 "pidfd_getfd": (2,)}
+
+
+def c_args(name: str, args: tuple[int, ...]) -> tuple[int, ...]:
+    """The arguments as the kernel reads them: 32-bit ones cut to their low half."""
+    ints, unsigned = INT_ARGS.get(name, ()), UNSIGNED_ARGS.get(name, ())
+    return tuple(a & 0xFFFFFFFF if i in unsigned else ((a & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000 if i in ints
+                 else a for i, a in enumerate(args))
+
+
 # Registers of the syscall ABI: number, arguments, result, program counter.
 NR_REG = "orig_rax"
 RESULT_REG = "rax"

@@ -1,4 +1,4 @@
-"""The kernel calls python-ptrace and pyseccomp lack, in one place.
+"""The kernel calls python-ptrace lacks, and libseccomp's filter builder, in one place.
 
 Everything here is a thin binding: constants, ctypes calls, no policy.
 """
@@ -15,7 +15,7 @@ import types
 
 @contextlib.contextmanager
 def _fixed_sonames():
-    """python-ptrace and pyseccomp use ctypes.util only for find_library, at
+    """python-ptrace uses ctypes.util only for find_library, at
     import. The real module runs ldconfig/gcc in a subprocess (~40 ms a call)
     and imports subprocess, shutil and tempfile (~20 ms); on Linux the sonames
     are fixed. So they get a stand-in while they import, then it is gone."""
@@ -33,11 +33,6 @@ def _fixed_sonames():
         else:
             sys.modules["ctypes.util"] = ctypes.util = real
 
-
-with _fixed_sonames():
-    import pyseccomp  # noqa: E402  (re-exported for the filter module)
-
-__all__ = ["pyseccomp"]
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -70,6 +65,96 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: wait for threads and clones too
 
 PR_SET_PDEATHSIG = 1
+
+
+# ---- libseccomp: building a filter (its compiler; loading stays ours for notify) -------
+# A binding of the few calls used (pyseccomp's import, with typing, cost ~3 ms of
+# a start-up budget of 30).
+class seccomp:  # noqa: N801 (a namespace, as the library's names)
+    ALLOW, NOTIFY = 0x7FFF0000, 0x7FC00000
+    NE, EQ, GT, MASKED_EQ = 1, 4, 6, 7
+    ATTR_ACT_BADARCH = 2
+    ARCH_X86 = 0x40000003
+
+    @staticmethod
+    def ERRNO(value: int) -> int:  # noqa: N802
+        return 0x00050000 | (value & 0xFFFF)
+
+    @staticmethod
+    def TRACE(value: int) -> int:  # noqa: N802
+        return 0x7FF00000 | (value & 0xFFFF)
+
+
+_seccomp = None
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+
+
+def _libseccomp():
+    global _seccomp
+    if _seccomp is None:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = (ctypes.c_uint32,)
+        lib.seccomp_release.argtypes = (ctypes.c_void_p,)
+        lib.seccomp_attr_set.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)
+        lib.seccomp_arch_add.argtypes = lib.seccomp_arch_remove.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+        lib.seccomp_rule_add_array.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.c_void_p)
+        lib.seccomp_merge.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+        lib.seccomp_load.argtypes = (ctypes.c_void_p,)
+        lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
+        _seccomp = lib
+    return _seccomp
+
+
+def _seccomp_check(res: int, what: str) -> None:
+    if res < 0:
+        raise OSError(-res, f"libseccomp {what}: {os.strerror(-res)}")
+
+
+class SeccompFilter:
+    """A filter being built by libseccomp: rules are (action, syscall name,
+    (argument, op, a[, b])...)."""
+
+    def __init__(self, default: int) -> None:
+        self._lib = _libseccomp()
+        self._ctx = self._lib.seccomp_init(default)
+        if not self._ctx:
+            raise OSError(errno.ENOMEM, "libseccomp: seccomp_init failed")
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._lib.seccomp_release(self._ctx)
+
+    def set_attr(self, attr: int, value: int) -> None:
+        _seccomp_check(self._lib.seccomp_attr_set(self._ctx, attr, value), "attr_set")
+
+    def add_arch(self, arch: int) -> None:
+        _seccomp_check(self._lib.seccomp_arch_add(self._ctx, arch), "arch_add")
+
+    def remove_native_arch(self) -> None:
+        _seccomp_check(self._lib.seccomp_arch_remove(self._ctx, 0), "arch_remove")
+
+    def add_rule(self, action: int, name: str, *args: tuple[int, ...]) -> None:
+        nr = self._lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0 and nr > -100:  # __NR_SCMP_ERROR; pseudo-syscalls (socketcall's) are below -100
+            raise OSError(errno.EINVAL, f"libseccomp does not know the syscall {name}")
+        cmps = (_ArgCmp * max(len(args), 1))(*(_ArgCmp(*arg, *(0,) * (4 - len(arg))) for arg in args))
+        _seccomp_check(self._lib.seccomp_rule_add_array(self._ctx, action, nr, len(args), cmps), f"rule {name}")
+
+    def merge(self, other: "SeccompFilter") -> None:
+        _seccomp_check(self._lib.seccomp_merge(self._ctx, other._ctx), "merge")
+        other._ctx = None  # merged into this one
+
+    def load(self) -> None:
+        _seccomp_check(self._lib.seccomp_load(self._ctx), "load")
+
+    def export_bpf(self, fd: int) -> None:
+        _seccomp_check(self._lib.seccomp_export_bpf(self._ctx, fd), "export_bpf")
 
 _SYS_TGKILL = 234
 _SYS_PIDFD_GETFD = 438

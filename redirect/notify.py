@@ -25,10 +25,8 @@ import heapq
 import os
 import select
 import signal
-import socket
 import time
 import types
-from dataclasses import dataclass, field
 
 from . import kernel, seccomp_filter
 from .program import PASS, MemoryUnavailable, Process, ProgramThread
@@ -43,21 +41,22 @@ class CallGone(BaseException):
     handler's error path may swallow it."""
 
 
-@dataclass
 class Give:
-    """A handler's answer: the call's result is a new fd of this socket."""
-    sock: socket.socket
-    cloexec: bool
-    lost: object = None  # called with the socket if the call went away first
+    """A handler's answer: the call's result is a new fd of this socket
+    (`lost` is called with it if the call went away first)."""
+    __slots__ = ("sock", "cloexec", "lost")
+
+    def __init__(self, sock: socket.socket, cloexec: bool, lost=None) -> None:
+        self.sock, self.cloexec, self.lost = sock, cloexec, lost
 
 
-@dataclass
 class Wait:
     """A handler waits: for fileno to be ready for events (0: a pause), at
     most timeout_ms (-1: no limit)."""
-    fileno: int
-    events: int
-    timeout_ms: int
+    __slots__ = ("fileno", "events", "timeout_ms")
+
+    def __init__(self, fileno: int, events: int, timeout_ms: int) -> None:
+        self.fileno, self.events, self.timeout_ms = fileno, events, timeout_ms
 
 
 def _now(value):
@@ -76,41 +75,50 @@ class Task:
         self.pidfd = kernel.pidfd_open_thread(tid)
         self._poll = select.poll()
         self._poll.register(self.pidfd, select.POLLIN)
+        process.threads[tid] = self
 
     def alive(self) -> bool:
         return not self._poll.poll(0)
 
     def close(self) -> None:
         os.close(self.pidfd)
+        self.process.threads.pop(self.tid, None)
 
 
 class Notified(ProgramThread):
     """The thread of one notification, and the acts handlers ask for
     (handlers/__init__.py), done by the supervisor."""
+    progress_lost_to_signals = True
 
     def __init__(self, backend: "NotifyBackend", task: Task, ident: int) -> None:
         super().__init__(task.tid, task.process)
         self._pidfd = task.pidfd  # the task's: not closed with this call
         self.ident = ident
         self.listener = backend.listener
+        # The memory is opened per call: a cached one could be of an image
+        # the thread left (an exec after vfork leaves the parent's alive).
+        self.memory = Process(task.process.tgid)
 
     def valid(self) -> bool:
         return kernel.notif_id_valid(self.listener, self.ident)
 
     def read(self, addr: int, size: int) -> bytes:
-        data = os.pread(self.process.mem_fd(self.tid), size, addr)
-        if not data and size:  # the open memory is of an image gone (exec, or the pid reused)
-            self.process.forget_memory()
-            data = os.pread(self.process.mem_fd(self.tid), size, addr)
-        # Only bytes read while the call still waits are the call's.
+        data = os.pread(self.memory.mem_fd(self.tid), size, addr)
+        # Only bytes read while the call still waits are the call's (the
+        # open also: the tid could be another thread's by now).
         if not self.valid():
             raise CallGone
         return data
 
     def write(self, addr: int, data: bytes) -> None:
-        if not self.valid():
-            raise CallGone
-        super().write(addr, data)
+        # Not checked: these are results of a call the supervisor made
+        # already (a datagram taken, an address); if the call went away, it
+        # is made again with the same buffer and answered from `replay`.
+        if os.pwrite(self.memory.mem_fd(self.tid), data, addr) != len(data):
+            raise OSError(errno.EFAULT, "short write to the program's memory")
+
+    def done(self) -> None:
+        self.memory.close()
 
     def wait(self, sock: socket.socket, fd: int, events: int, timeout_ms: int):
         return (yield Wait(sock.fileno(), events, timeout_ms))
@@ -138,6 +146,8 @@ class Notified(ProgramThread):
             return _now(-(err.errno or errno.EBADF))
         try:
             return _now(_at_number(target, fd, lambda: kernel.epoll_ctl_add(ep, fd, events, data)))
+        except OSError as err:
+            return _now(-(err.errno or errno.EIO))
         finally:
             os.close(ep)
             os.close(target)
@@ -151,9 +161,11 @@ def _at_number(fileno: int, number: int, do):
     saved = inheritable = None
     try:
         inheritable = os.get_inheritable(number)
+    except OSError as err:
+        if err.errno != errno.EBADF:
+            raise
+    else:  # the number is one of ours: kept aside (EMFILE: the act fails, ours stays)
         saved = os.dup(number)
-    except OSError:
-        pass  # the number is free here
     os.dup2(fileno, number, inheritable=False)
     try:
         return do()
@@ -165,16 +177,18 @@ def _at_number(fileno: int, number: int, do):
             os.close(saved)
 
 
-@dataclass(eq=False)
 class Pending:
     """A call being handled: its thread, and its handler while it waits."""
-    thread: Notified
-    nr: int
-    args: tuple[int, ...]
-    handler: types.GeneratorType | None = None
-    key: int = -1                     # our fd in the epoll set while waiting on a socket
-    timer: int = 0                    # which timer entry is current
-    started: float = field(default_factory=time.monotonic)
+    __slots__ = ("thread", "nr", "args", "handler", "key", "timer")
+
+    def __init__(self, thread: Notified, nr: int, args: tuple[int, ...]) -> None:
+        self.thread, self.nr, self.args = thread, nr, args
+        self.handler: types.GeneratorType | None = None
+        self.key = -1    # our fd in the epoll set while waiting on a socket
+        self.timer = 0   # which timer entry is current
+
+    def __lt__(self, other: "Pending") -> bool:  # ties in the timer heap never compare calls
+        return False
 
 
 class NotifyBackend:
@@ -191,6 +205,7 @@ class NotifyBackend:
         self.parked: set[Pending] = set()         # every call that waits (on a socket or a timer)
         self.timers: list[tuple[float, int, Pending]] = []
         self.replay: dict[int, tuple[int, tuple[int, ...], int]] = {}
+        self.ended: dict[int, Task] = {}           # task pidfd -> task
         self.listener = -1
         self.sync_wake_up = False
         self._seq = 0
@@ -204,11 +219,10 @@ class NotifyBackend:
 
     # ---- start ---------------------------------------------------------------------
     def prepare(self) -> None:
-        flt = seccomp_filter.build(self.sup.ctx.rules, sealed=self.sup.ctx.sealed, backend="notify")
+        flt = seccomp_filter.build(self.sup.rules, sealed=self.sup.sealed, backend="notify")
         memfd = os.memfd_create("redirect-filter", os.MFD_CLOEXEC)
         try:
-            with open(memfd, "wb", closefd=False) as out:
-                flt.export_bpf(out)
+            flt.export_bpf(memfd)
             self.program = os.pread(memfd, os.fstat(memfd).st_size, 0)
         finally:
             os.close(memfd)
@@ -245,8 +259,6 @@ class NotifyBackend:
             raise Unavailable("this kernel has no SECCOMP_ADDFD_FLAG_SEND (Linux 5.14): without it an fd "
                               "given as a call's result could be lost to a signal")
         self.sync_wake_up = kernel.notif_sync_wake_up(self.listener)
-        process = self.processes[pid] = Process(pid)
-        self.tasks[pid] = Task(pid, process)
         os.write(go, b"g")
 
     # ---- the tree --------------------------------------------------------------------
@@ -287,6 +299,8 @@ class NotifyBackend:
                     elif key == children:
                         os.read(children, 4096)
                         self._children()
+                    elif key in self.ended:
+                        self._forget(self.ended[key])
                     else:
                         self._ready(key)
                 self._timers()
@@ -296,15 +310,12 @@ class NotifyBackend:
             os.close(children)
             self.epoll.close()
             os.close(self.listener)
-            for task in self.tasks.values():
+            for task in list(self.tasks.values()):
                 task.close()
-            for process in self.processes.values():
-                process.close()
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        until = self.sup.next_reap if self.sup.ctx.registry.listener_inodes or \
-            self.sup.ctx.registry.bound_clients else now + 3600
+        until = self.sup.next_reap if self.sup.has_files() else now + 3600
         if self.parked:
             until = min(until, self._next_sweep)
         if self.timers:
@@ -320,11 +331,9 @@ class NotifyBackend:
                 return
             if pid == 0:
                 return
-            process = self.processes.pop(pid, None)
-            if process is not None:
-                process.close()
-            for tid in [tid for tid, task in self.tasks.items() if task.process.tgid == pid]:
-                self.tasks.pop(tid).close()
+            process = self.processes.get(pid)
+            for task in list(process.threads.values()) if process is not None else ():
+                self._forget(task)
             self.sup.process_ended(pid, status)
 
     def _task(self, tid: int) -> Task:
@@ -332,13 +341,27 @@ class NotifyBackend:
         if task is not None:
             if task.alive():
                 return task
-            self.tasks.pop(tid).close()  # the tid is another thread's now
+            self._forget(task)  # the tid is another thread's now
         tgid = kernel.tgid_of(tid)
         process = self.processes.get(tgid)
         if process is None:
             process = self.processes[tgid] = Process(tgid)
         task = self.tasks[tid] = Task(tid, process)
+        # Its pidfd says when it ends (children the program reaps itself
+        # included): then its fds here go.
+        self.ended[task.pidfd] = task
+        self.epoll.register(task.pidfd, select.EPOLLIN)
         return task
+
+    def _forget(self, task: Task) -> None:
+        self.ended.pop(task.pidfd, None)
+        self.epoll.unregister(task.pidfd)
+        if self.tasks.get(task.tid) is task:
+            del self.tasks[task.tid]
+        task.close()
+        if not task.process.threads and self.processes.get(task.process.tgid) is task.process:
+            del self.processes[task.process.tgid]
+            task.process.close()
 
     def _receive(self) -> None:
         try:
@@ -366,6 +389,7 @@ class NotifyBackend:
         try:
             outcome = self.sup.handle(pending.thread, nr, args)
         except CallGone:
+            pending.thread.done()
             return
         if isinstance(outcome, types.GeneratorType):
             pending.handler = outcome
@@ -380,6 +404,7 @@ class NotifyBackend:
             self._answer(pending, stop.value)
             return
         except CallGone:
+            pending.thread.done()
             return
         except OSError as err:
             self.log(0, f"a trapped call in pid {pending.thread.tid}: {err.strerror or err}; the call fails with EIO")
@@ -392,6 +417,12 @@ class NotifyBackend:
         self._park(pending, request)
 
     def _answer(self, pending: Pending, result) -> None:
+        try:
+            self._give_answer(pending, result)
+        finally:
+            pending.thread.done()
+
+    def _give_answer(self, pending: Pending, result) -> None:
         thread = pending.thread
         if isinstance(result, Give):
             try:
@@ -436,7 +467,12 @@ class NotifyBackend:
             self._answer(pending, -errno.EIO)
             return
         if wait.events:
-            pending.key = os.dup(wait.fileno)  # a key of its own: two calls may wait on one socket
+            try:
+                pending.key = os.dup(wait.fileno)  # a key of its own: two calls may wait on one socket
+            except OSError as err:  # EMFILE: the call fails, the supervisor goes on
+                pending.handler.close()
+                self._answer(pending, -(err.errno or errno.EIO))
+                return
             self.waiting[pending.key] = pending
             self.epoll.register(pending.key, wait.events | select.EPOLLONESHOT)
         self._seq += 1
@@ -459,13 +495,14 @@ class NotifyBackend:
     def _resume(self, pending: Pending, value: int) -> None:
         self._unpark(pending)
         if not pending.thread.valid():
-            pending.handler.close()  # a signal ended the call: nothing was taken for it
+            self._drop(pending)  # a signal ended the call: nothing was taken for it
             return
         self._step(pending, value)
 
     def _drop(self, pending: Pending) -> None:
         self._unpark(pending)
         pending.handler.close()
+        pending.thread.done()
 
     def _ready(self, key: int) -> None:
         pending = self.waiting.get(key)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -61,6 +60,12 @@ class Process:
 
 class ProgramThread:
     """One thread of the program: its fd table and its process's memory."""
+
+    # Whether a signal to a thread waiting in a call ends the call with
+    # nothing reported of what it did so far (user notification: the call is
+    # gone; ptrace: the supervisor still holds the thread). Where it does, a
+    # call that made progress returns it rather than wait.
+    progress_lost_to_signals = False
 
     def __init__(self, tid: int, process: Process) -> None:
         self.tid = tid
@@ -135,6 +140,8 @@ class ProgramThread:
                 raise
             yield None  # no such fd: the kernel will say EBADF itself
             return
+        import socket  # at the first call, not at start-up (~2 ms)
+
         try:
             sock = socket.socket(fileno=dup)
         except OSError:  # not a socket

@@ -14,12 +14,10 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import grp
-import ipaddress
 import os
 import pwd
 import re
 import unicodedata
-from dataclasses import dataclass
 from collections.abc import Sequence
 
 __all__ = [
@@ -37,7 +35,50 @@ __all__ = [
     "ACTIONS",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = "ipaddress.IPv4Address | ipaddress.IPv6Address"  # ipaddress is imported where used: start-up
+
+
+class _Record:
+    """A small immutable record (what a frozen dataclass gives, without
+    importing dataclasses and inspect at start-up: ~6 ms). Subclasses list
+    FIELDS, and DEFAULTS for the trailing ones that have defaults."""
+    FIELDS: tuple[str, ...] = ()
+    DEFAULTS: dict = {}
+    __slots__ = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        if len(args) > len(self.FIELDS):
+            raise TypeError(f"{type(self).__name__} takes {len(self.FIELDS)} fields")
+        values = dict(zip(self.FIELDS, args))
+        for name, value in kwargs.items():
+            if name not in self.FIELDS or name in values:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated field {name!r}")
+            values[name] = value
+        for name in self.FIELDS:
+            if name not in values:
+                if name not in self.DEFAULTS:
+                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
+                values[name] = self.DEFAULTS[name]
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other._values() == self._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS) + ")"
+
+    def replace(self, **changes):
+        """A copy with some fields changed."""
+        return type(self)(**{**{n: getattr(self, n) for n in self.FIELDS}, **changes})
 
 # sun_path is 108 bytes; a path needs its terminating NUL, an abstract name
 # its leading NUL, so both get 107 bytes of their own.
@@ -116,6 +157,7 @@ def _normalise_address(addr: object) -> IPAddress | None:
     """IPv4-mapped IPv6 becomes IPv4; an IPv6 zone (%eth0) is dropped."""
     if addr is None:
         return None
+    import ipaddress
     if isinstance(addr, str):
         addr = ipaddress.ip_address(addr.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address):
@@ -127,36 +169,29 @@ def _normalise_address(addr: object) -> IPAddress | None:
     return addr
 
 
-@dataclass(frozen=True)
-class SocketFacts:
-    """What the supervisor knows about one socket call; no OS objects."""
-
-    direction: str                 # "in" (bind) or "out" (connect/send)
-    socket_type: str               # "stream" or "dgram"
-    address: IPAddress | None = None
-    port: int | None = None
-    unix_path: str | None = None   # AF_UNIX with a path, as the program gave it
-    abstract: str | None = None    # AF_UNIX abstract name, without leading NUL
+class SocketFacts(_Record):
+    """What the supervisor knows about one socket call; no OS objects:
+    direction ("in": bind, "out": connect/send), socket_type ("stream",
+    "dgram"), and address and port, or the Unix path as the program gave
+    it, or the abstract name without its leading NUL."""
+    FIELDS = ("direction", "socket_type", "address", "port", "unix_path", "abstract")
+    DEFAULTS = dict(address=None, port=None, unix_path=None, abstract=None)
+    __slots__ = FIELDS
 
 
-@dataclass(frozen=True)
-class Rule:
-    direction: str | None          # "in", "out", None = both
-    socket_type: str | None        # "stream", "dgram", None = both
-    address: IPAddress | None
-    port: tuple[int, int] | None   # inclusive (lo, hi)
-    from_unix: str | None          # glob
-    from_abstract: str | None      # glob
-    action: str                    # one of ACTIONS
-    target: str | None             # path / abstract template / fd name / None
-    errno: int | None              # for reject
-    noremove: bool = False
-    mode: int | None = None
-    owner: int | None = None
-    group: int | None = None
-    text: str = ""                 # the original text, for messages
+class Rule(_Record):
+    """One parsed rule. direction: "in", "out", None (both); socket_type:
+    "stream", "dgram", None (both); address; port: inclusive (lo, hi);
+    from_unix, from_abstract: globs; action: one of ACTIONS; target: the path
+    or abstract template, or fd name; errno (reject); noremove, mode, owner,
+    group; text: the original text, for messages."""
+    FIELDS = ("direction", "socket_type", "address", "port", "from_unix", "from_abstract", "action", "target",
+              "errno", "noremove", "mode", "owner", "group", "text")
+    DEFAULTS = dict(noremove=False, mode=None, owner=None, group=None, text="")
+    __slots__ = FIELDS
 
-    def __post_init__(self) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         # Stored normalised so that equal addresses make equal rules.
         object.__setattr__(self, "address", _normalise_address(self.address))
 
@@ -379,14 +414,17 @@ def _glob_class(pattern: str, start: int) -> tuple[str, int] | None:
 # --------------------------------------------------------------------------
 # Parsing
 
-@dataclass
 class _Item:
-    key: str
-    start: int              # index of the item's first character
-    value: str | None       # unescaped value, None for a bare word
-    value_start: int        # index of the value's first character
-    offsets: list[int]      # text index of each value character
-    end: int                # index of the ',' after the item, or len(text)
+    __slots__ = ("key", "start", "value", "value_start", "offsets", "end")
+
+    def __init__(self, key: str, start: int, value: str | None, value_start: int, offsets: list[int],
+                 end: int) -> None:
+        self.key = key
+        self.start = start              # index of the item's first character
+        self.value = value              # unescaped value, None for a bare word
+        self.value_start = value_start  # index of the value's first character
+        self.offsets = offsets          # text index of each value character
+        self.end = end                  # index of the ',' after the item, or len(text)
 
     def at(self, k: int) -> int:
         """Text position of value character k (the item's end past it)."""
@@ -684,6 +722,8 @@ class _Parser:
             raise self.error(item.at(value.index("/")),
                              "a network (/prefix) is not supported; "
                              "give one address")
+        import ipaddress
+
         try:
             address = ipaddress.ip_address(value)
         except ValueError:

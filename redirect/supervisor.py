@@ -9,18 +9,12 @@ import errno
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 
-from . import arch, kernel, seccomp_filter, socketfile
-from .activation import Activation, program_environment
-from .handlers import HANDLERS, Call, Context
+from . import arch, kernel
 from .program import ProgramThread
-from .registry import Registry
 from .rules import Rule
-from .sockaddr import IPAddr, PortAllocator
-from .tracee import HijackedThread, Process, Thread
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 REAP_EVERY = 1.0  # seconds: closes are not trapped, so a closed listener's file goes at most this late
@@ -43,10 +37,9 @@ class Supervisor:
                  on_demand: bool = False, sealed: bool = False, backend: str = "auto") -> None:
         self.verbosity = verbosity
         self.log_file = log_file or sys.stderr
-        ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
-        activation = Activation.from_environment(os.environ, self.log)
-        self.ctx = Context(rules=rules, registry=Registry(), ports=ports, log=self.log,
-                           reap=self.reap, held=self.held_inodes, activation=activation, sealed=sealed)
+        self.rules, self.sealed = rules, sealed
+        self._ctx = None
+        self._handlers = None
         self.main_pid = 0
         self.main_status: int | None = None
         self.activate, self.on_demand = activate or on_demand, on_demand
@@ -54,6 +47,29 @@ class Supervisor:
         self.backend = None
         self.next_reap = 0.0
         self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
+        if self.activate or _activation_variables(os.environ):
+            self.ctx  # passed sockets are taken now: the program must not inherit them
+
+    @property
+    def ctx(self):
+        """The handlers' context, made when first needed: it pulls in the
+        handlers, which a program that never makes a trapped call (or not
+        yet) need not wait for."""
+        if self._ctx is None:
+            from .activation import Activation
+            from .handlers import Context
+            from .registry import Registry
+            from .sockaddr import PortAllocator
+
+            ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
+            self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log, reap=self.reap,
+                                held=self.held_inodes, activation=Activation.from_environment(os.environ, self.log),
+                                sealed=self.sealed)
+        return self._ctx
+
+    def has_files(self) -> bool:
+        """Whether converted sockets are known whose files may need removing."""
+        return self._ctx is not None and bool(self._ctx.registry.listener_inodes or self._ctx.registry.bound_clients)
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
@@ -64,18 +80,23 @@ class Supervisor:
 
     # ---- start ---------------------------------------------------------------------
     def _candidates(self) -> list:
-        if self.requested == "ptrace":
-            return [PtraceBackend]
-        from .notify import NotifyBackend  # noqa: PLC0415 (only the backend that runs is imported)
-        return [NotifyBackend] if self.requested == "notify" else [NotifyBackend, PtraceBackend]
+        """Loaders of the backends to try, in order: only the one that runs is imported."""
+        def notify():
+            from .notify import NotifyBackend
+            return NotifyBackend
+
+        def ptrace():
+            from .tracee import PtraceBackend
+            return PtraceBackend
+        return {"ptrace": [ptrace], "notify": [notify]}.get(self.requested, [notify, ptrace])
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         if not kernel.has_pidfd_getfd():
             raise SpawnError("this kernel has no pidfd_getfd (Linux 5.6 or later): redirect looks at and "
                              "acts on the program's sockets through it", 1)
-        unsealed = self._inherited_network_sockets() if self.ctx.sealed else []
-        confine = self.ctx.sealed and kernel.landlock_abi() > 0
-        if self.ctx.sealed and not confine:
+        unsealed = self._inherited_network_sockets() if self.sealed else []
+        confine = self.sealed and kernel.landlock_abi() > 0
+        if self.sealed and not confine:
             self.log(0, "sealed: this kernel has no Landlock (5.13+, enabled in lsm=): processes of this user "
                         "outside redirect stay reachable through /proc/PID/mem")
         # The program must not open our memory, write into it or trace us:
@@ -91,7 +112,8 @@ class Supervisor:
         # Children's ends are read from a signalfd or sigtimedwait, not a handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         candidates = self._candidates()
-        for number, kind in enumerate(candidates):
+        for number, loader in enumerate(candidates):
+            kind = loader()
             try:
                 backend = kind(self)
                 pid = self._fork(argv, env, backend, unsealed, confine)
@@ -173,6 +195,8 @@ class Supervisor:
         """Sealed: the fds the program would inherit that reach a network (an
         IP listener or connection the caller left open): closed in the child,
         each with a line in the log."""
+        import socket  # sealed only: the rest of the start-up does without it
+
         found = []
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
@@ -207,8 +231,12 @@ class Supervisor:
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         """Run argv to the end; the exit status as a shell would report it."""
         self.argv0 = argv[0]
-        # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
-        env = program_environment(os.environ if env is None else env)
+        env = dict(os.environ if env is None else env)
+        if _activation_variables(env):
+            from .activation import program_environment
+
+            # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
+            env = program_environment(env)
         # From here on a signal is forwarded, or (before the program runs) ends
         # us through the clean-up below: no socket file --activate made is left.
         # Kept to the end: a late one must not kill us in the middle of clean-up.
@@ -223,9 +251,10 @@ class Supervisor:
             if failure is not None:
                 raise failure
         finally:
-            self.reap()
-            self.ctx.replies.remove()
-            self.ctx.activation.close()
+            if self._ctx is not None:
+                self.reap()
+                self._ctx.replies.remove()
+                self._ctx.activation.close()
         status = self.main_status or 0
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
@@ -275,10 +304,15 @@ class Supervisor:
         or a generator to drive (the backend drives it)."""
         name = arch.NAME.get(nr)
         self.trapped[name] = self.trapped.get(name, 0) + 1
-        handler = HANDLERS.get(name)
+        if self._handlers is None:
+            from .handlers import HANDLERS, Call
+
+            self._handlers = HANDLERS, Call, self.ctx
+        handlers, call_of, ctx = self._handlers
+        handler = handlers.get(name)
         if handler is None:
             return -errno.ENOSYS  # trapped by the filter, handled by nobody: a bug; never run it
-        call = Call(self.ctx, thread, name, args)
+        call = call_of(ctx, thread, name, arch.c_args(name, args))
         try:
             return handler(call)
         except OSError as err:  # e.g. the fd could not be looked at
@@ -318,9 +352,12 @@ class Supervisor:
         files (listeners' unless noremove, datagram clients' reply sockets), if
         the path still holds the file that was bound."""
         self.next_reap = time.monotonic() + REAP_EVERY
-        registry = self.ctx.registry
-        if not registry.listener_inodes and not registry.bound_clients:
+        if not self.has_files():
             return
+        from . import socketfile
+        from .sockaddr import IPAddr
+
+        registry = self.ctx.registry
         try:
             gone = [listener for listener in registry.listener_inodes.values()
                     if not kernel.unix_socket_exists(listener.inode)]
@@ -344,202 +381,9 @@ class Supervisor:
             socketfile.remove_if_ours(client.own.name, client.file_id)
 
 
-class PtraceBackend:
-    """ptrace with SECCOMP_RET_TRACE: each trapped call stops the thread; the
-    supervisor injects the syscalls an act needs into it (tracee.py)."""
-    NAME = "ptrace"
-    SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
-                     | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
-                     | kernel.PTRACE_O_EXITKILL)
-    SYSCALL_STOP = signal.SIGTRAP | 0x80
-    STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.sup = supervisor
-        self.log = supervisor.log
-        self.processes: dict[int, Process] = {}
-        self.threads: dict[int, Thread] = {}
-
-    def describe(self) -> str:
-        return "ptrace (--backend ptrace)" if self.sup.requested == "ptrace" else \
-            "ptrace (seccomp user notification cannot run here)"
-
-    def prepare(self) -> None:
-        self.filter = seccomp_filter.build(self.sup.ctx.rules, sealed=self.sup.ctx.sealed, backend="ptrace")
-
-    def in_child(self, go: int, report: int) -> None:
-        if os.read(go, 1) != b"g":  # seized
-            os._exit(1)
-        self.filter.load()
-
-    def started(self, pid: int, go: int, report: int) -> None:
-        try:
-            kernel.seize(pid, self.SEIZE_OPTIONS)
-        except OSError as err:
-            raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace restricted "
-                             "(kernel.yama.ptrace_scope) or are we inside a tracer?", 1) from None
-        process = self.processes[pid] = Process(pid)
-        self.threads[pid] = process.threads[pid] = Thread(pid, process)
-        os.write(go, b"g")
-
-    def pids(self) -> list[int]:
-        return list(self.processes)
-
-    def loop(self) -> None:
-        while self.threads:
-            try:
-                tid, status = os.waitpid(-1, kernel.WALL | os.WNOHANG)
-            except ChildProcessError:
-                break
-            if tid == 0:  # nothing now: wait for the next stop, or the reap timer
-                self.sup.reap_if_due()
-                signal.sigtimedwait({signal.SIGCHLD}, REAP_EVERY)
-                continue
-            try:
-                self.dispatch(tid, status)
-            except OSError as err:
-                if err.errno != errno.ESRCH:  # ESRCH: it died meanwhile; its exit follows
-                    raise
-
-    def dispatch(self, tid: int, status: int) -> None:
-        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-            self.thread_gone(tid, status)
-            return
-        if not os.WIFSTOPPED(status):
-            return
-        thread = self.threads.get(tid) or self.adopt(tid)
-        if thread is None:
-            return
-        sig, event = os.WSTOPSIG(status), status >> 16
-        if sig == self.SYSCALL_STOP:
-            if thread.busy:
-                try:
-                    thread.check_injected(kernel.PTRACE_SYSCALL_INFO_ENTRY) if thread.awaiting_entry else None
-                except HijackedThread as err:
-                    self._kill_hijacked(thread, err)
-                    return
-                self._guarded(thread.on_syscall_stop)
-            else:
-                kernel.resume(tid)
-        elif event == kernel.PTRACE_EVENT_SECCOMP:
-            self.on_seccomp(thread)
-        elif event == kernel.PTRACE_EVENT_EXEC:
-            self.on_exec(thread)
-        elif event == kernel.PTRACE_EVENT_STOP:
-            if sig in self.STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT
-                kernel.ptrace(kernel.PTRACE_LISTEN, tid)
-            else:
-                kernel.resume(tid, thread.resume_request)
-        elif event in (kernel.PTRACE_EVENT_FORK, kernel.PTRACE_EVENT_VFORK, kernel.PTRACE_EVENT_CLONE):
-            self.adopt(kernel.geteventmsg(tid))
-            kernel.resume(tid, thread.resume_request)
-        elif event:
-            kernel.resume(tid, thread.resume_request)
-        elif thread.busy:
-            thread.hold_signal(sig)  # a handler is mid-way: deliver it when done
-        else:
-            kernel.resume(tid, kernel.PTRACE_CONT, sig)
-
-    # ---- threads and processes -----------------------------------------------------
-    def adopt(self, tid: int) -> Thread | None:
-        """A new traced thread (its first stop may come before its parent's event)."""
-        if tid in self.threads:
-            return self.threads[tid]
-        try:
-            tgid = kernel.tgid_of(tid)
-        except OSError:
-            return None  # gone already
-        process = self.processes.get(tgid)
-        if process is None:
-            process = self.processes[tgid] = Process(tgid)
-        thread = self.threads[tid] = process.threads[tid] = Thread(tid, process)
-        return thread
-
-    def thread_gone(self, tid: int, status: int) -> None:
-        thread = self.threads.pop(tid, None)
-        if tid == self.sup.main_pid:
-            self.sup.main_status = status
-        if thread is None:
-            return
-        thread.abandon()
-        thread.release()
-        process = thread.process
-        process.threads.pop(tid, None)
-        if not process.threads:
-            self.processes.pop(process.tgid, None)
-            process.close()
-            self.sup.reap()
-
-    def on_exec(self, thread: Thread) -> None:
-        former = kernel.geteventmsg(thread.tid)
-        process = thread.process
-        # execve from a non-leader thread: it took over the leader's tid; the
-        # other threads are gone without a word.
-        for tid in list(process.threads):
-            if tid != thread.tid and tid != former:
-                gone = self.threads.pop(tid, None)
-                process.threads.pop(tid, None)
-                if gone is not None:
-                    gone.abandon()
-                    gone.release()
-        if former != thread.tid and former in self.threads:
-            thread.abandon()  # the leader's own state: its tid now belongs to the thread that exec'd
-            thread.release()
-            moved = self.threads.pop(former)
-            process.threads.pop(former, None)
-            moved.tid = thread.tid
-            self.threads[thread.tid] = process.threads[thread.tid] = moved
-        process.after_exec()
-        self.sup.reap()  # close-on-exec may have closed a listener
-        kernel.resume(thread.tid)
-
-    def on_seccomp(self, thread: Thread) -> None:
-        if thread.busy:  # one of our own injected syscalls, trapped again
-            try:
-                thread.check_injected()
-            except HijackedThread as err:
-                self._kill_hijacked(thread, err)
-                return
-            kernel.resume(thread.tid, kernel.PTRACE_SYSCALL)
-            return
-        nr, args, trace_data = kernel.seccomp_info(thread.tid)
-        if trace_data == seccomp_filter.TRACE_I386:
-            self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
-            thread.start(-errno.ENOSYS)
-            return
-        outcome = self.sup.handle(thread, nr, args)
-        self._guarded(thread.start, outcome)
-
-    def _kill_hijacked(self, thread: Thread, err: HijackedThread) -> None:
-        """Fail closed: a program that rewrites the code a supervisor's call
-        runs through gets no call at all. Its process is killed."""
-        self.log(0, f"{err}: the program rewrote the code redirect runs its calls through; killing "
-                    f"process {thread.process.tgid}")
-        os.kill(thread.process.tgid, signal.SIGKILL)
-
-    def _guarded(self, step, *args) -> None:
-        """Run a handler step; a bug in a handler fails that one call (the thread
-        has been answered with EIO), not the supervisor."""
-        try:
-            step(*args)
-        except OSError as err:
-            if err.errno == errno.ESRCH:
-                raise
-            self.sup.internal_error("a trapped call")
-        except Exception:
-            self.sup.internal_error("a trapped call")
-
-    def holders(self):
-        """Every thread whose fd table may hold a socket: all traced threads (a
-        thread may have its own table, the leader may be a zombie with none),
-        and children forked a moment ago whose first stop we have not seen."""
-        for thread in list(self.threads.values()):
-            yield thread
-            for child in _children_of(thread.tid):
-                if child not in self.threads:
-                    adopted = self.adopt(child)
-                    if adopted is not None:
-                        yield adopted
+def _activation_variables(env) -> bool:
+    """Whether socket activation's variables (LISTEN_FDS...) are set."""
+    return any(name.startswith("LISTEN_") for name in env)
 
 
 def _exec_error(argv0: str, err: int) -> SpawnError:
@@ -557,14 +401,6 @@ def _exec_error(argv0: str, err: int) -> SpawnError:
     if err == errno.EACCES and os.path.isdir(path):
         return SpawnError(f"{argv0}: cannot execute: Is a directory", 126)
     return SpawnError(f"{argv0}: cannot execute: {os.strerror(err) if err else 'unknown error'}", 126)
-
-
-def _children_of(tid: int) -> list[int]:
-    try:
-        with open(f"/proc/{tid}/task/{tid}/children") as children:
-            return [int(pid) for pid in children.read().split()]
-    except OSError:
-        return []
 
 
 def _terminal_sent_it() -> bool:

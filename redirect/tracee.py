@@ -1,6 +1,7 @@
-"""The ptrace backend: one process's memory and fds, one thread's registers,
-and the operations handlers ask for (handlers/__init__.py), carried out by
-injecting syscalls into the stopped thread.
+"""The ptrace backend: the program's threads stop at each trapped call
+(SECCOMP_RET_TRACE); the operations handlers ask for (handlers/__init__.py)
+are carried out by injecting syscalls into the stopped thread. PtraceBackend
+follows every thread, fork and exec; Thread runs one thread's handler.
 
 Those operations are generators. Inside they yield `Syscall` (run this in the
 tracee, send me the result) or `Scratch` (put these bytes in tracee memory,
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import struct
 import types
 from dataclasses import dataclass
 from collections.abc import Generator
 
-from . import arch, kernel, program
+from . import arch, kernel, program, seccomp_filter
 from .program import PASS, ProgramThread
+from .supervisor import REAP_EVERY, SpawnError, Supervisor
 
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
 _ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516
@@ -304,3 +307,209 @@ class Thread(ProgramThread):
             self.process.free_pages.append(self.page)
             self.page = None
         self.close_pidfd()
+
+
+class PtraceBackend:
+    """ptrace with SECCOMP_RET_TRACE: each trapped call stops the thread; the
+    supervisor injects the syscalls an act needs into it (tracee.py)."""
+    NAME = "ptrace"
+    SEIZE_OPTIONS = (kernel.PTRACE_O_TRACESYSGOOD | kernel.PTRACE_O_TRACEFORK | kernel.PTRACE_O_TRACEVFORK
+                     | kernel.PTRACE_O_TRACECLONE | kernel.PTRACE_O_TRACEEXEC | kernel.PTRACE_O_TRACESECCOMP
+                     | kernel.PTRACE_O_EXITKILL)
+    SYSCALL_STOP = signal.SIGTRAP | 0x80
+    STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+        self.log = supervisor.log
+        self.processes: dict[int, Process] = {}
+        self.threads: dict[int, Thread] = {}
+
+    def describe(self) -> str:
+        return "ptrace (--backend ptrace)" if self.sup.requested == "ptrace" else \
+            "ptrace (seccomp user notification cannot run here)"
+
+    def prepare(self) -> None:
+        self.filter = seccomp_filter.build(self.sup.rules, sealed=self.sup.sealed, backend="ptrace")
+
+    def in_child(self, go: int, report: int) -> None:
+        if os.read(go, 1) != b"g":  # seized
+            os._exit(1)
+        self.filter.load()
+
+    def started(self, pid: int, go: int, report: int) -> None:
+        try:
+            kernel.seize(pid, self.SEIZE_OPTIONS)
+        except OSError as err:
+            raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace restricted "
+                             "(kernel.yama.ptrace_scope) or are we inside a tracer?", 1) from None
+        process = self.processes[pid] = Process(pid)
+        self.threads[pid] = process.threads[pid] = Thread(pid, process)
+        os.write(go, b"g")
+
+    def pids(self) -> list[int]:
+        return list(self.processes)
+
+    def loop(self) -> None:
+        while self.threads:
+            try:
+                tid, status = os.waitpid(-1, kernel.WALL | os.WNOHANG)
+            except ChildProcessError:
+                break
+            if tid == 0:  # nothing now: wait for the next stop, or the reap timer
+                self.sup.reap_if_due()
+                signal.sigtimedwait({signal.SIGCHLD}, REAP_EVERY)
+                continue
+            try:
+                self.dispatch(tid, status)
+            except OSError as err:
+                if err.errno != errno.ESRCH:  # ESRCH: it died meanwhile; its exit follows
+                    raise
+
+    def dispatch(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.thread_gone(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        thread = self.threads.get(tid) or self.adopt(tid)
+        if thread is None:
+            return
+        sig, event = os.WSTOPSIG(status), status >> 16
+        if sig == self.SYSCALL_STOP:
+            if thread.busy:
+                try:
+                    thread.check_injected(kernel.PTRACE_SYSCALL_INFO_ENTRY) if thread.awaiting_entry else None
+                except HijackedThread as err:
+                    self._kill_hijacked(thread, err)
+                    return
+                self._guarded(thread.on_syscall_stop)
+            else:
+                kernel.resume(tid)
+        elif event == kernel.PTRACE_EVENT_SECCOMP:
+            self.on_seccomp(thread)
+        elif event == kernel.PTRACE_EVENT_EXEC:
+            self.on_exec(thread)
+        elif event == kernel.PTRACE_EVENT_STOP:
+            if sig in self.STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT
+                kernel.ptrace(kernel.PTRACE_LISTEN, tid)
+            else:
+                kernel.resume(tid, thread.resume_request)
+        elif event in (kernel.PTRACE_EVENT_FORK, kernel.PTRACE_EVENT_VFORK, kernel.PTRACE_EVENT_CLONE):
+            self.adopt(kernel.geteventmsg(tid))
+            kernel.resume(tid, thread.resume_request)
+        elif event:
+            kernel.resume(tid, thread.resume_request)
+        elif thread.busy:
+            thread.hold_signal(sig)  # a handler is mid-way: deliver it when done
+        else:
+            kernel.resume(tid, kernel.PTRACE_CONT, sig)
+
+    # ---- threads and processes -----------------------------------------------------
+    def adopt(self, tid: int) -> Thread | None:
+        """A new traced thread (its first stop may come before its parent's event)."""
+        if tid in self.threads:
+            return self.threads[tid]
+        try:
+            tgid = kernel.tgid_of(tid)
+        except OSError:
+            return None  # gone already
+        process = self.processes.get(tgid)
+        if process is None:
+            process = self.processes[tgid] = Process(tgid)
+        thread = self.threads[tid] = process.threads[tid] = Thread(tid, process)
+        return thread
+
+    def thread_gone(self, tid: int, status: int) -> None:
+        thread = self.threads.pop(tid, None)
+        if tid == self.sup.main_pid:
+            self.sup.main_status = status
+        if thread is None:
+            return
+        thread.abandon()
+        thread.release()
+        process = thread.process
+        process.threads.pop(tid, None)
+        if not process.threads:
+            self.processes.pop(process.tgid, None)
+            process.close()
+            self.sup.reap()
+
+    def on_exec(self, thread: Thread) -> None:
+        former = kernel.geteventmsg(thread.tid)
+        process = thread.process
+        # execve from a non-leader thread: it took over the leader's tid; the
+        # other threads are gone without a word.
+        for tid in list(process.threads):
+            if tid != thread.tid and tid != former:
+                gone = self.threads.pop(tid, None)
+                process.threads.pop(tid, None)
+                if gone is not None:
+                    gone.abandon()
+                    gone.release()
+        if former != thread.tid and former in self.threads:
+            thread.abandon()  # the leader's own state: its tid now belongs to the thread that exec'd
+            thread.release()
+            moved = self.threads.pop(former)
+            process.threads.pop(former, None)
+            moved.tid = thread.tid
+            self.threads[thread.tid] = process.threads[thread.tid] = moved
+        process.after_exec()
+        self.sup.reap()  # close-on-exec may have closed a listener
+        kernel.resume(thread.tid)
+
+    def on_seccomp(self, thread: Thread) -> None:
+        if thread.busy:  # one of our own injected syscalls, trapped again
+            try:
+                thread.check_injected()
+            except HijackedThread as err:
+                self._kill_hijacked(thread, err)
+                return
+            kernel.resume(thread.tid, kernel.PTRACE_SYSCALL)
+            return
+        nr, args, trace_data = kernel.seccomp_info(thread.tid)
+        if trace_data == seccomp_filter.TRACE_I386:
+            self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
+            thread.start(-errno.ENOSYS)
+            return
+        outcome = self.sup.handle(thread, nr, args)
+        self._guarded(thread.start, outcome)
+
+    def _kill_hijacked(self, thread: Thread, err: HijackedThread) -> None:
+        """Fail closed: a program that rewrites the code a supervisor's call
+        runs through gets no call at all. Its process is killed."""
+        self.log(0, f"{err}: the program rewrote the code redirect runs its calls through; killing "
+                    f"process {thread.process.tgid}")
+        os.kill(thread.process.tgid, signal.SIGKILL)
+
+    def _guarded(self, step, *args) -> None:
+        """Run a handler step; a bug in a handler fails that one call (the thread
+        has been answered with EIO), not the supervisor."""
+        try:
+            step(*args)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise
+            self.sup.internal_error("a trapped call")
+        except Exception:
+            self.sup.internal_error("a trapped call")
+
+    def holders(self):
+        """Every thread whose fd table may hold a socket: all traced threads (a
+        thread may have its own table, the leader may be a zombie with none),
+        and children forked a moment ago whose first stop we have not seen."""
+        for thread in list(self.threads.values()):
+            yield thread
+            for child in _children_of(thread.tid):
+                if child not in self.threads:
+                    adopted = self.adopt(child)
+                    if adopted is not None:
+                        yield adopted
+
+
+def _children_of(tid: int) -> list[int]:
+    try:
+        with open(f"/proc/{tid}/task/{tid}/children") as children:
+            return [int(pid) for pid in children.read().split()]
+    except OSError:
+        return []

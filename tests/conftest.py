@@ -281,7 +281,7 @@ def world_readable_install(bins):
     root = Path(tempfile.mkdtemp(prefix="rd-user-", dir="/tmp"))
     try:
         shutil.copytree(REPO / "redirect", root / "redirect", ignore=shutil.ignore_patterns("__pycache__"))
-        for module in ("ptrace", "pyseccomp"):
+        for module in ("ptrace",):
             origin = Path(importlib.util.find_spec(module).origin)
             if origin.name == "__init__.py":
                 shutil.copytree(origin.parent, root / module, ignore=shutil.ignore_patterns("__pycache__"))

@@ -271,6 +271,8 @@ threads = [threading.Thread(target=serve, args=(p,)) for p in (7101, 7102)]
     first = unix_request(one, b"")
     second = unix_request(two, b"")
     assert {first, second} == {b"port 7101\n", b"port 7102\n"}, proc.output
+    for port in (7101, 7102):
+        proc.wait_for_line(rf"^inode {port} ")
     inodes = {line.split()[2] for line in proc.output.splitlines() if line.startswith("inode ")}
     assert len(inodes) == 2
 

@@ -346,9 +346,12 @@ def test_rewritten_syscall_instruction_as_unprivileged_user(as_user, receiver, b
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a packet socket needs CAP_NET_RAW: run as root")
-def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks):
-    assert _values(run([attacks, "packet"]).stdout) == {"socket": 0}  # the attack works outside
-    result = run(REDIRECT + ["--sealed", "--", attacks, "packet"])
+@pytest.mark.parametrize("mode", ["packet", "packet-high"])
+def test_sealed_refuses_packet_sockets_in_ip_clothes(attacks, mode):
+    """AF_INET with SOCK_PACKET; AF_PACKET with junk in the upper half of the
+    family (the kernel reads 32 bits, a filter comparing 64 would not match)."""
+    assert _values(run([attacks, mode]).stdout) == {"socket": 0}  # the attack works outside
+    result = run(REDIRECT + ["--sealed", "--", attacks, mode])
     assert _values(result.stdout) == {"socket": -97}, result.stdout + result.stderr  # EAFNOSUPPORT
 
 
@@ -367,17 +370,21 @@ class _Sniffer(_Counter):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="watching lo for IGMP needs CAP_NET_RAW: run as root")
-def test_sealed_refuses_multicast_joins(attacks):
+@pytest.mark.parametrize("high", [[], ["high"]], ids=["plain", "upper-halves"])
+def test_sealed_refuses_multicast_joins(attacks, high):
+    """Also with junk in the upper halves of level and name: the kernel reads
+    32 bits of each, and so must the handler (found by an adversarial pass:
+    the join went through, unprivileged, with IGMP reports on eth0)."""
     sniffer = _Sniffer("239.1.2.3")
     try:
-        outside = _values(run([attacks, "igmp", "239.1.2.3"]).stdout)
+        outside = _values(run([attacks, "igmp", "239.1.2.3", *high]).stdout)
         time.sleep(0.5)
         assert outside == {"join": 0} and sniffer.count > 0  # the attack works outside: reports on lo
     finally:
         sniffer.close()
     sniffer = _Sniffer("239.1.2.4")
     try:
-        result = run(REDIRECT + ["--sealed", "--", attacks, "igmp", "239.1.2.4"])
+        result = run(REDIRECT + ["--sealed", "--", attacks, "igmp", "239.1.2.4", *high])
         time.sleep(0.5)
     finally:
         reports = sniffer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -580,3 +581,55 @@ def test_blocking_connect_made_by_the_supervisor_restarts_after_a_signal(restart
         finally:
             filler.close()
     assert out.split() == ["connect", "0", "ticks", "1"], out
+
+
+def _program_of(supervisor_pid: int, timeout: float = 10) -> int:
+    """The program redirect started (its child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children") as children:
+                found = children.read().split()
+        except OSError:
+            found = []
+        if found:
+            return int(found[0])
+        time.sleep(0.05)
+    raise AssertionError(f"redirect (pid {supervisor_pid}) started no program")
+
+
+@pytest.mark.parametrize("debugger", ["strace", "gdb"])
+def test_debuggers_attach_to_a_program_under_redirect(bins, sockdir, background, backend, debugger):
+    """notify: no ptrace anywhere, so `strace -p` and `gdb -p` attach to the
+    program (and it goes on serving after they detach). ptrace: the program
+    has its tracer already, and the kernel says so."""
+    assert shutil.which(debugger), f"{debugger} is not installed (scripts/setup.sh installs it)"
+    port, sock = free_port(), sockdir / "dbg.sock"
+    server = background(redirect(f"in,port={port},path={sock}") + [bins / "tcp-server-glibc", "127.0.0.1", port])
+    wait_for_socket(sock, proc=server)
+    program = _program_of(server.pid)
+    log = sockdir / f"{debugger}.log"
+    if debugger == "strace":
+        argv = ["strace", "-f", "-o", log, "-e", "trace=accept,accept4,read,write", "-p", program]
+    else:
+        argv = ["gdb", "-nx", "-batch", "-p", program, "-ex", "info registers rip", "-ex", "detach"]
+    tracer = background(argv)
+    try:
+        if backend == "ptrace":
+            assert tracer.wait(30) != 0
+            assert "Operation not permitted" in tracer.output, tracer.output
+        elif debugger == "strace":
+            tracer.wait_for_line(r"Process \d+ attached")
+            assert unix_request(sock, b"traced") == b"traced"
+            deadline = time.monotonic() + 10
+            while "accept" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert re.search(r"accept4?\(", log.read_text()), log.read_text()
+        else:
+            assert tracer.wait(60) == 0, tracer.output
+            assert re.search(r"^rip\s+0x", tracer.output, re.M), tracer.output
+    finally:
+        tracer.stop()
+    # Detached (or never attached): the program works as before.
+    assert unix_request(sock, b"after") == b"after"
+    assert tcp_listening(port) == []

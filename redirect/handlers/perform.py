@@ -245,8 +245,8 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
                                  flags | MSG_DONTWAIT)
         if res >= 0:
             sent += res
-            if not (stream and wait and sent < len(data)):
-                return sent
+            if not (stream and wait and sent < len(data)) or call.thread.progress_lost_to_signals:
+                return sent  # (a short count rather than a wait a signal could end, losing the count)
         elif res != -errno.EAGAIN or not wait:
             return sent or res
         if stream:
@@ -297,6 +297,8 @@ def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int
     while True:
         got = kernel.recvmsg(sock.fileno(), size - have, controllen, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
                              want_name)
+        if got[0] > 0 and gather and have + got[0] < size and call.thread.progress_lost_to_signals:
+            gather = False  # what it has, rather than a wait a signal could end, losing the bytes
         if got[0] > 0 and gather and have + got[0] < size:
             parts.append(got[1])
             have += got[0]

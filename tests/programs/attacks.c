@@ -21,7 +21,10 @@
  *   reply-chmod PORT VICTIM N as root: drop to nobody, swap each new reply socket file
  *                             for a symlink to VICTIM while the supervisor sets its mode
  *   packet                    socket(AF_INET, SOCK_PACKET): a packet socket in IP clothes
- *   igmp GROUP                join a multicast group (the kernel sends IGMP reports)
+ *   igmp GROUP [high]         join a multicast group (the kernel sends IGMP reports); high:
+ *                             with junk in the upper halves of level and name, which the kernel
+ *                             does not read
+ *   packet-high               socket(AF_PACKET | 1 << 32, ...): junk in the family's upper half
  *   procmem PID               open /proc/PID/mem of another process for writing
  *   portrange tcp|udp|udp-send PORT [SINK]  make the kernel choose PORT (IP_LOCAL_PORT_RANGE)
  *                             for a listen without bind / a UDP bind to port 0 / the bind a UDP
@@ -499,12 +502,20 @@ static int packet(void)
     return 0;
 }
 
-static int igmp(const char *group)
+static int packet_high(void)
+{
+    long s = syscall(SYS_socket, (long)AF_PACKET | (1L << 32), (long)SOCK_RAW, (long)htons(0x0003));
+    printf("socket %d\n", s < 0 ? -errno : 0);
+    return 0;
+}
+
+static int igmp(const char *group, int high)
 {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     struct ip_mreqn m = {.imr_ifindex = 1};
     m.imr_multiaddr.s_addr = inet_addr(group);
-    int r = setsockopt(s, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m);
+    long junk = high ? 1L << 32 : 0;
+    long r = syscall(SYS_setsockopt, (long)s, IPPROTO_IP | junk, IP_ADD_MEMBERSHIP | junk, &m, (long)sizeof m);
     printf("join %d\n", r < 0 ? -errno : 0);
     usleep(300000); /* the kernel sends its reports meanwhile */
     return 0;
@@ -721,8 +732,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "packet") == 0)
         return packet();
-    if (strcmp(argv[1], "igmp") == 0 && argc == 3)
-        return igmp(argv[2]);
+    if (strcmp(argv[1], "igmp") == 0 && (argc == 3 || argc == 4))
+        return igmp(argv[2], argc == 4 && strcmp(argv[3], "high") == 0);
+    if (strcmp(argv[1], "packet-high") == 0)
+        return packet_high();
     if (strcmp(argv[1], "portrange") == 0 && (argc == 4 || argc == 5))
         return portrange(argv[2], atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 0);
     if (strcmp(argv[1], "raw6") == 0 && argc == 4)
