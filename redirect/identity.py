@@ -28,31 +28,50 @@ class Identity:
     gids: tuple[int, ...] = ()
 
 
-def of_thread(tid: int) -> Identity:
-    """The identity of a (stopped) thread, from /proc/TID/status."""
-    fields = {}
-    with open(f"/proc/{tid}/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            fields[key] = value.split()
-    return Identity(euid=int(fields["Uid"][1]), egid=int(fields["Gid"][1]),
-                    groups=tuple(int(g) for g in fields.get("Groups", [])),
-                    umask=int(fields["Umask"][0], 8) if "Umask" in fields else 0o022,
-                    uids=tuple(int(u) for u in fields["Uid"][:3]), gids=tuple(int(g) for g in fields["Gid"][:3]))
+def of_thread(tid: int, status: int | None = None) -> Identity:
+    """The identity of a (waiting) thread, from /proc/TID/status (or that
+    file open already: `status`)."""
+    if status is None:
+        with open(f"/proc/{tid}/status", "rb") as opened:
+            text = opened.read()
+    else:
+        text = os.pread(status, 8192, 0)
+
+    def field(name: bytes) -> list[bytes]:
+        start = text.find(b"\n" + name + b":")
+        if start < 0:
+            return []
+        start += len(name) + 2
+        return text[start:text.find(b"\n", start)].split()
+    uid, gid, umask = field(b"Uid"), field(b"Gid"), field(b"Umask")
+    return Identity(euid=int(uid[1]), egid=int(gid[1]), groups=tuple(int(g) for g in field(b"Groups")),
+                    umask=int(umask[0], 8) if umask else 0o022,
+                    uids=tuple(int(u) for u in uid[:3]), gids=tuple(int(g) for g in gid[:3]))
+
+
+_OURS: list = []
 
 
 def _ours() -> Identity:
-    return Identity(os.geteuid(), os.getegid(), tuple(os.getgroups()), 0)
+    """The supervisor's own (it only ever changes within acting_as, and back)."""
+    if not _OURS:
+        _OURS.append(Identity(os.geteuid(), os.getegid(), tuple(os.getgroups()), 0))
+    return _OURS[0]
 
 
 @contextmanager
-def acting_as(tid: int, relative_path: bool = False) -> Iterator[Identity]:
+def acting_as(thread, relative_path: bool = False, makes_files: bool = False) -> Iterator[None]:
     """Within the block, this thread of the supervisor creates files, passes
-    permission checks and connects as thread `tid` of the program would: its
+    permission checks and connects as the program's `thread` would: its
     euid/egid/groups (a root supervisor only; others already are that user),
-    its umask, and (for a relative socket path) its working directory."""
-    them = of_thread(tid)
+    its umask (for a call that makes files), and (for a relative socket
+    path) its working directory."""
     ours = _ours()
+    if ours.euid != 0 and not makes_files and not relative_path:
+        yield  # nothing to change: the common case of a send or connect, at no cost
+        return
+    them = thread.identity()
+    tid = thread.tid
     switch = ours.euid == 0 and (them.euid, them.egid, set(them.groups)) != (0, ours.egid, set(ours.groups))
     here = None
     if relative_path:
@@ -62,17 +81,18 @@ def acting_as(tid: int, relative_path: bool = False) -> Iterator[Identity]:
             os.fchdir(there)
         finally:
             os.close(there)
-    old_umask = os.umask(them.umask)
+    old_umask = os.umask(them.umask) if makes_files else None
     try:
         if switch:
             kernel.set_thread_identity(them.euid, them.egid, list(them.groups))
         try:
-            yield them
+            yield
         finally:
             if switch:
                 kernel.restore_thread_identity(ours.euid, ours.egid, list(ours.groups))
     finally:
-        os.umask(old_umask)
+        if old_umask is not None:
+            os.umask(old_umask)
         if here is not None:
             os.fchdir(here)
             os.close(here)

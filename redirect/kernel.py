@@ -331,16 +331,22 @@ class _MsgHdr(ctypes.Structure):
                 ("flags", ctypes.c_int)]
 
 
+def _address(data: bytes | None) -> int | None:
+    """The address of an immutable bytes object's contents (no copy): the
+    object must stay referenced while the call runs."""
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value if data else None
+
+
+_send_iov, _send_msg = _IOVec(), _MsgHdr()
+
+
 def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int) -> int:
     """sendmsg(2) of one buffer: bytes sent or -errno."""
-    name_buf = ctypes.create_string_buffer(name, len(name)) if name else None
-    data_buf = ctypes.create_string_buffer(data, len(data))
-    control_buf = ctypes.create_string_buffer(control, len(control)) if control else None
-    iov = _IOVec(ctypes.cast(data_buf, ctypes.c_void_p), len(data))
-    msg = _MsgHdr(ctypes.cast(name_buf, ctypes.c_void_p) if name_buf else None, len(name) if name else 0,
-                  ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p), 1,
-                  ctypes.cast(control_buf, ctypes.c_void_p) if control_buf else None,
-                  len(control) if control else 0, 0)
+    _send_iov.base, _send_iov.len = _address(data), len(data)
+    msg = _send_msg
+    msg.name, msg.namelen = _address(name), len(name) if name else 0
+    msg.iov, msg.iovlen = ctypes.addressof(_send_iov), 1
+    msg.control, msg.controllen, msg.flags = _address(control), len(control) if control else 0, 0
     return _result(_libc.sendmsg(fd, ctypes.byref(msg), flags))
 
 
@@ -412,21 +418,34 @@ _libc.recvmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _libc.recvmsg.restype = ctypes.c_ssize_t
 
 
+_recv = {"data": ctypes.create_string_buffer(1 << 16), "control": ctypes.create_string_buffer(1024)}
+_recv_name, _recv_iov, _recv_msg = ctypes.create_string_buffer(128), _IOVec(), _MsgHdr()
+
+
+def _room(key: str, size: int):
+    """A buffer of ours of at least size bytes, kept for the next call (the
+    supervisor has one thread)."""
+    if len(_recv[key]) < size:
+        _recv[key] = ctypes.create_string_buffer(size)
+    return _recv[key]
+
+
 def recvmsg(fd: int, size: int, controllen: int, flags: int, want_name: bool) -> tuple[int, bytes, bytes, bytes, int]:
     """recvmsg(2) into one buffer: (result or -errno, data, sender's address,
     control data, msg_flags). With MSG_TRUNC the result may exceed size."""
-    data_buf = ctypes.create_string_buffer(max(size, 1))
-    name_buf = ctypes.create_string_buffer(128)
-    control_buf = ctypes.create_string_buffer(controllen) if controllen else None
-    iov = _IOVec(ctypes.cast(data_buf, ctypes.c_void_p), size)
-    msg = _MsgHdr(ctypes.cast(name_buf, ctypes.c_void_p) if want_name else None, 128 if want_name else 0,
-                  ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p), 1,
-                  ctypes.cast(control_buf, ctypes.c_void_p) if control_buf else None, controllen, 0)
+    data_buf = _room("data", max(size, 1))
+    control_buf = _room("control", controllen) if controllen else None
+    _recv_iov.base, _recv_iov.len = ctypes.addressof(data_buf), size
+    msg = _recv_msg
+    msg.name, msg.namelen = (ctypes.addressof(_recv_name), 128) if want_name else (None, 0)
+    msg.iov, msg.iovlen = ctypes.addressof(_recv_iov), 1
+    msg.control, msg.controllen = (ctypes.addressof(control_buf), controllen) if control_buf else (None, 0)
+    msg.flags = 0
     n = _libc.recvmsg(fd, ctypes.byref(msg), flags)
     if n < 0:
         return -ctypes.get_errno(), b"", b"", b"", 0
-    return (n, data_buf.raw[:min(n, size)], name_buf.raw[:msg.namelen] if want_name else b"",
-            control_buf.raw[:msg.controllen] if control_buf else b"", msg.flags)
+    return (n, ctypes.string_at(data_buf, min(n, size)), _recv_name.raw[:msg.namelen] if want_name else b"",
+            ctypes.string_at(control_buf, msg.controllen) if control_buf else b"", msg.flags)
 
 
 # ---- seccomp user notification (the notify backend) ------------------------------------

@@ -76,12 +76,19 @@ class Task:
         self._poll = select.poll()
         self._poll.register(self.pidfd, select.POLLIN)
         process.threads[tid] = self
+        self.status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)  # read again at each use
+
+    def identity(self):
+        from .identity import of_thread
+
+        return of_thread(self.tid, self.status)
 
     def alive(self) -> bool:
         return not self._poll.poll(0)
 
     def close(self) -> None:
         os.close(self.pidfd)
+        os.close(self.status)
         self.process.threads.pop(self.tid, None)
 
 
@@ -92,6 +99,7 @@ class Notified(ProgramThread):
 
     def __init__(self, backend: "NotifyBackend", task: Task, ident: int) -> None:
         super().__init__(task.tid, task.process)
+        self.task = task
         self._pidfd = task.pidfd  # the task's: not closed with this call
         self.ident = ident
         self.listener = backend.listener
@@ -119,6 +127,9 @@ class Notified(ProgramThread):
 
     def done(self) -> None:
         self.memory.close()
+
+    def identity(self):
+        return self.task.identity()
 
     def wait(self, sock: socket.socket, fd: int, events: int, timeout_ms: int):
         return (yield Wait(sock.fileno(), events, timeout_ms))

@@ -99,6 +99,14 @@ class ProgramThread:
                     return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
         return False
 
+    def identity(self):
+        """Its credentials and umask now (identity.py): read at every call
+        that needs them (a change of ids is not trapped: setuid() must never
+        fail with EINTR, which a trapped call can)."""
+        from .identity import of_thread
+
+        return of_thread(self.tid)
+
     def euid(self) -> int:
         with open(f"/proc/{self.tid}/status") as status:
             for line in status:

@@ -312,6 +312,7 @@ def test_passed_tcp_socket_at_the_programs_own_port(bins, background):
     port = free_port()
     proc = background(activated([f"127.0.0.1:{port}"], None, [f"in,port={port},systemd"],
                                 [bins / "go-http-server", "-addr", f"127.0.0.1:{port}"]))
+    proc.wait_for_line(rf"Listening on 127\.0\.0\.1:{port}")  # systemd-socket-activate's socket, before we connect
     assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
     assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
     assert "blackhole" not in proc.output

@@ -136,7 +136,7 @@ def _free_port(call: Call, kind: str, visible: IPAddr, verdict: Decision) -> Dec
     (another program under another redirect): try other ports."""
     stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
     for _ in range(16):
-        with acting_as(call.thread.tid):
+        with acting_as(call.thread):
             taken = socketfile.clear_stale(verdict.real.name, stype) == errno.EADDRINUSE
         if verdict.error or not taken:
             return verdict
@@ -235,7 +235,7 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {problem} (EPERM)")
             _release_port(call, verdict)
             return -errno.EPERM
-        with acting_as(call.thread.tid):  # a path the program may have laid: looked at with its rights
+        with acting_as(call.thread):  # a path the program may have laid: looked at with its rights
             err = socketfile.clear_stale(real.name, stype)
         if err:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {os.strerror(err)}"

@@ -30,3 +30,4 @@ def other_processes(call: Call) -> int:
     call.ctx.log(0, f"{call.describe()}: sealed: {call.name}() is refused (EPERM): the program may not use "
                     "other processes' sockets or memory")
     return -errno.EPERM
+

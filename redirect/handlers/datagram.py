@@ -226,7 +226,7 @@ def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:
     uid = None
     if not face.host.is_loopback and real.name and not real.abstract:
         try:
-            with acting_as(call.thread.tid):  # a path the sender chose: looked up with the program's rights
+            with acting_as(call.thread):  # a path the sender chose: looked up with the program's rights
                 uid = os.stat(real.name).st_uid  # the sender's user, as 127.U.U.1
         except OSError:
             pass

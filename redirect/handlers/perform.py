@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 
 from .. import kernel
-from ..identity import acting_as, of_thread
+from ..identity import acting_as
 from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
 from .common import Call, cmsg, cmsgs, read_buffer, read_iovecs
 
@@ -41,12 +41,12 @@ def _relative(address: bytes | None) -> bool:
 def bind(call: Call, sock: socket.socket, address: bytes, as_program: bool = True) -> int:
     if not as_program:
         return kernel.bind(sock.fileno(), address)
-    with acting_as(call.thread.tid, _relative(address)):
+    with acting_as(call.thread, _relative(address), makes_files=True):
         return kernel.bind(sock.fileno(), address)
 
 
 def listen(call: Call, sock: socket.socket, backlog: int) -> int:
-    with acting_as(call.thread.tid):
+    with acting_as(call.thread):
         try:
             sock.listen(backlog if backlog < 0x7FFFFFFF else socket.SOMAXCONN)
         except OSError as err:
@@ -86,7 +86,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
     waits in its own thread until the connection is made or fails."""
     wait = blocking(sock) if wait is None else wait
     limit = _timeout_ms(sock) if wait else 0
-    with acting_as(call.thread.tid, _relative(address)):
+    with acting_as(call.thread, _relative(address)):
         res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
     if not wait:
         return res
@@ -96,7 +96,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             res = yield from call.thread.wait(sock, fd, 0, next(pauses, 16))
             if res < 0:
                 return res
-            with acting_as(call.thread.tid, _relative(address)):
+            with acting_as(call.thread, _relative(address)):
                 res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
             continue
         if res not in (-errno.EINPROGRESS, -errno.EALREADY):
@@ -210,7 +210,7 @@ def _credentials(call: Call, body: bytes) -> bytes:
     if len(body) < 12:
         raise OSError(errno.EINVAL, "short SCM_CREDENTIALS")
     pid, uid, gid = struct.unpack_from("=iII", body)
-    them = of_thread(call.thread.tid)
+    them = call.thread.identity()
     if pid != call.process.tgid or uid not in them.uids or gid not in them.gids:
         raise OSError(errno.EPERM, "SCM_CREDENTIALS that are not the program's")
     return struct.pack("=iII", os.getpid(), uid, gid)
@@ -240,7 +240,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
     limit = _timeout_ms(sock) if wait else 0
     sent, data, pauses = 0, message.data, iter(_SLEEPS_MS * (1 if drop_when_full else 64))
     while True:
-        with acting_as(call.thread.tid, _relative(message.name)):
+        with acting_as(call.thread, _relative(message.name)):
             res = kernel.sendmsg(sock.fileno(), message.name, data[sent:], b"" if sent else control,
                                  flags | MSG_DONTWAIT)
         if res >= 0:
