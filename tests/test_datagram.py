@@ -7,10 +7,12 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -526,3 +528,66 @@ def test_socat_udp_listen_fork(sockdir, background):
                      input=f"hello {i}\n")
         assert result.stdout == f"hello {i}\n", result.stderr
     assert tcp_listening(port) == []
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    assert found, f"{name} is not installed (scripts/setup.sh installs it)"
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a root program: run as root")
+def test_dnsmasq_that_drops_privileges_still_answers(sockdir, background):
+    """Debian's dnsmasq binds as root, then becomes nobody (--user): its
+    answers go to a redirected client's private reply socket, which nobody
+    may not reach. Answers to a sender the program was shown are sent with the
+    supervisor's rights (the sender reached the program first)."""
+    port, sock = free_port_udp(), sockdir / "dns.sock"
+    sockdir.chmod(0o755)
+    server = background(redirect(f"in,udp,port={port},path={sock}", f"in,tcp,port={port},path={sockdir}/dns-tcp.sock")
+                        + [_tool("dnsmasq"), "-k", "-p", str(port), "--listen-address=127.0.0.1", "--bind-interfaces",
+                           "--user=nobody", "--no-resolv", "--no-hosts", "--address=/test.example/192.0.2.7",
+                           "-C", "/dev/null", f"--pid-file={sockdir}/dnsmasq.pid"])
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(3):
+        result = run(redirect(f"out,udp,port={port},path={sock}", verbose=0)
+                     + [_tool("dig"), "@127.0.0.1", "-p", str(port), "test.example", "+short", "+tries=1", "+timeout=3"])
+        assert result.stdout.strip() == "192.0.2.7", result.stdout + result.stderr + server.output
+    assert tcp_listening(port) == []
+    with open(f"/proc/{_child_of(server.pid)}/status") as status:
+        assert re.search(r"^Uid:\s+65534\b", status.read(), re.M), "dnsmasq did not drop to nobody"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tftpd --secure chroots: run as root")
+def test_tftpd_that_chroots_and_drops_privileges_still_answers(sockdir, background):
+    """tftpd-hpa --secure -u nobody: it chroots, becomes nobody, forks a child
+    per request that connects a new UDP socket to the client and sends the
+    file from there."""
+    port, sock, root = free_port_udp(), sockdir / "tftp.sock", sockdir / "root"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello over tftp\n")
+    for path in (sockdir, root, root / "hello.txt"):
+        path.chmod(0o755)
+    server = background(redirect(f"in,udp,port={port},path={sock}")
+                        + [_tool("in.tftpd"), "-L", "-s", "-u", "nobody", "--address", f"127.0.0.1:{port}", root])
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for i in range(2):
+        result = run(redirect(f"out,udp,port={port},path={sock}", verbose=0)
+                     + [_tool("tftp"), "127.0.0.1", str(port), "-m", "binary", "-c", "get", "hello.txt",
+                        str(sockdir / f"got-{i}.txt")], timeout=30)
+        assert (sockdir / f"got-{i}.txt").read_text() == "hello over tftp\n", result.stdout + result.stderr + server.output
+
+
+def free_port_udp() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_of(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return int(children.read().split()[0])

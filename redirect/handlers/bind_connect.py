@@ -476,7 +476,9 @@ def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Dec
     if is_unix:  # ours already: connecting again, or bound by an in rule first
         if kind == "stream":
             ctx.registry.add_client(inode_of(sock), Client(verdict.real, verdict.visible, kind))
-        return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real))
+        # (verdict.rule is None: a datagram sender the program was shown, answered with the supervisor's rights)
+        return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real,
+                                                reply=kind == "dgram" and verdict.rule is None))
     if kind == "dgram":
         return (yield from datagram_send.become_client(call, fd, sock, verdict, connect=True))
     with stand_in(kind) as new:

@@ -151,7 +151,9 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
             socketfile.remove_if_ours(path, ident)
             return -errno.EPERM
         if connect:
-            res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real, wait=False)
+            # (verdict.rule is None: a sender the program was shown, answered with the supervisor's rights)
+            res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real, wait=False,
+                                                  reply=verdict.rule is None)
             if res < 0:
                 socketfile.remove_if_ours(path, ident)
                 return res
@@ -213,6 +215,10 @@ def _send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[
                 return real
             break
         message.name = pack(real) if real is not None else None
+        # An answer to a sender the program was shown: it sent to the program,
+        # so the program may answer, whatever ids it has since taken (a server
+        # that drops privileges or chroots after its bind).
+        message.reply = isinstance(visible, IPAddr) and call.ctx.registry.peers.real(visible) is not None
         batch.append(message)
     for message in batch:
         if len(message.data) > _MAX_UDP_PAYLOAD[family]:
@@ -257,7 +263,8 @@ def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):
 
 
 def _connect(call: Call, fd: int, sock: socket.socket, conv: Converted, visible: IPAddr, real: UnixAddr):
-    res = yield from perform.connect_unix(call, fd, sock, visible, real)
+    reply = call.ctx.registry.peers.real(visible) is not None  # a server connecting to one of its clients
+    res = yield from perform.connect_unix(call, fd, sock, visible, real, reply=reply)
     if res == 0 and conv.role == "client":
         client = call.ctx.registry.client(conv.inode)
         client.real, client.visible = real, visible

@@ -13,6 +13,7 @@ The calls run with the program's credentials, umask and working directory
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -80,13 +81,22 @@ def _nonblocking_call(sock: socket.socket, do):
         fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
 
 
-def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool | None = None):
+@contextlib.contextmanager
+def _as_supervisor(thread, relative_path: bool):
+    yield
+
+
+def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool | None = None,
+            reply: bool = False):
     """Generator: connect the supervisor's duplicate of fd (or the stand-in
     for it); a blocking caller (`wait`: whether the program's socket blocks)
-    waits in its own thread until the connection is made or fails."""
+    waits in its own thread until the connection is made or fails. `reply`:
+    to a datagram sender the program was shown, with the supervisor's rights
+    (as an answer is sent)."""
     wait = blocking(sock) if wait is None else wait
     limit = _timeout_ms(sock) if wait else 0
-    with acting_as(call.thread, _relative(address)):
+    acting = _as_supervisor if reply and not _relative(address) else acting_as
+    with acting(call.thread, _relative(address)):
         res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
     if not wait:
         return res
@@ -96,7 +106,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             res = yield from call.thread.wait(sock, fd, 0, next(pauses, 16))
             if res < 0:
                 return res
-            with acting_as(call.thread, _relative(address)):
+            with acting(call.thread, _relative(address)):
                 res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
             continue
         if res not in (-errno.EINPROGRESS, -errno.EALREADY):
@@ -150,6 +160,7 @@ class Message:
     name: bytes | None     # the destination (already judged), None for the connected peer
     data: bytes
     control: bytes = b""
+    reply: bool = False    # to a sender the program was shown (sent with the supervisor's rights)
 
 
 def read_message(call: Call, name: bytes | None, iov: int, iovlen: int, control: int,
@@ -202,6 +213,17 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
     return bytes(out), mine
 
 
+def _claims_credentials(control: bytes) -> bool:
+    return any((level, kind) == (socket.SOL_SOCKET, _SCM_CREDENTIALS) for level, kind, _ in cmsgs(control))
+
+
+def _program_credentials(call: Call) -> bytes:
+    """An answer a root supervisor sends with its own rights still names the
+    program (its pid and ids) to a receiver that asks (SO_PASSCRED)."""
+    them = call.thread.identity()
+    return cmsg(socket.SOL_SOCKET, _SCM_CREDENTIALS, struct.pack("=iII", call.process.tgid, them.euid, them.egid))
+
+
 def _credentials(call: Call, body: bytes) -> bytes:
     """SCM_CREDENTIALS the program sends: checked as the kernel checks a
     sender's claim, against the program (its pid, one of its own user and
@@ -224,6 +246,8 @@ def send(call: Call, fd: int, sock: socket.socket, message: Message, flags: int,
     datagram and reports it sent, as UDP would."""
     try:
         control, dups = _with_fds(call, message.control) if message.control else (b"", [])
+        if message.reply and os.geteuid() == 0 and not _claims_credentials(control):
+            control += _program_credentials(call)
     except OSError as err:
         return -(err.errno or errno.EBADF)  # as the kernel: EBADF, EPERM, EINVAL
     try:
@@ -239,8 +263,11 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
     stream = sock.type == socket.SOCK_STREAM
     limit = _timeout_ms(sock) if wait else 0
     sent, data, pauses = 0, message.data, iter(_SLEEPS_MS * (1 if drop_when_full else 64))
+    # An answer goes with the supervisor's rights (the sender reached the
+    # program first); anything else as the program.
+    acting = _as_supervisor if message.reply and not _relative(message.name) else acting_as
     while True:
-        with acting_as(call.thread, _relative(message.name)):
+        with acting(call.thread, _relative(message.name)):
             res = kernel.sendmsg(sock.fileno(), message.name, data[sent:], b"" if sent else control,
                                  flags | MSG_DONTWAIT)
         if res >= 0:
@@ -270,11 +297,11 @@ _REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
 
 
 def connect_unix(call: Call, fd: int, sock: socket.socket, visible: Address, real: UnixAddr,
-                 wait: bool | None = None):
+                 wait: bool | None = None, reply: bool = False):
     """Generator: connect the Unix socket `sock` (fd's, or its stand-in) to
     `real`, which stands for `visible`; the result as the program expects it
     from an IP socket."""
-    res = yield from connect(call, fd, sock, pack(real), wait)
+    res = yield from connect(call, fd, sock, pack(real), wait, reply)
     if -res in _REFUSED:
         call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
         return -errno.ECONNREFUSED
