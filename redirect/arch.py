@@ -61,9 +61,15 @@ UNSIGNED_ARGS = {"sendmsg": (2,), "sendmmsg": (2, 3), "recvmsg": (2,), "recvmmsg
 
 def c_args(name: str, args: tuple[int, ...]) -> tuple[int, ...]:
     """The arguments as the kernel reads them: 32-bit ones cut to their low half."""
-    ints, unsigned = INT_ARGS.get(name, ()), UNSIGNED_ARGS.get(name, ())
-    return tuple(a & 0xFFFFFFFF if i in unsigned else ((a & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000 if i in ints
-                 else a for i, a in enumerate(args))
+    ints = INT_ARGS.get(name)
+    if not ints:
+        return args
+    out = list(args)
+    unsigned = UNSIGNED_ARGS.get(name, ())
+    for i in ints:
+        low = out[i] & 0xFFFFFFFF
+        out[i] = low if i in unsigned else (low ^ 0x80000000) - 0x80000000
+    return tuple(out)
 
 
 # Registers of the syscall ABI: number, arguments, result, program counter.

@@ -73,7 +73,7 @@ PR_SET_PDEATHSIG = 1
 class seccomp:  # noqa: N801 (a namespace, as the library's names)
     ALLOW, NOTIFY = 0x7FFF0000, 0x7FC00000
     NE, EQ, GT, MASKED_EQ = 1, 4, 6, 7
-    ATTR_ACT_BADARCH = 2
+    ATTR_ACT_BADARCH, ATTR_CTL_OPTIMIZE = 2, 8
     ARCH_X86 = 0x40000003
 
     @staticmethod
@@ -490,27 +490,36 @@ def _ioctl(fd: int, request: int, arg) -> int:
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 
+_notif = (ctypes.c_char * _NOTIF.size).from_buffer(_notif_buf)
+
+
 def notif_receive(listener: int) -> tuple[int, int, int, int, tuple[int, ...]]:
     """One notification: (id, tid, syscall number, audit arch, arguments).
     OSError ENOENT when the call went away between the wake-up and now."""
-    buf = (ctypes.c_char * _NOTIF.size).from_buffer(_notif_buf)
-    ctypes.memset(buf, 0, _NOTIF.size)
-    _ioctl(listener, NOTIF_RECV, ctypes.addressof(buf))
+    ctypes.memset(_notif, 0, _NOTIF.size)  # the kernel wants it zeroed
+    _ioctl(listener, NOTIF_RECV, ctypes.addressof(_notif))
     ident, tid, _, nr, audit_arch, _, *args = _NOTIF.unpack_from(_notif_buf)
     return ident, tid, nr, audit_arch, tuple(args)
 
 
+_resp_buf = bytearray(_NOTIF_RESP.size)
+_resp = (ctypes.c_char * _NOTIF_RESP.size).from_buffer(_resp_buf)
+
+
 def notif_send(listener: int, ident: int, val: int, error: int, flags: int = 0) -> None:
     """Answer a call: its result (val), or -errno (error), or CONTINUE."""
-    resp = ctypes.create_string_buffer(_NOTIF_RESP.pack(ident, val, error, flags), _NOTIF_RESP.size)
-    _ioctl(listener, NOTIF_SEND, resp)
+    _NOTIF_RESP.pack_into(_resp_buf, 0, ident, val, error, flags)
+    _ioctl(listener, NOTIF_SEND, ctypes.addressof(_resp))
+
+
+_ident = ctypes.c_uint64()
 
 
 def notif_id_valid(listener: int, ident: int) -> bool:
     """Whether the call is still waiting for its answer (not interrupted, the
     thread not gone)."""
-    value = ctypes.c_uint64(ident)
-    return _libc.ioctl(listener, NOTIF_ID_VALID, ctypes.byref(value)) == 0
+    _ident.value = ident
+    return _libc.ioctl(listener, NOTIF_ID_VALID, ctypes.byref(_ident)) == 0
 
 
 def notif_addfd(listener: int, ident: int, srcfd: int, newfd: int = 0, flags: int = 0,

@@ -73,8 +73,6 @@ class Task:
         self.tid = tid
         self.process = process
         self.pidfd = kernel.pidfd_open_thread(tid)
-        self._poll = select.poll()
-        self._poll.register(self.pidfd, select.POLLIN)
         process.threads[tid] = self
         self.status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)  # read again at each use
 
@@ -82,9 +80,6 @@ class Task:
         from .identity import of_thread
 
         return of_thread(self.tid, self.status)
-
-    def alive(self) -> bool:
-        return not self._poll.poll(0)
 
     def close(self) -> None:
         os.close(self.pidfd)
@@ -105,10 +100,16 @@ class Notified(ProgramThread):
         self.listener = backend.listener
         # The memory is opened per call: a cached one could be of an image
         # the thread left (an exec after vfork leaves the parent's alive).
-        self.memory = Process(task.process.tgid)
+        self._memory: Process | None = None
 
     def valid(self) -> bool:
         return kernel.notif_id_valid(self.listener, self.ident)
+
+    @property
+    def memory(self) -> Process:
+        if self._memory is None:
+            self._memory = Process(self.process.tgid)
+        return self._memory
 
     def read(self, addr: int, size: int) -> bytes:
         data = os.pread(self.memory.mem_fd(self.tid), size, addr)
@@ -126,7 +127,8 @@ class Notified(ProgramThread):
             raise OSError(errno.EFAULT, "short write to the program's memory")
 
     def done(self) -> None:
-        self.memory.close()
+        if self._memory is not None:
+            self._memory.close()
 
     def identity(self):
         return self.task.identity()
@@ -300,11 +302,13 @@ class NotifyBackend:
         self.done = False
         try:
             self._children()
+            listener, poll, receive = self.listener, self.epoll.poll, self._receive
             while not self.done:
-                for key, events in self.epoll.poll(self._timeout()):
-                    if key == self.listener:
+                timed = self.parked or self.timers or self.sup.has_files()
+                for key, events in poll(self._timeout() if timed else -1):
+                    if key == listener:
                         if events & select.EPOLLIN:
-                            self._receive()
+                            receive()
                         elif events & select.EPOLLHUP:  # no task left under the filter
                             self.epoll.unregister(self.listener)
                     elif key == children:
@@ -314,7 +318,8 @@ class NotifyBackend:
                         self._forget(self.ended[key])
                     else:
                         self._ready(key)
-                self._timers()
+                if timed:
+                    self._timers()
         finally:
             for pending in list(self.parked):
                 self._drop(pending)
@@ -350,9 +355,9 @@ class NotifyBackend:
     def _task(self, tid: int) -> Task:
         task = self.tasks.get(tid)
         if task is not None:
-            if task.alive():
-                return task
-            self._forget(task)  # the tid is another thread's now
+            # (Not checked alive here, ~1 us a call: its pidfd's event forgets
+            # it, and a dead task's fds can only fail a call, never mislead it.)
+            return task
         tgid = kernel.tgid_of(tid)
         process = self.processes.get(tgid)
         if process is None:
@@ -402,7 +407,9 @@ class NotifyBackend:
         except CallGone:
             pending.thread.done()
             return
-        if isinstance(outcome, types.GeneratorType):
+        if outcome is PASS and pending.thread._memory is None:  # the common case, short
+            self._send(ident, PASS)
+        elif isinstance(outcome, types.GeneratorType):
             pending.handler = outcome
             self._step(pending, None)
         else:

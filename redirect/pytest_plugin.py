@@ -78,7 +78,7 @@ def redirected_server():
     """Start a server with its TCP `ports` turned into socket files of this test
     (tcp only; `udp=True` for datagram ports), wait until they listen, return a
     RedirectedServer. With sealed=True (the default) it cannot reach anything else."""
-    folder = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))  # short: sun_path has 108 bytes
+    folder = Path(tempfile.mkdtemp(prefix="rd-pytest-", dir="/tmp"))  # short: sun_path has 108 bytes
     servers: list[RedirectedServer] = []
 
     def start(args: Sequence[str | os.PathLike], ports: Iterable[int], *, udp: bool = False, sealed: bool = True,

@@ -70,6 +70,9 @@ def build(rules=(), sealed: bool = False, backend: str = "ptrace") -> SeccompFil
     native = SeccompFilter(sc.ALLOW)
     # x32 calls (nr | 0x40000000) are a third ABI: refuse them outright.
     native.set_attr(sc.ATTR_ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
+    # A binary search over syscall numbers rather than a list: every syscall
+    # of the program runs the filter, most of them to the end (allowed).
+    native.set_attr(sc.ATTR_CTL_OPTIMIZE, 2)
     trace = sc.TRACE(TRACE_NATIVE) if backend == "ptrace" else sc.NOTIFY
     for group in groups:
         for name in _GROUPS.get(group, ()):

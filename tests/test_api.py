@@ -92,7 +92,7 @@ def test_pytest_plugin_under_xdist(bins, tmp_path):
     """8 tests in 8 xdist workers, each with the static Go server on "port
     8080" at once: no clash, no TCP port, nothing left behind."""
     (tmp_path / "test_parallel.py").write_text(XDIST_TESTS)
-    before = {name for name in os.listdir("/tmp") if name.startswith("rd-")}
+    before = {name for name in os.listdir("/tmp") if name.startswith("rd-pytest-")}  # the plugin's folders
     env = dict(os.environ, GO_SERVER=str(bins / "go-http-server"), PYTHONPATH=str(REPO))
     # The plugin comes in through the package's pytest11 entry point alone.
     result = run_command([sys.executable, "-m", "pytest", "-q", "-n", "8", "-p", "no:cacheprovider",
@@ -100,7 +100,7 @@ def test_pytest_plugin_under_xdist(bins, tmp_path):
                          timeout=180, cwd=tmp_path, env=env)
     assert "8 passed" in result.stdout, result.stdout + result.stderr
     assert tcp_listening(8080) == []
-    assert {name for name in os.listdir("/tmp") if name.startswith("rd-")} <= before
+    assert {name for name in os.listdir("/tmp") if name.startswith("rd-pytest-")} <= before
 
 
 def test_stop_is_quick_for_a_shell_wrapper_and_parent_death_stops_everything(bins, sockdir):
