@@ -686,3 +686,61 @@ def test_a_stream_sent_by_the_supervisor_survives_signals(storm_probe, restart):
     found = re.search(r"^sent (\d+) got (\d+) bad (-?\d+) eintr (\d+) signals (\d+)$", result.stdout, re.M)
     assert found, result.stdout + result.stderr
     assert int(found[1]) == int(found[2]) == 8 << 20 and found[3] == "-1", result.stdout
+
+
+_NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir};
+    scgi_temp_path {dir};
+    keepalive_requests 100000;
+    server {{ listen 127.0.0.1:{port}; root {dir}; }}
+}}
+"""
+
+
+def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
+    """nginx under redirect: n keep-alive requests on one connection trap
+    exactly as many calls as one request does (--count-calls): nothing on the
+    request path goes to the supervisor, under either backend."""
+    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    assert nginx, "nginx is not installed (scripts/setup.sh installs nginx-light)"
+    (sockdir / "1k.txt").write_bytes(b"x" * 1024)
+    counts = {}
+    for n in (1, 300):
+        port, sock, count = free_port(), sockdir / f"nginx-{n}.sock", sockdir / f"count-{n}.json"
+        (sockdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=sockdir, port=port))
+        server = background(redirect(f"in,port={port},path={sock}", verbose=0, options=("--count-calls", str(count)))
+                            + [nginx, "-c", sockdir / "nginx.conf", "-p", sockdir])
+        wait_for_socket(sock, proc=server)
+        result = run([bins / "go-http-client", "-n", str(n), "-c", "1", "-keepalive", "-unix", sock,
+                      f"http://127.0.0.1:{port}/1k.txt"])
+        assert f"ok={n} fail=0" in result.stdout, result.stdout + result.stderr
+        server.stop()
+        counts[n] = json.loads(count.read_text())["trapped"]
+    assert counts[300] == counts[1], counts
+    assert counts[1].get("accept4", 0) + counts[1].get("accept", 0) >= 1  # the connection's own call was counted
+
+
+def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):
+    """Outer notify: the kernel allows one seccomp listener, so the inner
+    redirect (auto) says why and runs the ptrace backend, which works there.
+    Outer ptrace: the program is traced already, and the inner one says so
+    and fails (documented in limits.md)."""
+    port, sock = free_port(), sockdir / "inner.sock"
+    inner = REDIRECT + ["-v", "--backend", "auto", "-r", f"in,port={port},path={sock}", "--",
+                        bins / "tcp-server-glibc", "127.0.0.1", port]
+    server = background(REDIRECT + ["--backend", backend, "--"] + inner)
+    if backend == "ptrace":
+        assert server.wait(30) == 1
+        assert "cannot trace the program" in server.output, server.output
+        return
+    wait_for_socket(sock, proc=server)
+    assert unix_request(sock, b"nested") == b"nested"
+    server.wait_for_line(r"backend: not notify \(another seccomp notifier")
+    server.wait_for_line(r"backend: ptrace")
