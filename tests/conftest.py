@@ -224,14 +224,17 @@ def free_port() -> int:
 
 
 def tcp_listening(port: int) -> list[str]:
-    """Lines of /proc/net/tcp{,6} that show a listener (or any socket) on port."""
+    """Lines of /proc/net/{tcp,udp}{,6} that show a socket some process holds
+    on port (a listener, a connection, a bound UDP socket). Sockets in
+    TIME_WAIT belong to nobody (inode 0): another test's closed connection
+    whose ephemeral port happens to be this one."""
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"):
         with open(table) as f:
             next(f)
             for line in f:
-                local = line.split()[1]
-                if int(local.rsplit(":", 1)[1], 16) == port:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
                     found.append(f"{table}: {line.strip()}")
     return found
 
