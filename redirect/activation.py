@@ -191,7 +191,7 @@ def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
         if restricted:
             umask = os.umask(0)
             os.umask(umask)
-            err = socketfile.apply_permissions(real.name, rule, os.geteuid(), umask)
+            err = socketfile.apply_permissions(real.name, sock, rule, os.geteuid(), umask)
             if err:
                 raise OSError(-err, os.strerror(-err), os.fsdecode(real.name))
         if kind == "stream":
@@ -199,5 +199,5 @@ def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
     except OSError as err:
         sock.close()
         raise OSError(err.errno, err.strerror, os.fsdecode(real.name)) from None
-    ident = None if real.abstract else socketfile.file_id(real.name)
+    ident = None if real.abstract else socketfile.file_id(real.name, sock)
     return Passed(sock, None, kind, os.fstat(sock.fileno()).st_ino, real, rule, ident)

@@ -569,24 +569,65 @@ _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NLMSG_ERROR = 4, 20, 
 _diag: "socket.socket | None" = None
 
 
-def unix_socket_exists(inode: int) -> bool:
-    """Whether a Unix socket with this inode still exists anywhere (some
-    process holds it): one exact sock_diag lookup, no fd table read."""
+_UDIAG_SHOW_VFS, _UNIX_DIAG_VFS = 0x2, 1
+
+
+def _unix_diag(inode: int, show: int) -> bytes | None:
+    """The kernel's record of the Unix socket with this inode (sock_diag, an
+    exact lookup), its attributes after the header; None if there is none."""
     import socket as _socket
     global _diag
     if _diag is None:
         _diag = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)
     # struct unix_diag_req: family, protocol, pad, states, ino, show, cookie (none: ~0, ~0)
-    req = struct.pack("=BBHIIIII", 1, 0, 0, 0xFFFFFFFF, inode, 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    req = struct.pack("=BBHIIIII", 1, 0, 0, 0xFFFFFFFF, inode, show, 0xFFFFFFFF, 0xFFFFFFFF)
     _diag.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, inode, 0) + req)
-    reply = _diag.recv(8192)
-    kind = struct.unpack_from("=H", reply, 4)[0]
+    while True:
+        reply = _diag.recv(8192)
+        length, kind, _, seq = struct.unpack_from("=IHHI", reply)
+        if seq == inode:  # the answer to this request (the socket is ours alone: nothing else comes)
+            break
     if kind == _NLMSG_ERROR:
         err = -struct.unpack_from("=i", reply, 16)[0]
         if err == errno.ENOENT:
-            return False
+            return None
         raise OSError(err, f"sock_diag: {os.strerror(err)}")
-    return True
+    found = struct.unpack_from("=I", reply, 16 + 4)[0]  # struct unix_diag_msg: family, type, state, pad, ino
+    if found != inode:
+        raise OSError(errno.EIO, f"sock_diag answered for socket {found}, not {inode}")
+    return reply[16 + 16:length]
+
+
+def unix_socket_exists(inode: int) -> bool:
+    """Whether a Unix socket with this inode still exists anywhere (some
+    process holds it): no fd table read."""
+    return _unix_diag(inode, 0) is not None
+
+
+def unix_socket_file(inode: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file a bound Unix socket made, as the kernel
+    knows it (UNIX_DIAG_VFS): a path may have been re-pointed since, the
+    socket's own record cannot be."""
+    attrs = _unix_diag(inode, _UDIAG_SHOW_VFS)
+    while attrs and len(attrs) >= 4:
+        size, kind = struct.unpack_from("=HH", attrs)
+        if kind == _UNIX_DIAG_VFS and size >= 12:
+            ino, dev = struct.unpack_from("=II", attrs, 4)
+            return os.makedev(dev >> 20, dev & 0xFFFFF), ino  # the kernel's dev_t, as stat shows it
+        attrs = attrs[(size + 3) & ~3:]
+    return None
+
+
+_SYS_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS = 0x02, 0x04
+
+
+def open_no_symlinks(path: bytes) -> int:
+    """An O_PATH fd of path, resolved following no symlink anywhere in it
+    (openat2, 5.6): what a root supervisor sends to or connects to by a name
+    a program may have re-pointed. OSError (ELOOP for a symlink)."""
+    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    return _check(_libc.syscall(_SYS_OPENAT2, -100, path, how, len(how)), "openat2")
 
 
 _libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)

@@ -43,6 +43,7 @@ class PeerTable:
         self.limit = limit
         self._shown: OrderedDict[tuple[int, UnixAddr], IPAddr] = OrderedDict()
         self._real: dict[tuple[IPAddress, int], UnixAddr] = {}
+        self._senders: set[UnixAddr] = set()  # received from (not only sent to by a rule)
 
     def __len__(self) -> int:
         return len(self._shown)
@@ -54,12 +55,19 @@ class PeerTable:
         know it) if no other sender has it, else `host` with a port of its own."""
         known = self.known(real, family)
         if known is not None:
+            self._senders.add(real)
             return known
         candidate = in_family(preferred, family) if preferred is not None else None
         if candidate is None or self._taken(candidate, real):
             candidate = self._free(real, family, host)
         self._add(family, real, candidate)
+        self._senders.add(real)
         return candidate
+
+    def sent_to_us(self, real: UnixAddr) -> bool:
+        """Whether a datagram came from `real` (an answer to it is the
+        program's to send), not only one went there by a rule."""
+        return real in self._senders
 
     def known(self, real: UnixAddr, family: int) -> IPAddr | None:
         """The address shown for `real` so far, if any."""
@@ -108,6 +116,8 @@ class PeerTable:
         shown = self._shown.pop((family, real), None)
         if shown is None:
             return
+        if (AF_INET6 if family == AF_INET else AF_INET, real) not in self._shown:
+            self._senders.discard(real)
         other = self._shown.get((AF_INET6 if family == AF_INET else AF_INET, real))
         # The other family's face of the same sender may be the same address.
         if self._real.get(_key(shown)) == real and (other is None or _key(other) != _key(shown)):

@@ -12,6 +12,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .kernel import unix_socket_file
+
 
 def clear_stale(path: bytes, socket_type: int) -> int:
     """Make way for a bind at `path`: 0 if the path is free (a dead socket file
@@ -96,11 +98,15 @@ def is_alive(path: bytes, socket_type: int) -> bool:
 FileId = tuple[int, int, int, int]  # the file's (st_dev, st_ino), then its directory's
 
 
-def file_id(path: bytes) -> FileId | None:
+def file_id(path: bytes, sock) -> FileId | None:
     """Who the file at path is, and in which directory: what remove_if_ours
-    checks before it removes anything."""
+    checks before it removes anything. Only if it is the file the bind of
+    `sock` made (the kernel's record of the socket says which): a program
+    that swaps a directory of the path for a symlink between the bind and
+    this look must not make us record, and later remove, another file."""
     folder, name = os.path.split(path)
     try:
+        made = unix_socket_file(os.fstat(sock.fileno()).st_ino)
         where = os.open(folder or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
@@ -111,6 +117,8 @@ def file_id(path: bytes) -> FileId | None:
         return None
     finally:
         os.close(where)
+    if made != (st.st_dev, st.st_ino):
+        return None
     return (st.st_dev, st.st_ino, here.st_dev, here.st_ino)
 
 
@@ -215,22 +223,23 @@ def initial_mode(rule) -> int:
     return rule.mode & 0o777
 
 
-def apply_permissions(path: bytes, rule, binder_uid: int, umask: int) -> int:
-    """Give a freshly bound socket file the rule's owner, group and mode
-    (without mode=: what the program's umask gives). The file is opened
-    without following symlinks and must still be a socket of the binder, so a
-    file swapped in by someone who can write the directory is never touched.
-    0 or -errno; on failure the file is removed, so nobody connects to a
-    half-made socket."""
+def apply_permissions(path: bytes, sock, rule, binder_uid: int, umask: int) -> int:
+    """Give the socket file the bind of `sock` made the rule's owner, group
+    and mode (without mode=: what the program's umask gives). The file is
+    opened without following symlinks and must be that very file (the
+    kernel's record of the socket says which), so a file swapped in by
+    someone who can write the directory is never touched. 0 or -errno; on
+    failure the file is removed, so nobody connects to a half-made socket."""
     try:
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         return -(err.errno or errno.EPERM)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != binder_uid:
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != binder_uid or \
+                unix_socket_file(os.fstat(sock.fileno()).st_ino) != (st.st_dev, st.st_ino):
             return -errno.EPERM  # not the file the bind made: leave it alone
-        made = file_id(path)
+        made = file_id(path, sock)
         here = f"/proc/self/fd/{fd}"  # the opened inode itself, whatever the path holds now
         if rule.owner is not None or rule.group is not None:
             os.chown(here, -1 if rule.owner is None else rule.owner, -1 if rule.group is None else rule.group)

@@ -253,13 +253,13 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
         # A blackhole's folder is the supervisor's own: bound as the supervisor.
         res = perform.bind(call, new, pack(real), as_program=not blackhole)
         if restricted and res >= 0:
-            res = socketfile.apply_permissions(real.name, verdict.rule, call.thread.euid(), call.thread.umask())
+            res = socketfile.apply_permissions(real.name, new, verdict.rule, call.thread.euid(), call.thread.umask())
         if res < 0:
             missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
             ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
             _release_port(call, verdict)
             return res
-        ident = None if real.abstract or blackhole else socketfile.file_id(real.name)
+        ident = None if real.abstract or blackhole else socketfile.file_id(real.name, new)
         if not is_unix:
             err = yield from install(call, fd, sock, new)
             if err < 0:
@@ -476,9 +476,8 @@ def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Dec
     if is_unix:  # ours already: connecting again, or bound by an in rule first
         if kind == "stream":
             ctx.registry.add_client(inode_of(sock), Client(verdict.real, verdict.visible, kind))
-        # (verdict.rule is None: a datagram sender the program was shown, answered with the supervisor's rights)
         return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real,
-                                                reply=kind == "dgram" and verdict.rule is None))
+                                                reply=kind == "dgram" and ctx.registry.peers.sent_to_us(verdict.real)))
     if kind == "dgram":
         return (yield from datagram_send.become_client(call, fd, sock, verdict, connect=True))
     with stand_in(kind) as new:

@@ -142,7 +142,7 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
         if res < 0:
             ctx.log(0, f"{call.describe()}: binding the reply address {own} failed: {os.strerror(-res)}")
             return res
-        ident = socketfile.file_id(path)
+        ident = socketfile.file_id(path, new)
         try:
             if mode is not None:
                 socketfile.chmod_ours(path, ident, mode)
@@ -151,9 +151,8 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
             socketfile.remove_if_ours(path, ident)
             return -errno.EPERM
         if connect:
-            # (verdict.rule is None: a sender the program was shown, answered with the supervisor's rights)
             res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real, wait=False,
-                                                  reply=verdict.rule is None)
+                                                  reply=ctx.registry.peers.sent_to_us(verdict.real))
             if res < 0:
                 socketfile.remove_if_ours(path, ident)
                 return res
@@ -218,7 +217,7 @@ def _send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[
         # An answer to a sender the program was shown: it sent to the program,
         # so the program may answer, whatever ids it has since taken (a server
         # that drops privileges or chroots after its bind).
-        message.reply = isinstance(visible, IPAddr) and call.ctx.registry.peers.real(visible) is not None
+        message.reply = real is not None and call.ctx.registry.peers.sent_to_us(real)
         batch.append(message)
     for message in batch:
         if len(message.data) > _MAX_UDP_PAYLOAD[family]:
@@ -263,7 +262,7 @@ def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):
 
 
 def _connect(call: Call, fd: int, sock: socket.socket, conv: Converted, visible: IPAddr, real: UnixAddr):
-    reply = call.ctx.registry.peers.real(visible) is not None  # a server connecting to one of its clients
+    reply = call.ctx.registry.peers.sent_to_us(real)  # a server connecting to one of its clients
     res = yield from perform.connect_unix(call, fd, sock, visible, real, reply=reply)
     if res == 0 and conv.role == "client":
         client = call.ctx.registry.client(conv.inode)

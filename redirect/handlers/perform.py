@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -82,8 +83,29 @@ def _nonblocking_call(sock: socket.socket, do):
 
 
 @contextlib.contextmanager
-def _as_supervisor(thread, relative_path: bool):
-    yield
+def _destination(thread, address: bytes | None, reply: bool):
+    """Within the block: (the address to send to or connect to, whether it is
+    used with the supervisor's rights). A datagram sender the program was
+    shown may be answered whatever ids the program has taken since (a server
+    that drops privileges or chroots after its bind), so such an answer goes
+    with the supervisor's rights, but only to the socket file its name leads
+    to following no symlink (the program may have re-pointed the name), by
+    an O_PATH fd of it. Anything else, and a sender whose name cannot be
+    opened so, goes as the program."""
+    if reply and address and family_of(address) == AF_UNIX and len(address) > 2 and address[2] == 0x2F:
+        try:
+            fd = kernel.open_no_symlinks(address[2:].split(b"\0", 1)[0])
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    yield pack(UnixAddr(f"/proc/self/fd/{fd}".encode())), True
+                    return
+            finally:
+                os.close(fd)
+    with acting_as(thread, _relative(address)):
+        yield address, False
 
 
 def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool | None = None,
@@ -95,9 +117,8 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
     (as an answer is sent)."""
     wait = blocking(sock) if wait is None else wait
     limit = _timeout_ms(sock) if wait else 0
-    acting = _as_supervisor if reply and not _relative(address) else acting_as
-    with acting(call.thread, _relative(address)):
-        res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
+    with _destination(call.thread, address, reply) as (where, _):
+        res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), where))
     if not wait:
         return res
     pauses = iter(_SLEEPS_MS * 64)
@@ -106,8 +127,8 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             res = yield from call.thread.wait(sock, fd, 0, next(pauses, 16))
             if res < 0:
                 return res
-            with acting(call.thread, _relative(address)):
-                res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), address))
+            with _destination(call.thread, address, reply) as (where, _):
+                res = _nonblocking_call(sock, lambda: kernel.connect(sock.fileno(), where))
             continue
         if res not in (-errno.EINPROGRESS, -errno.EALREADY):
             return res
@@ -246,8 +267,6 @@ def send(call: Call, fd: int, sock: socket.socket, message: Message, flags: int,
     datagram and reports it sent, as UDP would."""
     try:
         control, dups = _with_fds(call, message.control) if message.control else (b"", [])
-        if message.reply and os.geteuid() == 0 and not _claims_credentials(control):
-            control += _program_credentials(call)
     except OSError as err:
         return -(err.errno or errno.EBADF)  # as the kernel: EBADF, EPERM, EINVAL
     try:
@@ -263,12 +282,13 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
     stream = sock.type == socket.SOCK_STREAM
     limit = _timeout_ms(sock) if wait else 0
     sent, data, pauses = 0, message.data, iter(_SLEEPS_MS * (1 if drop_when_full else 64))
-    # An answer goes with the supervisor's rights (the sender reached the
-    # program first); anything else as the program.
-    acting = _as_supervisor if message.reply and not _relative(message.name) else acting_as
+    # An answer a root supervisor sends with its own rights still names the
+    # program to a receiver that asks (SO_PASSCRED).
+    named = control + _program_credentials(call) if message.reply and os.geteuid() == 0 \
+        and not _claims_credentials(control) else control
     while True:
-        with acting(call.thread, _relative(message.name)):
-            res = kernel.sendmsg(sock.fileno(), message.name, data[sent:], b"" if sent else control,
+        with _destination(call.thread, message.name, message.reply) as (where, ours):
+            res = kernel.sendmsg(sock.fileno(), where, data[sent:], b"" if sent else named if ours else control,
                                  flags | MSG_DONTWAIT)
         if res >= 0:
             sent += res

@@ -36,12 +36,19 @@
  *   replyflip PORT N          shown a sender on PORT, answer it N times from fresh sockets while
  *                             the family flips (waits for a line before the flips)
  *   creds PATH                as nobody: send to PATH, then with forged SCM_CREDENTIALS (uid 0)
+ *   reply-symlink PORT SERVER DIR VICTIM N   as root bind UDP PORT (converted to SERVER), drop to
+ *                             nobody, send to SERVER from DIR/s, swap DIR/s for a symlink to VICTIM,
+ *                             then answer the shown sender N times (sendto), connect, send N times
+ *   drop-send PORT N          drop to nobody, then sendto 127.0.0.1:PORT N times (an out rule's)
+ *   dirswap PORT DIR VICTIMDIR N  as nobody: bind PORT (its socket file in DIR/d) N times while
+ *                             a thread swaps DIR/d with a symlink to VICTIMDIR
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
@@ -699,6 +706,111 @@ static int creds(const char *path)
     return 0;
 }
 
+static void drop_to_nobody(void)
+{
+    if (setgroups(0, NULL) || setgid(65534) || setuid(65534)) {
+        perror("drop");
+        exit(1);
+    }
+}
+
+static int reply_symlink(int port, const char *server, const char *dir, const char *victim, int n)
+{
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = loopback(port);
+    if (bind(u, (struct sockaddr *)&a, sizeof a)) {
+        perror("bind");
+        return 1;
+    }
+    drop_to_nobody();
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un me = {.sun_family = AF_UNIX}, srv = {.sun_family = AF_UNIX};
+    snprintf(me.sun_path, sizeof me.sun_path, "%s/s", dir);
+    snprintf(srv.sun_path, sizeof srv.sun_path, "%s", server);
+    unlink(me.sun_path);
+    if (bind(s, (struct sockaddr *)&me, sizeof me) || sendto(s, "x", 1, 0, (struct sockaddr *)&srv, sizeof srv) != 1) {
+        perror("sender");
+        return 1;
+    }
+    close(s);
+    unlink(me.sun_path);
+    if (symlink(victim, me.sun_path)) {
+        perror("symlink");
+        return 1;
+    }
+    char buf[16];
+    struct sockaddr_in from;
+    socklen_t len = sizeof from;
+    if (recvfrom(u, buf, sizeof buf, 0, (struct sockaddr *)&from, &len) < 0) {
+        perror("recvfrom");
+        return 1;
+    }
+    int sent = 0, connected;
+    for (int i = 0; i < n; i++)
+        sent += sendto(u, "answer", 6, 0, (struct sockaddr *)&from, len) > 0;
+    connected = connect(u, (struct sockaddr *)&from, len) == 0;
+    for (int i = 0; connected && i < n; i++)
+        sent += send(u, "answer", 6, 0) > 0;
+    printf("sent %d\nconnected %d\n", sent, connected);
+    unlink(me.sun_path);
+    return 0;
+}
+
+static int drop_send(int port, int n)
+{
+    drop_to_nobody();
+    int u = socket(AF_INET, SOCK_DGRAM, 0), sent = 0;
+    struct sockaddr_in a = loopback(port);
+    for (int i = 0; i < n; i++)
+        sent += sendto(u, "rule", 4, 0, (struct sockaddr *)&a, sizeof a) > 0;
+    printf("sent %d\n", sent);
+    return 0;
+}
+
+static char swap_dir[200], swap_link[200];
+static volatile int swapping;
+
+static void *swapper(void *arg)
+{
+    (void)arg;
+    while (swapping)
+        syscall(SYS_renameat2, AT_FDCWD, swap_dir, AT_FDCWD, swap_link, 2 /* RENAME_EXCHANGE */);
+    return NULL;
+}
+
+static int dirswap(int port, const char *dir, const char *victim_dir, int n)
+{
+    drop_to_nobody();
+    snprintf(swap_dir, sizeof swap_dir, "%s/d", dir);
+    snprintf(swap_link, sizeof swap_link, "%s/L", dir);
+    mkdir(swap_dir, 0755);
+    if (symlink(victim_dir, swap_link)) {
+        perror("symlink");
+        return 1;
+    }
+    swapping = 1;
+    pthread_t t;
+    pthread_create(&t, NULL, swapper, NULL);
+    struct sockaddr_in a = loopback(port);
+    int bound = 0;
+    for (int i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        bound += bind(s, (struct sockaddr *)&a, sizeof a) == 0;
+        close(s);
+    }
+    swapping = 0;
+    pthread_join(t, NULL);
+    struct stat st;
+    if (lstat(swap_dir, &st) == 0 && S_ISLNK(st.st_mode)) /* the directory back in its place */
+        syscall(SYS_renameat2, AT_FDCWD, swap_dir, AT_FDCWD, swap_link, 2);
+    int s = socket(AF_INET, SOCK_STREAM, 0); /* a last bind: the reap of the others runs first */
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    close(s);
+    usleep(1500000); /* and the supervisor's 1 s timer */
+    printf("bound %d\n", bound);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     alarm(60); /* bounded, whatever happens */
@@ -736,6 +848,12 @@ int main(int argc, char **argv)
         return igmp(argv[2], argc == 4 && strcmp(argv[3], "high") == 0);
     if (strcmp(argv[1], "packet-high") == 0)
         return packet_high();
+    if (strcmp(argv[1], "reply-symlink") == 0 && argc == 7)
+        return reply_symlink(atoi(argv[2]), argv[3], argv[4], argv[5], atoi(argv[6]));
+    if (strcmp(argv[1], "drop-send") == 0 && argc == 4)
+        return drop_send(atoi(argv[2]), atoi(argv[3]));
+    if (strcmp(argv[1], "dirswap") == 0 && argc == 6)
+        return dirswap(atoi(argv[2]), argv[3], argv[4], atoi(argv[5]));
     if (strcmp(argv[1], "portrange") == 0 && (argc == 4 || argc == 5))
         return portrange(argv[2], atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 0);
     if (strcmp(argv[1], "raw6") == 0 && argc == 4)
