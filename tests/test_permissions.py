@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import socket
 import shutil
 import stat
 import time
@@ -166,7 +167,8 @@ def test_permissions_never_follow_a_swapped_in_symlink(tmp_path):
     link = tmp_path / "s.sock"
     link.symlink_to(secret)
     rule = parse_rule(f"in,port=1,path={link},mode=0666")
-    assert apply_permissions(os.fsencode(link), rule, os.geteuid(), 0o022) == -errno.EPERM
+    with socket.socket(socket.AF_UNIX) as sock:  # the socket whose bind "made" the file
+        assert apply_permissions(os.fsencode(link), sock, rule, os.geteuid(), 0o022) == -errno.EPERM
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and link.is_symlink()
 
 
