@@ -389,8 +389,10 @@ class NotifyBackend:
         again = self.replay.pop(tid, None)
         if again is not None and again[:2] == (nr, args):
             # The same call again: its answer was lost to a signal after the
-            # supervisor had made it. Made once; answered now.
-            self._send(ident, again[2])
+            # supervisor had made it. Made once; answered now (or, lost
+            # again, kept for the next time).
+            if not self._send(ident, again[2]):
+                self.replay[tid] = again
             return
         if audit_arch != kernel.AUDIT_ARCH_X86_64:
             self.log(0, f"pid {tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
