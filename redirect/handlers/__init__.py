@@ -1,13 +1,17 @@
 """Syscall semantics: one handler per trapped syscall, in terms of sockets and
-addresses, never registers or injected calls.
+addresses, never registers, injected calls or notifications.
 
 A handler answers with a result (>= 0 or -errno) or PASS (let the call run:
 only where nothing was decided on what the program can still change). What it
-needs of the program it asks the backend for (today ptrace: tracee.Thread):
+needs of the program it asks the backend for: the thread object of the call
+(notify.Notified, or tracee.Thread for ptrace; program.ProgramThread has what
+both share):
 
-- look: read(addr, n), write(addr, data), duplicate(fd) / socket(fd), fd_inode(fd)
-- act: put_socket(sock, [(fd, cloexec)...]), epoll_add(...), wait(fd, events,
-  timeout), run_trapped() (the call itself, for calls that decide nothing)
+- look: read(addr, n), write(addr, data), duplicate(fd) / socket(fd),
+  fd_inode(fd), fds(), identity()
+- act: put_socket(sock, [(fd, cloexec)...]) (replace the program's fds),
+  give(sock, cloexec, lost) (the call's result is a new fd of sock),
+  epoll_add(epfd, fd, events, data), wait(sock, fd, events, timeout)
 
 The acts are generators (`yield from`): the thread may wait in them while the
 supervisor serves others. Calls it judged, the supervisor makes itself
