@@ -268,20 +268,7 @@ def machine() -> dict:
 
 # ---- the web servers ------------------------------------------------------------------
 
-NGINX_CONF = """daemon off;
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
-    keepalive_requests 10000000;
-    server {{ listen {listen}; root {www}; }}
-}}
-"""
+NGINX_CONF = (ROOT / "fixtures" / "nginx" / "nginx.conf.in").read_text()
 
 
 class Web:
@@ -300,7 +287,6 @@ class Web:
             argv = [SERVER, "-quiet"] + (["-unix", self.sock] if native_unix else ["-addr", listen_tcp])
             self.path = "/"
         elif kind == "nginx":
-            (self.dir / "tmp").mkdir(exist_ok=True)
             conf = self.dir / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=self.dir, www=www,
                                               listen=f"unix:{self.sock}" if native_unix else listen_tcp))

@@ -688,20 +688,7 @@ def test_a_stream_sent_by_the_supervisor_survives_signals(storm_probe, restart):
     assert int(found[1]) == int(found[2]) == 8 << 20 and found[3] == "-1", result.stdout
 
 
-_NGINX_CONF = """daemon off;
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir};
-    scgi_temp_path {dir};
-    keepalive_requests 100000;
-    server {{ listen 127.0.0.1:{port}; root {dir}; }}
-}}
-"""
+_NGINX_CONF = (Path(__file__).resolve().parent.parent / "fixtures" / "nginx" / "nginx.conf.in").read_text()
 
 
 def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
@@ -714,7 +701,7 @@ def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
     counts = {}
     for n in (1, 300):
         port, sock, count = free_port(), sockdir / f"nginx-{n}.sock", sockdir / f"count-{n}.json"
-        (sockdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=sockdir, port=port))
+        (sockdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=sockdir, listen=f"127.0.0.1:{port}", www=sockdir))
         server = background(redirect(f"in,port={port},path={sock}", verbose=0, options=("--count-calls", str(count)))
                             + [nginx, "-c", sockdir / "nginx.conf", "-p", sockdir])
         wait_for_socket(sock, proc=server)
