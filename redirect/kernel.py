@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import sys
 import struct
@@ -483,52 +484,52 @@ def load_filter_with_listener(program: bytes) -> int:
                                 fprog), "seccomp")
 
 
-def _ioctl(fd: int, request: int, arg) -> int:
-    return _check(_libc.ioctl(fd, request, arg), "ioctl")
-
-
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 
-_notif = (ctypes.c_char * _NOTIF.size).from_buffer(_notif_buf)
+_ZEROS = bytes(_NOTIF.size)
 
 
 def notif_receive(listener: int) -> tuple[int, int, int, int, tuple[int, ...]]:
     """One notification: (id, tid, syscall number, audit arch, arguments).
-    OSError ENOENT when the call went away between the wake-up and now."""
-    ctypes.memset(_notif, 0, _NOTIF.size)  # the kernel wants it zeroed
-    _ioctl(listener, NOTIF_RECV, ctypes.addressof(_notif))
+    OSError ENOENT when the call went away between the wake-up and now.
+    (fcntl.ioctl, not ctypes: this and the answer are the two calls of every
+    notification, and its C call is the cheaper.)"""
+    _notif_buf[:] = _ZEROS  # the kernel wants it zeroed
+    fcntl.ioctl(listener, NOTIF_RECV, _notif_buf, True)
     ident, tid, _, nr, audit_arch, _, *args = _NOTIF.unpack_from(_notif_buf)
     return ident, tid, nr, audit_arch, tuple(args)
 
 
 _resp_buf = bytearray(_NOTIF_RESP.size)
-_resp = (ctypes.c_char * _NOTIF_RESP.size).from_buffer(_resp_buf)
 
 
 def notif_send(listener: int, ident: int, val: int, error: int, flags: int = 0) -> None:
     """Answer a call: its result (val), or -errno (error), or CONTINUE."""
     _NOTIF_RESP.pack_into(_resp_buf, 0, ident, val, error, flags)
-    _ioctl(listener, NOTIF_SEND, ctypes.addressof(_resp))
+    fcntl.ioctl(listener, NOTIF_SEND, _resp_buf, False)
 
 
-_ident = ctypes.c_uint64()
+_ident = bytearray(8)
 
 
 def notif_id_valid(listener: int, ident: int) -> bool:
     """Whether the call is still waiting for its answer (not interrupted, the
     thread not gone)."""
-    _ident.value = ident
-    return _libc.ioctl(listener, NOTIF_ID_VALID, ctypes.byref(_ident)) == 0
+    struct.pack_into("=Q", _ident, 0, ident)
+    try:
+        fcntl.ioctl(listener, NOTIF_ID_VALID, _ident, True)
+    except OSError:
+        return False
+    return True
 
 
 def notif_addfd(listener: int, ident: int, srcfd: int, newfd: int = 0, flags: int = 0,
                 cloexec: bool = False) -> int:
     """Put a duplicate of our srcfd into the calling thread (SETFD: at newfd;
     SEND: as the call's result, one step). The fd number there."""
-    addfd = ctypes.create_string_buffer(
-        _NOTIF_ADDFD.pack(ident, flags, srcfd, newfd, os.O_CLOEXEC if cloexec else 0), _NOTIF_ADDFD.size)
-    return _ioctl(listener, NOTIF_ADDFD, addfd)
+    addfd = bytearray(_NOTIF_ADDFD.pack(ident, flags, srcfd, newfd, os.O_CLOEXEC if cloexec else 0))
+    return fcntl.ioctl(listener, NOTIF_ADDFD, addfd, True)  # (a mutable buffer: the ioctl's result comes back)
 
 
 def notif_features(listener: int) -> dict[str, bool]:

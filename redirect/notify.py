@@ -403,15 +403,17 @@ class NotifyBackend:
         except OSError:
             self._send(ident, -errno.ESRCH)  # gone already: nobody reads this
             return
-        pending = Pending(Notified(self, task, ident), nr, args)
+        thread = Notified(self, task, ident)
         try:
-            outcome = self.sup.handle(pending.thread, nr, args)
+            outcome = self.sup.handle(thread, nr, args)
         except CallGone:
-            pending.thread.done()
+            thread.done()
             return
-        if outcome is PASS and pending.thread._memory is None:  # the common case, short
+        if outcome is PASS and thread._memory is None:  # the common case, short
             self._send(ident, PASS)
-        elif isinstance(outcome, types.GeneratorType):
+            return
+        pending = Pending(thread, nr, args)
+        if isinstance(outcome, types.GeneratorType):
             pending.handler = outcome
             self._step(pending, None)
         else:

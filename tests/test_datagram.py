@@ -346,6 +346,9 @@ def test_sendmmsg_recvmmsg_batches(bins, sockdir, background):
     assert sorted(re.findall(r"^reply ::1 \d+ echo:(\S+)$", result.stdout, re.M)) == sorted(messages)
     server.wait_for_line(r"^received \S+ \d+ len=3 m11$")
     assert sum(int(n) for n in re.findall(r"^batch (\d+)$", server.output, re.M)) == 12
+    deadline = time.monotonic() + 10  # the server prints "replied" after its sendmmsg returns
+    while sum(int(n) for n in re.findall(r"^replied (\d+)$", server.output, re.M)) < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert sum(int(n) for n in re.findall(r"^replied (\d+)$", server.output, re.M)) == 12
     peers = set(re.findall(r"^received (\S+ \d+) ", server.output, re.M))
     # A wildcard server sees 127.U.U.1 (U: the sender's uid), IPv4-mapped on IPv6, as for TCP.
