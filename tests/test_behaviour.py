@@ -666,14 +666,21 @@ def test_no_datagram_is_lost_to_signals(storm_probe, sockdir, background, restar
     port, sock, n = free_port(), sockdir / "storm.sock", 1000
     server = background(redirect(f"in,udp,port={port},path={sock}", verbose=0) + [storm_probe, "udp", port, n, restart])
     server.wait_for_line("^listening$")
+    doubled = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
         client.bind(str(sockdir / "client.sock"))
         client.settimeout(10)
         for i in range(n):
             client.sendto(b"ping %d" % i, str(sock))
-            assert client.recv(64) == b"ping %d" % i
+            while (answer := client.recv(64)) != b"ping %d" % i:
+                # An answer the kernel dropped although it told the supervisor
+                # it took it (a signal in the microseconds before): the call
+                # is made again (docs/limits.md). Never a lost one.
+                assert answer.startswith(b"ping ") and int(answer[5:]) < i, (i, answer)
+                doubled.append(answer)
     found = server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
-    assert int(found[1]) == n and int(found[3]) > 20, server.output
+    assert int(found[3]) > 20, server.output
+    assert int(found[1]) == n + len(doubled) and len(doubled) <= 3, (doubled, server.output)
 
 
 @pytest.mark.parametrize("restart", ["restart", "intr"])
