@@ -643,7 +643,7 @@ def storm_probe():
 @pytest.mark.parametrize("restart", ["restart", "intr"])
 def test_no_connection_is_lost_to_signals(storm_probe, sockdir, background, restart):
     """A server blocked in accept on a converted socket, hit by a signal every
-    2 ms (with SA_RESTART, or without: EINTR, and it accepts again): every
+    5 ms (with SA_RESTART, or without: EINTR, and it accepts again): every
     connection gets accepted, once. Under notify the supervisor accepts for
     the waiting call; one it took for a call a signal ended goes to the next."""
     port, sock, n = free_port(), sockdir / "storm.sock", 1000
@@ -655,7 +655,7 @@ def test_no_connection_is_lost_to_signals(storm_probe, sockdir, background, rest
             client.connect(str(sock))
             assert client.recv(1) == b"x", f"connection {i} got no byte"
     found = server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
-    assert int(found[1]) == n and int(found[3]) > 20, server.output
+    assert int(found[1]) == n and int(found[3]) > 5, server.output
     assert server.wait(10) == 0
 
 
@@ -679,14 +679,14 @@ def test_no_datagram_is_lost_to_signals(storm_probe, sockdir, background, restar
                 assert answer.startswith(b"ping ") and int(answer[5:]) < i, (i, answer)
                 doubled.append(answer)
     found = server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
-    assert int(found[3]) > 20, server.output
+    assert int(found[3]) > 5, server.output
     assert int(found[1]) == n + len(doubled) and len(doubled) <= 3, (doubled, server.output)
 
 
 @pytest.mark.parametrize("restart", ["restart", "intr"])
 def test_a_stream_sent_by_the_supervisor_survives_signals(storm_probe, restart):
     """Sealed, sendmsg on a socket pair is made by the supervisor; 8 MiB to a
-    slow reader under a signal every 2 ms: every byte arrives once, in order
+    slow reader under a signal every 5 ms: every byte arrives once, in order
     (found by an adversarial pass: a signal dropped the count of what was
     sent, and the program sent it again)."""
     result = run(REDIRECT + ["--sealed", "--", storm_probe, "send", restart], timeout=120)

@@ -23,7 +23,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#define STEP 2000
+#define STEP 5000
 static volatile int signals;
 static void tick(int sig) { (void)sig; signals++; }
 
