@@ -58,55 +58,47 @@ static int bound(int type, int port)
     return s;
 }
 
-static int accepting(int port, int n, int restart)
+/* One call of a server's loop: 1 done, 0 interrupted (EINTR: it tries
+ * again), -1 failed. */
+static int accept_one(int s)
 {
-    int s = bound(SOCK_STREAM, port), done = 0, eintr = 0;
-    storm(restart);
-    while (done < n) {
-        struct sockaddr_in peer;
-        socklen_t len = sizeof peer;
-        int c = accept(s, (struct sockaddr *)&peer, &len);
-        if (c < 0) {
-            if (errno == EINTR) {
-                eintr++;
-                continue;
-            }
-            perror("accept");
-            return 1;
-        }
-        while (write(c, "x", 1) < 0 && errno == EINTR)
-            ;
-        close(c);
-        done++;
-    }
-    calm();
-    printf("done %d eintr %d signals %d\n", done, eintr, signals);
-    return 0;
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    int c = accept(s, (struct sockaddr *)&peer, &len);
+    if (c < 0)
+        return errno == EINTR ? 0 : -1;
+    while (write(c, "x", 1) < 0 && errno == EINTR)
+        ;
+    close(c);
+    return 1;
 }
 
-static int echoing(int port, int n, int restart)
+static int echo_one(int s)
 {
-    int s = bound(SOCK_DGRAM, port), done = 0, eintr = 0;
+    char buf[256];
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    ssize_t r = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+    if (r < 0)
+        return errno == EINTR ? 0 : -1;
+    while (sendto(s, buf, r, 0, (struct sockaddr *)&peer, len) < 0)
+        if (errno != EINTR)
+            return -1;
+    return 1;
+}
+
+static int serving(int type, int port, int n, int restart, int (*one)(int))
+{
+    int s = bound(type, port), done = 0, eintr = 0;
     storm(restart);
     while (done < n) {
-        char buf[256];
-        struct sockaddr_in peer;
-        socklen_t len = sizeof peer;
-        ssize_t r = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+        int r = one(s);
         if (r < 0) {
-            if (errno == EINTR) {
-                eintr++;
-                continue;
-            }
-            perror("recvfrom");
+            perror(type == SOCK_STREAM ? "accept" : "recvfrom/sendto");
             return 1;
         }
-        while (sendto(s, buf, r, 0, (struct sockaddr *)&peer, len) < 0)
-            if (errno != EINTR) {
-                perror("sendto");
-                return 1;
-            }
-        done++;
+        done += r;
+        eintr += !r;
     }
     calm();
     printf("done %d eintr %d signals %d\n", done, eintr, signals);
@@ -172,9 +164,9 @@ int main(int argc, char **argv)
 {
     alarm(0);
     if (argc == 5 && strcmp(argv[1], "accept") == 0)
-        return accepting(atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0);
+        return serving(SOCK_STREAM, atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0, accept_one);
     if (argc == 5 && strcmp(argv[1], "udp") == 0)
-        return echoing(atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0);
+        return serving(SOCK_DGRAM, atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0, echo_one);
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return sending(strcmp(argv[2], "restart") == 0);
     fprintf(stderr, "usage: storm accept|udp PORT N restart|intr | storm send restart|intr\n");
