@@ -548,6 +548,38 @@ def notif_sync_wake_up(listener: int) -> bool:
     return _libc.ioctl(listener, NOTIF_SET_FLAGS, ctypes.c_void_p(SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)) == 0
 
 
+_libc.process_vm_readv.argtypes = _libc.process_vm_writev.argtypes = (
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong)
+_libc.process_vm_readv.restype = _libc.process_vm_writev.restype = ctypes.c_ssize_t
+_vm_local, _vm_remote = _IOVec(), _IOVec()
+
+
+def read_memory(tid: int, addr: int, size: int) -> bytes:
+    """Bytes of another process's memory, as its thread `tid` sees it now
+    (process_vm_readv: the address space it has at this moment, an exec's
+    new one included). Short at an unmapped page; OSError for none at all."""
+    buf = _room("data", max(size, 1))
+    _vm_local.base, _vm_local.len = ctypes.addressof(buf), size
+    _vm_remote.base, _vm_remote.len = addr, size
+    n = _libc.process_vm_readv(tid, ctypes.byref(_vm_local), 1, ctypes.byref(_vm_remote), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"process_vm_readv: {os.strerror(err)}")
+    return ctypes.string_at(buf, n)
+
+
+def write_memory(tid: int, addr: int, data: bytes) -> int:
+    """Write into another process's memory (writable pages only, as the
+    kernel's own copy to a user buffer): the bytes written."""
+    _vm_local.base, _vm_local.len = _address(data), len(data)
+    _vm_remote.base, _vm_remote.len = addr, len(data)
+    n = _libc.process_vm_writev(tid, ctypes.byref(_vm_local), 1, ctypes.byref(_vm_remote), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"process_vm_writev: {os.strerror(err)}")
+    return n
+
+
 PR_SET_CHILD_SUBREAPER = 36
 
 

@@ -98,23 +98,22 @@ class Notified(ProgramThread):
         self._pidfd = task.pidfd  # the task's: not closed with this call
         self.ident = ident
         self.listener = backend.listener
-        # The memory is opened per call: a cached one could be of an image
-        # the thread left (an exec after vfork leaves the parent's alive).
-        self._memory: Process | None = None
+        # (Memory is read with process_vm_readv, per call: always the image
+        # the thread has now; a cached /proc/PID/mem of a vfork child that
+        # execs would still be its parent's.)
 
     def valid(self) -> bool:
         return kernel.notif_id_valid(self.listener, self.ident)
 
-    @property
-    def memory(self) -> Process:
-        if self._memory is None:
-            self._memory = Process(self.process.tgid)
-        return self._memory
-
     def read(self, addr: int, size: int) -> bytes:
-        data = os.pread(self.memory.mem_fd(self.tid), size, addr)
-        # Only bytes read while the call still waits are the call's (the
-        # open also: the tid could be another thread's by now).
+        try:
+            data = kernel.read_memory(self.tid, addr, size)
+        except OSError as err:
+            if err.errno in (errno.EPERM, errno.ESRCH):
+                raise MemoryUnavailable(err.errno, f"cannot read the memory of thread {self.tid}: "
+                                                   f"{err.strerror}") from None
+            raise
+        # Only bytes read while the call still waits are the call's.
         if not self.valid():
             raise CallGone
         return data
@@ -123,12 +122,8 @@ class Notified(ProgramThread):
         # Not checked: these are results of a call the supervisor made
         # already (a datagram taken, an address); if the call went away, it
         # is made again with the same buffer and answered from `replay`.
-        if os.pwrite(self.memory.mem_fd(self.tid), data, addr) != len(data):
+        if kernel.write_memory(self.tid, addr, data) != len(data):
             raise OSError(errno.EFAULT, "short write to the program's memory")
-
-    def done(self) -> None:
-        if self._memory is not None:
-            self._memory.close()
 
     def identity(self):
         return self.task.identity()
@@ -407,9 +402,8 @@ class NotifyBackend:
         try:
             outcome = self.sup.handle(thread, nr, args)
         except CallGone:
-            thread.done()
             return
-        if outcome is PASS and thread._memory is None:  # the common case, short
+        if outcome is PASS:  # the common case, short
             self._send(ident, PASS)
             return
         pending = Pending(thread, nr, args)
@@ -426,7 +420,6 @@ class NotifyBackend:
             self._answer(pending, stop.value)
             return
         except CallGone:
-            pending.thread.done()
             return
         except OSError as err:
             self.log(0, f"a trapped call in pid {pending.thread.tid}: {err.strerror or err}; the call fails with EIO")
@@ -439,12 +432,6 @@ class NotifyBackend:
         self._park(pending, request)
 
     def _answer(self, pending: Pending, result) -> None:
-        try:
-            self._give_answer(pending, result)
-        finally:
-            pending.thread.done()
-
-    def _give_answer(self, pending: Pending, result) -> None:
         thread = pending.thread
         if isinstance(result, Give):
             try:
@@ -524,7 +511,6 @@ class NotifyBackend:
     def _drop(self, pending: Pending) -> None:
         self._unpark(pending)
         pending.handler.close()
-        pending.thread.done()
 
     def _ready(self, key: int) -> None:
         pending = self.waiting.get(key)
