@@ -137,6 +137,10 @@ class Notified(ProgramThread):
                 kernel.notif_addfd(self.listener, self.ident, new.fileno(), fd, kernel.SECCOMP_ADDFD_FLAG_SETFD,
                                    cloexec)
             except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ESRCH):
+                    # The call went away (a signal: Go's preemption, say):
+                    # nothing to answer; its restart is judged afresh.
+                    raise CallGone from None
                 return _now(-(err.errno or errno.EIO))
         return _now(0)
 
