@@ -29,7 +29,7 @@ import time
 import types
 
 from . import kernel, seccomp_filter
-from .program import PASS, MemoryUnavailable, Process, ProgramThread
+from .program import PASS, MemoryUnavailable, Process, ProgramThread, children_of
 from .supervisor import Supervisor, Unavailable
 
 _SWEEP_EVERY = 0.1  # seconds: how soon a wait whose call went away (a signal) lets go of its socket
@@ -281,7 +281,7 @@ class NotifyBackend:
         while todo:
             pid = todo.pop()
             for tid in _tasks_of(pid):
-                for child in _children_of(pid, tid):
+                for child in children_of(pid, tid):
                     found.append(child)
                     todo.append(child)
         return found
@@ -549,12 +549,4 @@ def _tasks_of(pid: int) -> list[int]:
         return []
 
 
-def _children_of(pid: int, tid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/children") as children:
-            return [int(child) for child in children.read().split()]
-    except OSError:
-        return []
-
-
-__all__ = ["NotifyBackend", "MemoryUnavailable"]
+__all__ = ["NotifyBackend"]

@@ -107,20 +107,6 @@ class ProgramThread:
 
         return of_thread(self.tid)
 
-    def euid(self) -> int:
-        with open(f"/proc/{self.tid}/status") as status:
-            for line in status:
-                if line.startswith("Uid:"):
-                    return int(line.split()[2])
-        raise OSError(errno.ESRCH, f"no thread {self.tid}")
-
-    def umask(self) -> int:
-        with open(f"/proc/{self.tid}/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-        return 0o022
-
     def fds(self) -> Iterator[tuple[int, str]]:
         """(fd, link) of each fd in this thread's table; nothing if the thread
         is gone. Raises OSError if the table cannot be read (EMFILE...): an
@@ -175,3 +161,13 @@ class ProgramThread:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def children_of(pid: int, tid: int | None = None) -> list[int]:
+    """The children thread `tid` of process `pid` (its leader: pid) started;
+    nothing if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid if tid is None else tid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from collections.abc import Generator
 
 from . import arch, kernel, program, seccomp_filter
-from .program import PASS, ProgramThread
+from .program import PASS, ProgramThread, children_of
 from .supervisor import REAP_EVERY, SpawnError, Supervisor
 
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
@@ -500,16 +500,8 @@ class PtraceBackend:
         and children forked a moment ago whose first stop we have not seen."""
         for thread in list(self.threads.values()):
             yield thread
-            for child in _children_of(thread.tid):
+            for child in children_of(thread.tid):
                 if child not in self.threads:
                     adopted = self.adopt(child)
                     if adopted is not None:
                         yield adopted
-
-
-def _children_of(tid: int) -> list[int]:
-    try:
-        with open(f"/proc/{tid}/task/{tid}/children") as children:
-            return [int(pid) for pid in children.read().split()]
-    except OSError:
-        return []

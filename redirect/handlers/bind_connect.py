@@ -253,7 +253,8 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
         # A blackhole's folder is the supervisor's own: bound as the supervisor.
         res = perform.bind(call, new, pack(real), as_program=not blackhole)
         if restricted and res >= 0:
-            res = socketfile.apply_permissions(real.name, new, verdict.rule, call.thread.euid(), call.thread.umask())
+            them = call.thread.identity()
+            res = socketfile.apply_permissions(real.name, new, verdict.rule, them.euid, them.umask)
         if res < 0:
             missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
             ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")

@@ -132,7 +132,7 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
         except OSError:
             pass  # nobody there (yet): the send will say so
     try:
-        path, access, mode = ctx.replies.new_path(thread.euid(), server)
+        path, access, mode = ctx.replies.new_path(thread.identity().euid, server)
     except OSError as err:
         ctx.log(0, f"{call.describe()}: cannot make a reply address: {err.strerror or err}")
         return -(err.errno or errno.EIO)
