@@ -376,7 +376,6 @@ class NotifyBackend:
         task.close()
         if not task.process.threads and self.processes.get(task.process.tgid) is task.process:
             del self.processes[task.process.tgid]
-            task.process.close()
 
     def _receive(self) -> None:
         try:

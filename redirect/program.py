@@ -1,7 +1,7 @@
 """The program as both backends see it from outside: a thread's fds through
-pidfd_getfd and /proc, a process's memory through /proc/PID/mem. What a
-backend adds is how it answers a call (tracee.py: ptrace; notify.py: seccomp
-user notification); handlers/__init__.py lists the whole interface."""
+pidfd_getfd and /proc. What a backend adds is how it reaches the program's
+memory and answers a call (tracee.py: ptrace; notify.py: seccomp user
+notification); handlers/__init__.py lists the whole interface."""
 from __future__ import annotations
 
 import errno
@@ -29,33 +29,13 @@ class MemoryUnavailable(OSError):
 
 
 class Process:
-    """A thread group and its memory. (File descriptors are looked up per
-    thread: a thread may have its own fd table, and the leader may have
-    exited while other threads run.)"""
+    """A thread group. (File descriptors are looked up per thread: a thread
+    may have its own fd table, and the leader may have exited while other
+    threads run.)"""
 
     def __init__(self, tgid: int) -> None:
         self.tgid = tgid
         self.threads: dict[int, ProgramThread] = {}
-        self._mem: int | None = None
-
-    def mem_fd(self, tid: int) -> int:
-        """/proc/TID/mem, opened through a thread that is in a call right now
-        (the leader may be a zombie); the open file keeps the address space."""
-        if self._mem is None:
-            try:
-                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
-            except OSError as err:
-                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
-                                                   f"{err.strerror}") from None
-        return self._mem
-
-    def forget_memory(self) -> None:
-        """A new program image (exec): the open memory file names the old one."""
-        if self._mem is not None:
-            os.close(self._mem)
-            self._mem = None
-
-    close = forget_memory
 
 
 class ProgramThread:
@@ -72,14 +52,8 @@ class ProgramThread:
         self.process = process
         self._pidfd: int | None = None     # for pidfd_getfd on this thread's fd table
 
-    # memory (shared by the thread group) ---------------------------------------------
-    def read(self, addr: int, size: int) -> bytes:
-        return os.pread(self.process.mem_fd(self.tid), size, addr)
-
-    def write(self, addr: int, data: bytes) -> None:
-        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
-            raise OSError(errno.EFAULT, "short write to the program's memory")
-
+    # memory (shared by the thread group): read(addr, size) and write(addr,
+    # data) are the backend's ---------------------------------------------------------
     def read_int(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 4), "little", signed=True)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from collections.abc import Generator
 
 from . import arch, kernel, program, seccomp_filter
-from .program import PASS, ProgramThread, children_of
+from .program import PASS, MemoryUnavailable, ProgramThread, children_of
 from .supervisor import REAP_EVERY, SpawnError, Supervisor
 
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
@@ -66,6 +66,26 @@ class Process(program.Process):
     def __init__(self, tgid: int) -> None:
         super().__init__(tgid)
         self.free_pages: list[int] = []
+        self._mem: int | None = None
+
+    def mem_fd(self, tid: int) -> int:
+        """/proc/TID/mem, opened through a thread that is stopped right now
+        (the leader may be a zombie); the open file keeps the address space."""
+        if self._mem is None:
+            try:
+                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            except OSError as err:
+                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
+                                                   f"{err.strerror}") from None
+        return self._mem
+
+    def forget_memory(self) -> None:
+        """A new program image (exec): the open memory file names the old one."""
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+
+    close = forget_memory
 
     def after_exec(self) -> None:
         """A new program image: old memory and scratch pages are gone."""
@@ -89,6 +109,14 @@ class Thread(ProgramThread):
         self.held_signals: list[int] = []  # signals held back until the handler ends
         self.expected: Syscall | None = None  # the injected call running now
         self._scratch_used = 0
+
+    # memory (shared by the thread group) ---------------------------------------------
+    def read(self, addr: int, size: int) -> bytes:
+        return os.pread(self.process.mem_fd(self.tid), size, addr)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
+            raise OSError(errno.EFAULT, "short write to tracee memory")
 
     @property
     def busy(self) -> bool:
