@@ -453,6 +453,7 @@ def recvmsg(fd: int, size: int, controllen: int, flags: int, want_name: bool) ->
 _SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER, SECCOMP_GET_ACTION_AVAIL = 1, 2
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 32
 SECCOMP_RET_USER_NOTIF = 0x7FC00000
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SECCOMP_ADDFD_FLAG_SETFD, SECCOMP_ADDFD_FLAG_SEND = 1, 2
@@ -474,14 +475,20 @@ def has_user_notification() -> bool:
     return _libc.syscall(_SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
 
 
-def load_filter_with_listener(program: bytes) -> int:
+def load_filter_with_listener(program: bytes) -> tuple[int, bool]:
     """Install a BPF filter (the bytes of its instructions) on this thread,
-    with no-new-privs; the listener fd for its notifications."""
+    with no-new-privs: (the listener fd for its notifications, whether a
+    received call waits killable, WAIT_KILLABLE_RECV (Linux 5.19): then only
+    a fatal signal ends it, and an answer once given is never lost)."""
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
     code = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("=H6xQ", len(program) // 8, ctypes.addressof(code))
-    return _check(_libc.syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                                fprog), "seccomp")
+    for flags in (SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                  SECCOMP_FILTER_FLAG_NEW_LISTENER):
+        fd = _libc.syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, fprog)
+        if fd >= 0 or ctypes.get_errno() != errno.EINVAL:
+            break
+    return _check(fd, "seccomp"), bool(flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
 
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -599,7 +606,7 @@ def epoll_ctl_add(epfd: int, fd: int, events: int, data: int) -> int:
 
 # ---- the kernel's table of Unix sockets (sock_diag) ------------------------------------
 _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NLMSG_ERROR = 4, 20, 1, 2
-_diag: "socket.socket | None" = None
+_diag = None  # the sock_diag netlink socket (a socket.socket), opened at first use
 
 
 _UDIAG_SHOW_VFS, _UNIX_DIAG_VFS = 0x2, 1

@@ -11,9 +11,15 @@ nothing was decided.
 
 A call that must wait (a blocking accept, connect, receive) is simply not
 answered yet: the supervisor watches the socket itself and serves other
-calls meanwhile. A signal to the waiting thread ends the notification as it
-ends a wait on a real socket (EINTR, or a restart under SA_RESTART); what the
-supervisor took for it by then goes to the next call.
+calls meanwhile. A received call waits killable (WAIT_KILLABLE_RECV, Linux
+5.19): a signal cannot end it between the supervisor's act and its answer,
+which would lose the act's result (a datagram taken) or make the act twice
+when the call restarts. So a waiting call whose thread has a signal to take
+is answered -ERESTARTSYS by the supervisor (it looks every _SIGNALS_EVERY):
+the kernel then runs the handler and restarts the call or fails it with
+EINTR, as SA_RESTART says, as on a real socket. (Older kernels: the signal
+ends the notification; what the supervisor took for it goes to the next
+call, an answer lost is given again to the same call made again.)
 
 No ptrace anywhere: the program's signals cost nothing, strace -p and gdb -p
 attach to it, and it may trace its own children.
@@ -27,12 +33,18 @@ import select
 import signal
 import time
 import types
+from typing import TYPE_CHECKING
 
 from . import kernel, seccomp_filter
 from .program import PASS, MemoryUnavailable, Process, ProgramThread, children_of
 from .supervisor import Supervisor, Unavailable
 
-_SWEEP_EVERY = 0.1  # seconds: how soon a wait whose call went away (a signal) lets go of its socket
+if TYPE_CHECKING:  # (socket is imported lazily: start-up time)
+    import socket
+
+_SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal) lets go of its socket
+_SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
+_ERESTARTSYS = 512
 
 
 class CallGone(BaseException):
@@ -81,19 +93,70 @@ class Task:
 
         return of_thread(self.tid, self.status)
 
+    def signal_answer(self, shared_since: int) -> int:
+        """What this thread's waiting call answers now for a signal (0: none,
+        1: look again); see signal_answer()."""
+        status = os.pread(self.status, 8192, 0)
+        answer = signal_answer(status, self.tid, self.process.tgid)
+        if answer == 1 and shared_since >= 2:  # a process's signal no running thread took
+            others = []
+            for tid in _tasks_of(self.process.tgid):
+                try:
+                    with open(f"/proc/{self.process.tgid}/task/{tid}/status", "rb") as other:
+                        others.append(other.read())
+                except OSError:
+                    pass  # ended: it takes no signal
+            answer = signal_answer(status, self.tid, self.process.tgid, [o for o in others if o != status])
+        return answer
+
     def close(self) -> None:
         os.close(self.pidfd)
         os.close(self.status)
         self.process.threads.pop(self.tid, None)
 
 
+def signal_answer(status: bytes, tid: int, tgid: int, others: list[bytes] | None = None) -> int:
+    """The answer of a call the supervisor holds (its thread waits killable,
+    deaf to signals) for the signals /proc/TID/status shows pending: 0 for
+    none; -ERESTARTSYS where the kernel has marked the thread to take one
+    (it then delivers it and restarts or fails the call, as SA_RESTART
+    says; -ERESTARTSYS reaching a thread not so marked would be seen as
+    errno 512). A thread is marked for an unblocked signal of its own, and
+    for one of its process's if it is the only thread, the leader (the
+    kernel offers a process's signal to the leader first) or the only one
+    not blocking it (`others`: the other threads' status, asked for, 1, when
+    the signal waits on: no running thread took it). Otherwise the kernel
+    chose one waiting here, maybe this one: the call ends with EINTR."""
+    def mask(text: bytes, name: bytes) -> int:
+        start = text.find(b"\n" + name + b":")
+        if start < 0:
+            return 0
+        start += len(name) + 2
+        return int(text[start:text.find(b"\n", start)], 16)
+    blocked = mask(status, b"SigBlk")
+    if mask(status, b"SigPnd") & ~blocked:
+        return -_ERESTARTSYS
+    shared = mask(status, b"ShdPnd") & ~blocked
+    if not shared:
+        return 0
+    if tid == tgid or b"\nThreads:\t1\n" in status:
+        return -_ERESTARTSYS
+    if others is None:
+        return 1
+    if not any(shared & ~mask(other, b"SigBlk") for other in others):
+        return -_ERESTARTSYS
+    return -errno.EINTR
+
+
 class Notified(ProgramThread):
     """The thread of one notification, and the acts handlers ask for
     (handlers/__init__.py), done by the supervisor."""
-    progress_lost_to_signals = True
 
     def __init__(self, backend: "NotifyBackend", task: Task, ident: int) -> None:
         super().__init__(task.tid, task.process)
+        # Without WAIT_KILLABLE_RECV a signal ends the call, and with it what
+        # the call had done so far.
+        self.progress_lost_to_signals = not backend.killable
         self.task = task
         self._pidfd = task.pidfd  # the task's: not closed with this call
         self.ident = ident
@@ -191,13 +254,14 @@ def _at_number(fileno: int, number: int, do):
 
 class Pending:
     """A call being handled: its thread, and its handler while it waits."""
-    __slots__ = ("thread", "nr", "args", "handler", "key", "timer")
+    __slots__ = ("thread", "nr", "args", "handler", "key", "timer", "shared_since")
 
     def __init__(self, thread: Notified, nr: int, args: tuple[int, ...]) -> None:
         self.thread, self.nr, self.args = thread, nr, args
         self.handler: types.GeneratorType | None = None
         self.key = -1    # our fd in the epoll set while waiting on a socket
         self.timer = 0   # which timer entry is current
+        self.shared_since = 0  # looks for which a signal of its process waited
 
     def __lt__(self, other: "Pending") -> bool:  # ties in the timer heap never compare calls
         return False
@@ -220,14 +284,17 @@ class NotifyBackend:
         self.ended: dict[int, Task] = {}           # task pidfd -> task
         self.listener = -1
         self.sync_wake_up = False
+        self.killable = False
         self._seq = 0
-        self._next_sweep = 0.0
+        self._next_sweep = self._next_signals = 0.0
 
     def describe(self) -> str:
         why = "--backend notify" if self.sup.requested == "notify" else "the kernel has what it needs"
         speed = "sync wake-up" if self.sync_wake_up else \
             "without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): each call costs a cross-CPU wake-up"
-        return f"notify (seccomp user notification; {why}; {speed})"
+        waits = "calls wait killable" if self.killable else \
+            "without WAIT_KILLABLE_RECV (Linux 5.19): a signal during a call may make it twice"
+        return f"notify (seccomp user notification; {why}; {speed}; {waits})"
 
     # ---- start ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -242,15 +309,15 @@ class NotifyBackend:
     def in_child(self, go: int, report: int) -> None:
         # Nothing the filter traps runs between here and the exec: read,
         # write and close are not trapped (the supervisor has no listener yet).
-        fd = kernel.load_filter_with_listener(self.program)
-        os.write(report, str(fd).encode())
+        fd, killable = kernel.load_filter_with_listener(self.program)
+        os.write(report, b"%d %d" % (fd, killable))
         if os.read(go, 1) != b"g":
             os._exit(1)
         os.close(fd)
 
     def started(self, pid: int, go: int, report: int) -> None:
-        number = os.read(report, 16)
-        if not number:  # the child failed before: say why
+        said = os.read(report, 16)
+        if not said:  # the child failed before: say why
             stage, err = self.sup.child_failure() or ("other", 0)
             if stage == "seccomp" and err == errno.EBUSY:
                 raise Unavailable("another seccomp notifier watches this process already (EBUSY): the kernel "
@@ -260,7 +327,9 @@ class NotifyBackend:
             raise Unavailable(f"the child failed at {stage}: {os.strerror(err)}")
         pidfd = os.pidfd_open(pid)
         try:
+            number, killable = said.split()
             self.listener = kernel.pidfd_getfd(pidfd, int(number))
+            self.killable = killable == b"1"
         finally:
             os.close(pidfd)
         features = kernel.notif_features(self.listener)
@@ -332,7 +401,7 @@ class NotifyBackend:
         now = time.monotonic()
         until = self.sup.next_reap if self.sup.has_files() else now + 3600
         if self.parked:
-            until = min(until, self._next_sweep)
+            until = min(until, self._next_sweep, self._next_signals if self.killable else until)
         if self.timers:
             until = min(until, self.timers[0][0])
         return max(until - now, 0)
@@ -493,6 +562,7 @@ class NotifyBackend:
             heapq.heappush(self.timers, (time.monotonic() + wait.timeout_ms / 1000, self._seq, pending))
         if not self.parked:
             self._next_sweep = time.monotonic() + _SWEEP_EVERY
+            self._next_signals = time.monotonic() + _SIGNALS_EVERY
         self.parked.add(pending)
 
     def _unpark(self, pending: Pending) -> None:
@@ -506,7 +576,7 @@ class NotifyBackend:
 
     def _resume(self, pending: Pending, value: int) -> None:
         self._unpark(pending)
-        if not pending.thread.valid():
+        if value >= 0 and not pending.thread.valid():
             self._drop(pending)  # a signal ended the call: nothing was taken for it
             return
         self._step(pending, value)
@@ -533,12 +603,28 @@ class NotifyBackend:
             _, seq, pending = heapq.heappop(self.timers)
             if pending.timer == seq:
                 self._resume(pending, 0)
+        if self.parked and self.killable and now >= self._next_signals:
+            self._next_signals = now + _SIGNALS_EVERY
+            self._signals()
         if self.parked and now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY
             for pending in list(self.parked):
                 if not pending.thread.valid():
                     self._drop(pending)
         self.sup.reap_if_due()
+
+
+    def _signals(self) -> None:
+        """Waiting calls whose threads have a signal to take are answered
+        for it (the handler decides: what a call did so far, or the error)."""
+        for pending in list(self.parked):
+            try:
+                answer = pending.thread.task.signal_answer(pending.shared_since)
+            except OSError:
+                continue  # the thread ended: its pidfd says so next
+            if answer < 0:
+                self._resume(pending, answer)
+            pending.shared_since = pending.shared_since + 1 if answer > 0 else 0
 
 
 def _tasks_of(pid: int) -> list[int]:

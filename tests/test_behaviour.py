@@ -640,22 +640,28 @@ def storm_probe():
     yield from _compiled("storm", "-static", "-pthread")
 
 
-@pytest.mark.parametrize("restart", ["restart", "intr"])
+@pytest.mark.parametrize("restart", ["restart", "intr", "worker"])
 def test_no_connection_is_lost_to_signals(storm_probe, sockdir, background, restart):
     """A server blocked in accept on a converted socket, hit by a signal every
     5 ms (with SA_RESTART, or without: EINTR, and it accepts again): every
-    connection gets accepted, once. Under notify the supervisor accepts for
-    the waiting call; one it took for a call a signal ended goes to the next."""
+    connection gets accepted, once; the signals reach the waiting call (EINTR
+    without SA_RESTART, a restart never seen with it), also where the server
+    is a second thread and only it can take the process's signal ("worker").
+    Under notify the supervisor accepts for the waiting call, and answers it
+    for the signal the kernel holds back (WAIT_KILLABLE_RECV)."""
     port, sock, n = free_port(), sockdir / "storm.sock", 1000
     server = background(redirect(f"in,port={port},path={sock}", verbose=0) + [storm_probe, "accept", port, n, restart])
     server.wait_for_line("^listening$")
     for i in range(n):
+        if i % 50 == 0:
+            time.sleep(0.02)  # the server waits in accept meanwhile: signals hit the wait
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(10)
             client.connect(str(sock))
             assert client.recv(1) == b"x", f"connection {i} got no byte"
     found = server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
     assert int(found[1]) == n and int(found[3]) > 5, server.output
+    assert (int(found[2]) > 0) == (restart == "intr"), server.output
     assert server.wait(10) == 0
 
 
@@ -666,21 +672,17 @@ def test_no_datagram_is_lost_to_signals(storm_probe, sockdir, background, restar
     port, sock, n = free_port(), sockdir / "storm.sock", 1000
     server = background(redirect(f"in,udp,port={port},path={sock}", verbose=0) + [storm_probe, "udp", port, n, restart])
     server.wait_for_line("^listening$")
-    doubled = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
         client.bind(str(sockdir / "client.sock"))
         client.settimeout(10)
         for i in range(n):
             client.sendto(b"ping %d" % i, str(sock))
-            while (answer := client.recv(64)) != b"ping %d" % i:
-                # An answer the kernel dropped although it told the supervisor
-                # it took it (a signal in the microseconds before): the call
-                # is made again (docs/limits.md). Never a lost one.
-                assert answer.startswith(b"ping ") and int(answer[5:]) < i, (i, answer)
-                doubled.append(answer)
+            # Neither lost (a datagram the supervisor took for a call a signal
+            # ended) nor doubled (an answer made twice when the call restarts).
+            assert client.recv(64) == b"ping %d" % i, f"datagram {i}"
     found = server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
     assert int(found[3]) > 5, server.output
-    assert int(found[1]) == n + len(doubled) and len(doubled) <= 3, (doubled, server.output)
+    assert int(found[1]) == n, server.output
 
 
 @pytest.mark.parametrize("restart", ["restart", "intr"])

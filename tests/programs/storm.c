@@ -4,6 +4,9 @@
  *
  *   storm accept PORT N restart|intr   TCP server on 127.0.0.1:PORT: accept N
  *                                      connections, write one byte on each
+ *   storm accept PORT N worker         the same, with SA_RESTART, served by a
+ *                                      second thread: the main thread blocks
+ *                                      the signal (the worker must take it)
  *   storm udp PORT N restart|intr      UDP echo server: N datagrams in, N out
  *   storm send restart|intr            one 8 MiB stream, sendmsg on a socket
  *                                      pair (sealed: made by the supervisor),
@@ -87,8 +90,33 @@ static int echo_one(int s)
     return 1;
 }
 
+struct job { int type, port, n; int (*one)(int); int rc; };
+static int serving(int type, int port, int n, int restart, int (*one)(int));
+
+static void *worker(void *arg)
+{
+    struct job *j = arg;
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
+    j->rc = serving(j->type, j->port, j->n, 1, j->one);
+    return NULL;
+}
+
 static int serving(int type, int port, int n, int restart, int (*one)(int))
 {
+    if (restart == 2) { /* "worker": serve in a thread; this one blocks SIGALRM */
+        struct job j = {type, port, n, one, 1};
+        sigset_t alrm;
+        sigemptyset(&alrm);
+        sigaddset(&alrm, SIGALRM);
+        pthread_sigmask(SIG_BLOCK, &alrm, NULL);
+        pthread_t t;
+        pthread_create(&t, NULL, worker, &j);
+        pthread_join(t, NULL);
+        return j.rc;
+    }
     int s = bound(type, port), done = 0, eintr = 0;
     storm(restart);
     while (done < n) {
@@ -164,11 +192,12 @@ int main(int argc, char **argv)
 {
     alarm(0);
     if (argc == 5 && strcmp(argv[1], "accept") == 0)
-        return serving(SOCK_STREAM, atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0, accept_one);
+        return serving(SOCK_STREAM, atoi(argv[2]), atoi(argv[3]),
+                       strcmp(argv[4], "worker") == 0 ? 2 : strcmp(argv[4], "restart") == 0, accept_one);
     if (argc == 5 && strcmp(argv[1], "udp") == 0)
         return serving(SOCK_DGRAM, atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "restart") == 0, echo_one);
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return sending(strcmp(argv[2], "restart") == 0);
-    fprintf(stderr, "usage: storm accept|udp PORT N restart|intr | storm send restart|intr\n");
+    fprintf(stderr, "usage: storm accept|udp PORT N restart|intr[|worker] | storm send restart|intr\n");
     return 2;
 }
