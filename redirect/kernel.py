@@ -511,10 +511,22 @@ def notif_receive(listener: int) -> tuple[int, int, int, int, tuple[int, ...]]:
 _resp_buf = bytearray(_NOTIF_RESP.size)
 
 
+def _retried(listener: int, request: int, buf: bytearray, mutate: bool) -> int:
+    """fcntl.ioctl, made again when a signal to the supervisor (one it
+    forwards) interrupted it: fcntl.ioctl does not retry itself. (The
+    kernel left nothing half done: an ADDFD it had not handled is taken
+    back, an answer not given.)"""
+    while True:
+        try:
+            return fcntl.ioctl(listener, request, buf, mutate)
+        except InterruptedError:
+            continue
+
+
 def notif_send(listener: int, ident: int, val: int, error: int, flags: int = 0) -> None:
     """Answer a call: its result (val), or -errno (error), or CONTINUE."""
     _NOTIF_RESP.pack_into(_resp_buf, 0, ident, val, error, flags)
-    fcntl.ioctl(listener, NOTIF_SEND, _resp_buf, False)
+    _retried(listener, NOTIF_SEND, _resp_buf, False)
 
 
 _ident = bytearray(8)
@@ -525,7 +537,7 @@ def notif_id_valid(listener: int, ident: int) -> bool:
     thread not gone)."""
     struct.pack_into("=Q", _ident, 0, ident)
     try:
-        fcntl.ioctl(listener, NOTIF_ID_VALID, _ident, True)
+        _retried(listener, NOTIF_ID_VALID, _ident, True)
     except OSError:
         return False
     return True
@@ -536,7 +548,7 @@ def notif_addfd(listener: int, ident: int, srcfd: int, newfd: int = 0, flags: in
     """Put a duplicate of our srcfd into the calling thread (SETFD: at newfd;
     SEND: as the call's result, one step). The fd number there."""
     addfd = bytearray(_NOTIF_ADDFD.pack(ident, flags, srcfd, newfd, os.O_CLOEXEC if cloexec else 0))
-    return fcntl.ioctl(listener, NOTIF_ADDFD, addfd, True)  # (a mutable buffer: the ioctl's result comes back)
+    return _retried(listener, NOTIF_ADDFD, addfd, True)  # (a mutable buffer: the ioctl's result comes back)
 
 
 def notif_features(listener: int) -> dict[str, bool]:

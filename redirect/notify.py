@@ -4,9 +4,8 @@ The program runs untraced. A trapped call waits in the kernel until the
 supervisor answers it: the supervisor reads the call's memory (checked with
 ID_VALID after every read: the bytes are the waiting call's), takes
 duplicates of its fds (pidfd_getfd), makes the calls it judged itself
-(handlers/perform.py), puts sockets into the program with ADDFD (SETFD at a
-number; SEND as the call's result, installing and answering in one step),
-and answers. CONTINUE (PASS) is only ever the answer to calls on which
+(handlers/perform.py), puts sockets into the program with ADDFD (at a
+number, or anywhere for a call whose result is the new fd), and answers. CONTINUE (PASS) is only ever the answer to calls on which
 nothing was decided.
 
 A call that must wait (a blocking accept, connect, receive) is simply not
@@ -45,6 +44,7 @@ if TYPE_CHECKING:  # (socket is imported lazily: start-up time)
 _SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal) lets go of its socket
 _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
 _ERESTARTSYS = 512
+_ALL_SIGNALS = signal.valid_signals()
 
 
 class CallGone(BaseException):
@@ -506,24 +506,47 @@ class NotifyBackend:
     def _answer(self, pending: Pending, result) -> None:
         thread = pending.thread
         if isinstance(result, Give):
-            try:
-                kernel.notif_addfd(self.listener, thread.ident, result.sock.fileno(),
-                                   flags=kernel.SECCOMP_ADDFD_FLAG_SEND, cloexec=result.cloexec)
-            except OSError as err:
-                if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS) and result.lost is not None:
-                    result.lost(result.sock)  # the call went away: the next one gets it
-                    self._wake_all()
-                    return
-                result.sock.close()
-                if err.errno not in (errno.ENOENT, errno.ESRCH):
-                    self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
-                return
-            result.sock.close()
+            self._give(thread, result)
             return
         if result is None:
             result = -errno.EIO  # a handler that forgot to answer: never let the call through
         if not self._send(thread.ident, result) and result is not PASS:
             self.replay[thread.tid] = (pending.nr, pending.args, result)
+
+    def _give(self, thread: Notified, give: Give) -> None:
+        """The call's result is a new fd of give.sock in the program.
+
+        Waiting killable, the call cannot go away between two steps: the fd
+        is put in (ADDFD), then the call answered with its number. Not ADDFD
+        SEND: should the supervisor's own ioctl be interrupted (a signal it
+        forwards, SIGUSR1 for a log rotation, a stop) before the thread took
+        the fd, the kernel has already marked the call answered, with 0: the
+        program's accept returns fd 0 (seen, tests/test_behaviour.py). And
+        SEND wakes the supervisor on the other CPU as the thread runs on
+        (70 us on this VM, against 10 us for the two steps, whose answer
+        hands the CPU over). Without WAIT_KILLABLE_RECV a signal could end
+        the call between the two steps, leaving the fd behind: there SEND,
+        with the supervisor's signals blocked around it."""
+        sock = give.sock
+        try:
+            if self.killable:
+                fd = kernel.notif_addfd(self.listener, thread.ident, sock.fileno(), cloexec=give.cloexec)
+                self._send(thread.ident, fd)
+            else:
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+                try:
+                    kernel.notif_addfd(self.listener, thread.ident, sock.fileno(),
+                                       flags=kernel.SECCOMP_ADDFD_FLAG_SEND, cloexec=give.cloexec)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS) and give.lost is not None:
+                give.lost(sock)  # the call went away: the next one gets it
+                self._wake_all()
+                return
+            if err.errno not in (errno.ENOENT, errno.ESRCH):
+                self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
+        sock.close()
 
     def _send(self, ident: int, result) -> bool:
         """Answer; False if the call is no longer there to answer."""

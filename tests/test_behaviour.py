@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -663,6 +664,36 @@ def test_no_connection_is_lost_to_signals(storm_probe, sockdir, background, rest
     assert int(found[1]) == n and int(found[3]) > 5, server.output
     assert (int(found[2]) > 0) == (restart == "intr"), server.output
     assert server.wait(10) == 0
+
+
+def test_signals_to_the_supervisor_lose_no_connection(storm_probe, sockdir, background):
+    """Signals the supervisor forwards (SIGUSR1 of a log rotation, here every
+    0.5 ms) land while it hands accepted connections over: every accept
+    returns a socket, and each connection gets its byte (found: a signal
+    interrupting ADDFD SEND left the kernel answering the accept with fd 0,
+    and an interrupted ioctl dropped the connection)."""
+    port, sock, n = free_port(), sockdir / "storm.sock", 2000
+    server = background(redirect(f"in,port={port},path={sock}", verbose=0) + [storm_probe, "accept", port, n, "restart"])
+    server.wait_for_line("^listening$")
+    stop = threading.Event()
+
+    def pester():
+        while not stop.is_set():
+            os.kill(server.pid, signal.SIGUSR1)  # the program ignores it
+            time.sleep(0.0005)
+    sender = threading.Thread(target=pester)
+    sender.start()
+    try:
+        for i in range(n):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                client.connect(str(sock))
+                assert client.recv(1) == b"x", f"connection {i} got no byte: {server.output}"
+    finally:
+        stop.set()
+        sender.join()
+    server.wait_for_line(r"^done (\d+) eintr (\d+) signals (\d+)$", timeout=20)
+    assert server.wait(10) == 0, server.output
 
 
 @pytest.mark.parametrize("restart", ["restart", "intr"])

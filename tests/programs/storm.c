@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -70,6 +71,11 @@ static int accept_one(int s)
     int c = accept(s, (struct sockaddr *)&peer, &len);
     if (c < 0)
         return errno == EINTR ? 0 : -1;
+    struct stat st;
+    if (fstat(c, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        fprintf(stderr, "accept returned fd %d, which is not a socket\n", c);
+        return -1;
+    }
     while (write(c, "x", 1) < 0 && errno == EINTR)
         ;
     close(c);
@@ -191,6 +197,7 @@ static int sending(int restart)
 int main(int argc, char **argv)
 {
     alarm(0);
+    signal(SIGUSR1, SIG_IGN); /* what the supervisor forwards (tests signal it) */
     if (argc == 5 && strcmp(argv[1], "accept") == 0)
         return serving(SOCK_STREAM, atoi(argv[2]), atoi(argv[3]),
                        strcmp(argv[4], "worker") == 0 ? 2 : strcmp(argv[4], "restart") == 0, accept_one);
