@@ -616,6 +616,21 @@ def epoll_ctl_add(epfd: int, fd: int, events: int, data: int) -> int:
     return _result(_libc.epoll_ctl(epfd, 1, fd, event))
 
 
+_libc.getsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def getsockopt(fd: int, level: int, name: int, size: int) -> bytes:
+    """getsockopt(2) with exactly this buffer size (0 included, which
+    Python's socket.getsockopt takes for "an int"); OSError on refusal."""
+    size = max(0, min(size, 1024))  # no IP-level option is longer (TCP_INFO: 232)
+    buf = ctypes.create_string_buffer(max(size, 1))
+    length = ctypes.c_uint32(size)
+    if _libc.getsockopt(fd, level, name, buf, ctypes.byref(length)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[:length.value]
+
+
 # ---- the kernel's table of Unix sockets (sock_diag) ------------------------------------
 _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NLMSG_ERROR = 4, 20, 1, 2
 _diag = None  # the sock_diag netlink socket (a socket.socket), opened at first use

@@ -94,11 +94,13 @@ def test_binding_the_same_address_twice_fails_like_tcp(sockdir):
 
 
 def test_tcp_info_reads_back_like_tcp(sockdir):
+    """A converted listener's TCP_INFO, congestion control, MSS and keep-alive
+    idle time read as a real listener's (this machine's defaults, not ours)."""
+    real = run(PROBE + ["tcpinfo", free_port()])
     port = free_port()
     result = run(redirect(f"in,path={sockdir}/%p.sock") + PROBE + ["tcpinfo", port])
     got = json.loads(result.stdout)
-    assert got == {"check": "tcpinfo", "length": 104, "state": 10, "congestion": "cubic",
-                   "mss": 65483, "keepidle": 7200}, result.stderr
+    assert got["state"] == 10 and got == json.loads(real.stdout), result.stderr
 
 
 def test_thread_blocked_in_accept_does_not_stall_others(sockdir, background):
@@ -621,9 +623,12 @@ def test_debuggers_attach_to_a_program_under_redirect(bins, sockdir, background,
             assert "Operation not permitted" in tracer.output, tracer.output
         elif debugger == "strace":
             tracer.wait_for_line(r"Process \d+ attached")
-            assert unix_request(sock, b"traced") == b"traced"
+            # The accept the program waited in when strace came (held by the
+            # supervisor, killable) shows as resumed; the next one in full.
+            for request in (b"traced", b"again"):
+                assert unix_request(sock, request) == request
             deadline = time.monotonic() + 10
-            while "accept" not in log.read_text() and time.monotonic() < deadline:
+            while not re.search(r"accept4?\(", log.read_text()) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert re.search(r"accept4?\(", log.read_text()), log.read_text()
         else:

@@ -15,7 +15,7 @@ from ..peers import UNNAMED
 from ..registry import Client, Listener
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..program import PASS
-from . import datagram, datagram_send, perform
+from . import datagram, datagram_send, perform, sockopt
 from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, socket_type,
                      stand_in, unix_name)
 
@@ -270,8 +270,10 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
                     socketfile.remove_if_ours(real.name, ident)
                 _release_port(call, verdict)
                 return err
-        ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode_of(new), ident,
+        inode = inode_of(new)
+        ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
                                            remove=not (blackhole or verdict.rule.noremove)))
+        sockopt.bound(ctx.registry, inode, verdict.visible)
     finally:
         if new is not sock:
             new.close()

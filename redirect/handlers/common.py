@@ -19,6 +19,7 @@ from ..registry import Accepted, Client, Registry
 from ..rules import Rule
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..socketfile import ReplyDirs
+from ..templates import Templates
 from ..program import MemoryUnavailable, Process, ProgramThread as Thread
 
 SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
@@ -48,6 +49,7 @@ class Context:
     # Connections accepted for a call that went away before it got them (a
     # signal): listener inode -> sockets, for the next accept.
     kept: dict = field(default_factory=dict)
+    templates: Templates = field(default_factory=Templates)  # real sockets that answer option reads
 
     def decide(self, direction: str, kind: str, visible: Address) -> Decision | None:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
@@ -244,6 +246,7 @@ class Converted:
     inode: int
     local: Address | None      # None: let the kernel answer
     peer: Address | None
+    listener: int | None = None  # an accepted connection's listener (inode): what it inherits
 
 
 def inode_of(sock: socket.socket) -> int:
@@ -271,10 +274,10 @@ def identify(call: Call, fd: int, inode: int | None = None) -> Converted | None:
         return None
     listener = accepted.listener
     if not isinstance(listener.visible, IPAddr):
-        return Converted("accepted", listener.socket_type, inode, listener.visible, None)
+        return Converted("accepted", listener.socket_type, inode, listener.visible, None, listener.inode)
     return Converted("accepted", listener.socket_type, inode,
                      sockaddr.local_of_connection(listener.visible),
-                     sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid))
+                     sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid), listener.inode)
 
 
 def client_face(client: Client, inode: int) -> Address | None:

@@ -1,8 +1,11 @@
-"""getsockopt() and setsockopt(): a converted socket still looks like TCP.
+"""getsockopt() and setsockopt(): a converted socket still looks like TCP or UDP.
 
 The filter only traps SOL_SOCKET for SO_DOMAIN/SO_PROTOCOL (which would say
-AF_UNIX) and the IP/TCP/UDP levels, which a Unix socket refuses: those succeed
-quietly and read back what the program set.
+AF_UNIX) and the IP/TCP/UDP levels, which a Unix socket refuses. Those are
+answered by the kernel itself, on real sockets of the visible family and type
+(templates.py): an option the program never set reads what a fresh or
+connected one reads, errors included; one it set is tried there first (a
+value the kernel refuses is refused) and reads back as the kernel stores it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ _MAX_VALUE = 256
 # UDP segmentation offload: a Unix socket would deliver one big datagram, so
 # say the kernel lacks it and programs send datagram by datagram.
 _REFUSED = {(socket.IPPROTO_UDP, 103), (socket.IPPROTO_UDP, 104)}  # UDP_SEGMENT, UDP_GRO
+TCP_INFO, _TCP_LISTEN = 11, 10
 
 
 def _visible_family(call: Call, fd: int):
@@ -32,6 +36,15 @@ def _visible_family(call: Call, fd: int):
     return converted, shown.family
 
 
+def bound(registry, inode: int, visible) -> None:
+    """What a bind does to a socket's options, for its converted stand-in: an
+    IPv6 socket bound to one address (not :: nor a mapped IPv4 one) becomes
+    IPv6-only."""
+    if isinstance(visible, IPAddr) and visible.family == socket.AF_INET6 and not visible.host.is_unspecified \
+            and visible.host.ipv4_mapped is None:
+        registry.set_option(inode, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, struct.pack("=i", 1))
+
+
 def getsockopt(call: Call):
     fd, level, name, value_ptr, len_ptr = call.args[:5]
     if level != socket.SOL_SOCKET and level not in IP_LEVELS:
@@ -41,6 +54,12 @@ def getsockopt(call: Call):
         return PASS
     if (level, name) in _REFUSED:
         return -errno.ENOPROTOOPT
+    try:
+        room = call.thread.read_int(len_ptr)
+    except OSError:
+        return -errno.EFAULT
+    if room < 0:
+        return -errno.EINVAL
     if level == socket.SOL_SOCKET:
         if name == SO_DOMAIN:
             value = struct.pack("=i", family)
@@ -48,13 +67,12 @@ def getsockopt(call: Call):
             value = struct.pack("=i", socket.IPPROTO_TCP if converted.socket_type == "stream" else socket.IPPROTO_UDP)
         else:
             return PASS
-    else:
-        value = call.ctx.registry.option(converted.inode, level, name) or _default(converted, level, name)
-    try:
-        room = call.thread.read_int(len_ptr)
-        if room < 0:
-            return -errno.EINVAL
         value = value[:room]
+    else:
+        value = _read(call, converted, family, level, name, room)
+        if isinstance(value, int):
+            return value
+    try:
         call.thread.write(value_ptr, value)
         call.thread.write(len_ptr, struct.pack("=i", len(value)))
     except OSError:
@@ -62,30 +80,22 @@ def getsockopt(call: Call):
     return 0
 
 
-TCP_INFO, TCP_CONGESTION = 11, 13
-_TCP_INFO_SIZE = 232          # sizeof(struct tcp_info) on Linux 6.x
-_TCP_ESTABLISHED, _TCP_LISTEN = 1, 10
-# Linux's defaults for the int options programs read back, where 0 would be a
-# lie a program can trip over (dividing by the MSS, say).
-_INT_DEFAULTS = {
-    (socket.IPPROTO_TCP, socket.TCP_MAXSEG): 65483,      # loopback MTU 65536 - headers
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 7200,
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL): 75,
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT): 9,
-    (socket.IPPROTO_TCP, socket.TCP_SYNCNT): 6,
-    (socket.IPPROTO_IP, socket.IP_TTL): 64,
-    (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS): 64,
-}
-
-
-def _default(converted, level: int, name: int) -> bytes:
-    """What a TCP socket would say for an option the program never set."""
-    if level == socket.IPPROTO_TCP and name == TCP_INFO:
-        state = _TCP_LISTEN if converted.role == "listener" else _TCP_ESTABLISHED
-        return bytes([state]) + bytes(_TCP_INFO_SIZE - 1)
-    if level == socket.IPPROTO_TCP and name == TCP_CONGESTION:
-        return b"cubic".ljust(16, b"\0")
-    return struct.pack("=i", _INT_DEFAULTS.get((level, name), 0))
+def _read(call: Call, converted, family: int, level: int, name: int, room: int) -> bytes | int:
+    templates, kind, registry = call.ctx.templates, converted.socket_type, call.ctx.registry
+    mine = registry.option(converted.inode, level, name)
+    if mine is None and converted.listener is not None:
+        mine = registry.option(converted.listener, level, name)  # an accepted socket inherits its listener's
+    if mine is not None:
+        return templates.read_back(family, kind, level, name, mine, room)
+    # Bound or listening, a socket reads what a fresh one reads; a client
+    # what a connected one reads; an accepted connection what an accepted one
+    # reads (its multicast TTL is the SYN's TTL, say).
+    state = {"listener": "fresh", "client": "connected"}.get(converted.role, "accepted")
+    value = templates.get(family, kind, state, level, name, room)
+    if isinstance(value, bytes) and (level, name) == (socket.IPPROTO_TCP, TCP_INFO) and value \
+            and converted.role == "listener" and kind == "stream":
+        value = bytes([_TCP_LISTEN]) + value[1:]  # the one thing a fresh socket cannot show: the listening state
+    return value
 
 
 # Joining a multicast group makes the kernel itself send IGMP/MLD reports.
@@ -97,7 +107,7 @@ def setsockopt(call: Call):
     fd, level, name, value_ptr, length = call.args[:5]
     if level not in IP_LEVELS:
         return PASS
-    converted, _ = _visible_family(call, fd)
+    converted, family = _visible_family(call, fd)
     if converted is None:
         if call.ctx.sealed and (level, name) in _JOINS:
             call.ctx.log(0, f"{call.describe()}: sealed: joining a multicast group is refused (EACCES): the "
@@ -110,5 +120,9 @@ def setsockopt(call: Call):
         value = call.thread.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
     except OSError:
         return -errno.EFAULT
+    if (level, name) not in _JOINS:  # (a join on a real socket would announce it on the network)
+        res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
+        if res < 0:
+            return res  # as the kernel refuses it on a real socket
     call.ctx.registry.set_option(converted.inode, level, name, value)
     return 0
