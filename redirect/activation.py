@@ -53,6 +53,7 @@ class Passed:
     real: UnixAddr | None = None  # opened by --activate: for the binds that rules send here
     rule: Rule | None = None
     file_id: tuple[int, int, int, int] | None = None  # of the socket file, to remove it at the end
+    number: int | None = None     # the fd it was passed at (LISTEN_FDS)
 
     def describe(self) -> str:
         if self.real is not None:
@@ -62,7 +63,7 @@ class Passed:
             where = self.sock.getsockname()
         except OSError:
             where = "?"
-        return f"passed socket {what} (fd {self.sock.fileno()}, {where!r})"
+        return f"passed socket {what} (fd {self.number}, {where!r})"
 
 
 class Activation:
@@ -97,8 +98,25 @@ class Activation:
                 log(0, f"passed fd {fd} is neither a stream nor a datagram socket: ignored")
                 sock.close()
                 continue
-            passed.append(Passed(sock, name, kind, os.fstat(sock.fileno()).st_ino))
+            passed.append(Passed(sock, name, kind, os.fstat(sock.fileno()).st_ino, number=fd))
+        for name in sorted({p.name for p in passed if p.name is not None}):
+            same = [p.number for p in passed if p.name == name]
+            if len(same) > 1:
+                log(0, f"{len(same)} passed sockets are named {name!r} (fds {', '.join(map(str, same))}): each bind "
+                       f"a systemd={name} rule matches gets the next of them the program does not hold, in the "
+                       "order passed (ip2unix gives every such bind the last one)")
         return cls(passed)
+
+    def summary(self) -> str:
+        """What was passed, for a log line."""
+        if not self.passed:
+            return "no sockets were passed (LISTEN_FDS)"
+        return "passed: " + ", ".join(f"{p.name or 'unnamed'} (fd {p.number}, {p.kind})" for p in self.passed)
+
+    def offers(self, name: str | None, claimed: set[str]) -> bool:
+        """Whether any passed socket is for a `systemd` (None) or
+        `systemd=NAME` rule at all, held by the program or not."""
+        return any(p.name == name if name is not None else p.name not in claimed for p in self.passed)
 
     def pick(self, name: str | None, claimed: set[str], in_use: set[int], kind: str | None = None) -> Passed | None:
         """The socket for a bind that a `systemd` (name None) or `systemd=NAME`

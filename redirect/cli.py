@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a file of rules, one per line, '#' comments (repeatable; - is stdin)")
     p.add_argument("-c", "--check", action="store_true", help="check the rules and exit")
     p.add_argument("-p", "--print", action="store_true", dest="print_rules",
-                   help="print the rule table (and exit if no PROGRAM is given)")
+                   help="print the rule table: on stderr before running PROGRAM, on stdout with -c "
+                        "or without a PROGRAM (and exit)")
     p.add_argument("--sealed", action="store_true",
                    help="refuse every IP socket no rule converts (bind: EACCES, connect/send: "
                         "ENETUNREACH; logged): the program cannot reach the real network")
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"redirect: cannot read rule file {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
-    if args.print_rules:
-        print_table(rules)
+    if args.print_rules:  # beside a program, on stderr: its own output stays its own
+        print_table(rules, sys.stdout if args.check or not command else sys.stderr)
     if args.check:
         print(f"redirect: {len(rules)} rule(s) OK", file=sys.stderr)
         return 0
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.on_demand and not args.activate:
         args.activate = True  # --on-demand means: open the sockets first, start at the first connection
     if not rules and not args.sealed:
-        print("redirect: warning: no rules given; the program runs with its sockets unchanged", file=sys.stderr)
+        # As ip2unix: a forgotten -r would leave the program on real TCP and UDP.
+        print("redirect: no rules given: the program would run with its IP sockets unchanged (give -r RULE "
+              "or -f FILE; --sealed alone runs it cut off from the network)", file=sys.stderr)
+        return 2
 
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 

@@ -297,3 +297,15 @@ def world_readable_install(bins):
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def compiled(name: str, *flags: str):
+    """A test program from tests/programs, compiled into a directory of its own."""
+    where = Path(tempfile.mkdtemp(prefix="rd-prog-"))
+    try:
+        out = where / name
+        result = run(["gcc", "-O2", *flags, "-o", out, Path(__file__).parent / "programs" / f"{name}.c"])
+        assert result.returncode == 0, result.stderr
+        yield out
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -2,11 +2,13 @@
 systemd-socket-activate (Debian's systemd package) passed in."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -170,17 +172,62 @@ def test_passed_datagram_socket(bins, sockdir, background):
     assert host == "127.0.0.1" and int(port) >= 1024
 
 
+_BIND_REPORT = ("import socket\ns=socket.socket()\n"
+                "try:\n    s.bind(('127.0.0.1', %d)); s.listen(); print('bound')\n"
+                "except OSError as e:\n    print('bind failed', e.errno)\n")
+
+
 def test_passed_sockets_for_someone_else_are_ignored(sockdir):
     """LISTEN_PID names another process: nothing is taken, a warning says why,
-    and the bind gets nothing rather than a real port."""
+    and the bind fails (EADDRNOTAVAIL) rather than get a real port or a
+    socket nobody can reach."""
     port = free_port()
-    code = ("import socket\ns=socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen()\nprint('bound')\n" % port)
     env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID="1")
-    result = run(redirect("in,systemd") + [sys.executable, "-c", code], env=env)
-    assert result.stdout.strip() == "bound"
+    result = run(redirect("in,systemd") + [sys.executable, "-c", _BIND_REPORT % port], env=env)
+    assert result.stdout.strip() == f"bind failed {errno.EADDRNOTAVAIL}", result.stdout + result.stderr
     assert "LISTEN_PID='1' is not this process" in result.stderr
-    assert "no passed socket left" in result.stderr
+    assert "no sockets were passed" in result.stderr
     assert tcp_listening(port) == []
+
+
+@needs_activate
+def test_a_name_nobody_passed_fails_the_bind(sockdir):
+    """systemd=wbe where the socket was passed as web: the log names what was
+    passed, and the program's bind fails (clients do not wait on a blackhole)."""
+    sock, port = sockdir / "web.sock", free_port()
+    proc = subprocess.Popen(activated([str(sock)], "web", ["in,systemd=wbe"], [sys.executable, "-c", _BIND_REPORT % port]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_path(sock)
+        with socket.socket(socket.AF_UNIX) as client:  # systemd-socket-activate starts redirect now
+            client.connect(str(sock))
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"bind failed {errno.EADDRNOTAVAIL}" in out, out
+    assert re.search(r"rule in,systemd=wbe: no socket named 'wbe' was passed \(passed: web \(fd 3, stream\)\)", out), out
+    assert tcp_listening(port) == []
+
+
+@needs_activate
+def test_two_sockets_of_one_name_go_to_two_binds(sockdir, background):
+    """Two passed sockets named web: the log says how they are given out, and
+    each of two binds a systemd=web rule matches gets its own."""
+    one, two = sockdir / "one.sock", sockdir / "two.sock"
+    code = ("import socket\n"
+            "a=socket.socket(); a.bind(('127.0.0.1',7101)); a.listen()\n"
+            "b=socket.socket(); b.bind(('127.0.0.1',7102)); b.listen()\n"
+            "for s, text in ((a, b'a\\n'), (b, b'b\\n')):\n"
+            "    c,_=s.accept(); c.sendall(text); c.close()\n")
+    proc = background(activated([str(one), str(two)], "web:web", ["in,systemd=web"], [sys.executable, "-c", code]))
+    wait_for_path(one)
+    wait_for_path(two)
+    assert unix_request(one, b"") == b"a\n"
+    assert unix_request(two, b"") == b"b\n"
+    assert "2 passed sockets are named 'web' (fds 3, 4)" in proc.output, proc.output
+    assert tcp_listening(7101) == tcp_listening(7102) == []
 
 
 # ---- redirect as its own activator ------------------------------------------------------------

@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_env, REDIRECT, free_port, redirect, run, tcp_listening
-from test_behaviour import _compiled
+from conftest import user_env, REDIRECT, compiled, free_port, redirect, run, tcp_listening
 
 ATTEMPTS = 3000  # today's escape rates were 5-25%: hundreds of escapes at this count
 
 
 @pytest.fixture(scope="session")
 def attacks():
-    yield from _compiled("attacks", "-static", "-pthread")
+    yield from compiled("attacks", "-static", "-pthread")
 
 
 class _Counter:

@@ -10,14 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (REDIRECT, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
+from conftest import (REDIRECT, compiled, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
                       wait_for_socket)
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "sockprobe.py")]
@@ -174,7 +173,7 @@ def test_listen_without_bind_is_a_bind_to_port_zero(sockdir, background):
 
 @pytest.fixture(scope="session")
 def leader_exit():
-    yield from _compiled("leader-exit", "-pthread")
+    yield from compiled("leader-exit", "-pthread")
 
 
 def test_converted_after_the_main_thread_exited(leader_exit, sockdir, background):
@@ -488,21 +487,9 @@ def test_program_dies_with_the_supervisor(bins, sockdir, background):
 
 # ---- the filter cannot be gone around ---------------------------------------------------
 
-def _compiled(name: str, *flags: str):
-    """A test program from tests/programs, compiled into a directory of its own."""
-    where = Path(tempfile.mkdtemp(prefix="rd-prog-"))
-    try:
-        out = where / name
-        result = run(["gcc", "-O2", *flags, "-o", out, Path(__file__).parent / "programs" / f"{name}.c"])
-        assert result.returncode == 0, result.stderr
-        yield out
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def bypass_probe():
-    yield from _compiled("bypass-probe", "-static", "-no-pie")
+    yield from compiled("bypass-probe", "-static", "-no-pie")
 
 
 def _results(stdout: str) -> dict[str, int]:
@@ -560,7 +547,7 @@ print(results["0.0.0.0"], results["::"])
 
 @pytest.fixture(scope="session")
 def restart_probe():
-    yield from _compiled("restart", "-static")
+    yield from compiled("restart", "-static")
 
 
 def test_blocking_connect_made_by_the_supervisor_restarts_after_a_signal(restart_probe, sockdir):
@@ -643,7 +630,7 @@ def test_debuggers_attach_to_a_program_under_redirect(bins, sockdir, background,
 
 @pytest.fixture(scope="session")
 def storm_probe():
-    yield from _compiled("storm", "-static", "-pthread")
+    yield from compiled("storm", "-static", "-pthread")
 
 
 @pytest.mark.parametrize("restart", ["restart", "intr", "worker"])

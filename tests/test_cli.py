@@ -72,8 +72,28 @@ def test_rules_from_stdin():
     assert result.returncode == 2 and "/dev/stdin:2" in result.stderr
 
 
-def test_warning_for_no_rules_and_permission_options_check():
-    assert "no rules given" in run(REDIRECT + ["--", "true"]).stderr
+def test_no_rules_is_refused_unless_sealed(sockdir):
+    """As ip2unix: without rules the program would run on real sockets; a
+    forgotten -r is refused (--sealed alone is a rule set of its own)."""
+    marker = sockdir / "ran"
+    result = run(REDIRECT + ["--", "touch", marker])
+    assert result.returncode == 2 and "no rules given" in result.stderr, result.stderr
+    assert not marker.exists()
+    sealed = run(REDIRECT + ["--sealed", "--", "touch", marker])
+    assert sealed.returncode == 0 and marker.exists(), sealed.stderr
+
+
+def test_print_beside_a_program_goes_to_stderr():
+    """-p with a program: the table on stderr, the program's output alone on
+    stdout; -p -c: on stdout."""
+    ran = run(REDIRECT + ["-p", "-r", "in,port=80,path=/run/a.sock", "--", "echo", "program output"])
+    assert ran.returncode == 0 and ran.stdout == "program output\n", ran.stdout
+    assert "Rule #1: in,port=80,path=/run/a.sock" in ran.stderr
+    checked = run(REDIRECT + ["-p", "-c", "-r", "in,port=80,path=/run/a.sock", "--", "echo", "never"])
+    assert checked.returncode == 0 and checked.stdout.startswith("Rule #1: in,port=80"), checked.stdout
+
+
+def test_permission_options_check():
     result = run(REDIRECT + ["-c", "-r", "in,port=80,path=/run/a.sock,mode=0660,owner=root,group=0"])
     assert result.returncode == 0 and "warning" not in result.stderr
     for bad in ("mode=0998", "owner=no-such-user-here", "group=no-such-group-here"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import redirect, run, tcp_listening
+from conftest import compiled, redirect, run, tcp_listening
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "udpprobe.py")]
 C_VARIANTS = ["glibc", "musl"]
@@ -578,6 +578,30 @@ def test_tftpd_that_chroots_and_drops_privileges_still_answers(sockdir, backgrou
                      + [_tool("tftp"), "127.0.0.1", str(port), "-m", "binary", "-c", "get", "hello.txt",
                         str(sockdir / f"got-{i}.txt")], timeout=30)
         assert (sockdir / f"got-{i}.txt").read_text() == "hello over tftp\n", result.stdout + result.stderr + server.output
+
+
+@pytest.fixture(scope="session")
+def dropper():
+    yield from compiled("dropper", "-static")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a root program: run as root")
+@pytest.mark.parametrize("drops", ["setuid", "chroot"])
+def test_our_server_that_drops_privileges_after_bind_answers(dropper, sockdir, background, drops):
+    """A static server of ours binds, then becomes nobody (setuid), or
+    chroots and becomes nobody and answers from a new socket connected to the
+    sender (chroot); redirected clients get every answer."""
+    port, sock, jail = free_port_udp(), sockdir / "drop.sock", sockdir / "jail"
+    jail.mkdir()
+    sockdir.chmod(0o755)
+    n = 3
+    server_argv = [dropper, "setuid", port, n] if drops == "setuid" else [dropper, "chroot", jail, port, n]
+    server = background(redirect(f"in,udp,port={port},path={sock}") + server_argv)
+    server.wait_for_line("^ready$")
+    for i in range(n):
+        result = run(redirect(f"out,udp,port={port},path={sock}", verbose=0) + [dropper, "client", port, f"ping{i}"])
+        assert result.stdout == f"echo:ping{i}\n", result.stdout + result.stderr + server.output
+    assert server.wait(10) == 0, server.output
 
 
 def free_port_udp() -> int:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, redirect, run, wait_for_socket
-from test_behaviour import _compiled
+from conftest import compiled, free_port, redirect, run, wait_for_socket
 
 
 @pytest.fixture(scope="session")
 def sockopts():
-    yield from _compiled("sockopts", "-static")
+    yield from compiled("sockopts", "-static")
 
 
 @pytest.mark.parametrize("kind", ["tcp", "udp"])

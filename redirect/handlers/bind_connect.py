@@ -288,6 +288,13 @@ def _hand_over(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Dec
     ctx, rule = call.ctx, verdict.rule
     claimed = {r.target for r in ctx.rules if r.action == "systemd" and r.target is not None}
     passed = ctx.activation.pick(rule.target, claimed, ctx.held() | ctx.activation.reserved, kind)
+    if passed is None and not ctx.activation.offers(rule.target, claimed):
+        # Nothing was ever passed for this rule (a misspelt name, say): the
+        # bind fails, rather than leave clients to wait on a socket nobody hears.
+        wanted = f"no socket named {rule.target!r}" if rule.target is not None else "no socket for it"
+        ctx.log(0, f"{call.describe()}: {verdict.visible}: rule {rule.text}: {wanted} was passed "
+                   f"({ctx.activation.summary()}); the bind fails (EADDRNOTAVAIL)")
+        return -errno.EADDRNOTAVAIL
     if passed is None:
         ctx.log(0, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
                    f"({len(ctx.activation.passed)} passed in all); bound where nobody can connect")
