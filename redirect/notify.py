@@ -321,7 +321,7 @@ class NotifyBackend:
             stage, err = self.sup.child_failure() or ("other", 0)
             if stage == "seccomp" and err == errno.EBUSY:
                 raise Unavailable("another seccomp notifier watches this process already (EBUSY): the kernel "
-                                  "allows one listener")
+                                  "allows one listener", unsafe_fallback=True)
             if stage == "seccomp":
                 raise Unavailable(f"installing the filter failed: {os.strerror(err)}")
             raise Unavailable(f"the child failed at {stage}: {os.strerror(err)}")

@@ -29,7 +29,12 @@ class SpawnError(Exception):
 
 class Unavailable(Exception):
     """This backend cannot run here; the message says why (auto mode then
-    takes the next one)."""
+    takes the next one, unless `unsafe_fallback`: the reason would also let
+    calls past the next one)."""
+
+    def __init__(self, why: str, unsafe_fallback: bool = False) -> None:
+        super().__init__(why)
+        self.unsafe_fallback = unsafe_fallback
 
 
 class Supervisor:
@@ -120,6 +125,12 @@ class Supervisor:
             except Unavailable as why:
                 if self.requested != "auto" or number == len(candidates) - 1:
                     raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", 1) from None
+                if why.unsafe_fallback:
+                    raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}. The ptrace backend "
+                                     "would run, but a notifier's answer to a call both trap overrides "
+                                     "ptrace (the kernel's precedence): the calls it lets run would never "
+                                     "reach redirect, and the rules could not hold. --backend ptrace runs "
+                                     "it anyway (docs/limits.md)", 1) from None
                 self.log(1, f"backend: not {kind.NAME} ({why})")
                 continue
             self.backend, self.main_pid = backend, pid

@@ -208,7 +208,7 @@ def as_user(unprivileged_user, world_readable_install, attacks):
 def test_supervisor_cannot_be_written_traced_or_robbed(as_user):
     """As the same (unprivileged) user, from inside: the supervisor's memory
     cannot be opened or written, and it cannot be traced."""
-    argv, where = as_user(["redirect", "--", "attacks", "supervisor"])
+    argv, where = as_user(["redirect", "-r", "out,port=1,reject", "--", "attacks", "supervisor"])  # (a rule: any)
     result = run(argv, **where)
     assert _values(result.stdout) == {"mem": -13, "vm-write": -1, "seize": -1}, result.stdout + result.stderr
 

@@ -747,19 +747,27 @@ def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
 
 
 def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):
-    """Outer notify: the kernel allows one seccomp listener, so the inner
-    redirect (auto) says why and runs the ptrace backend, which works there.
-    Outer ptrace: the program is traced already, and the inner one says so
+    """Outer notify: the kernel allows one seccomp listener, and the outer
+    one's answers would override an inner ptrace backend (its CONTINUE beats
+    TRACE): the inner redirect (auto) refuses and says why; with --backend
+    ptrace it runs, and a stream listener whose bind it never saw is still
+    converted at listen. Outer ptrace: it refuses a listener (EBUSY) as the
+    kernel would, and the program is traced already: the inner one says so
     and fails (documented in limits.md)."""
     port, sock = free_port(), sockdir / "inner.sock"
-    inner = REDIRECT + ["-v", "--backend", "auto", "-r", f"in,port={port},path={sock}", "--",
-                        bins / "tcp-server-glibc", "127.0.0.1", port]
-    server = background(REDIRECT + ["--backend", backend, "--"] + inner)
+    program = [bins / "tcp-server-glibc", "127.0.0.1", port]
+    outer = REDIRECT + ["--backend", backend, "-r", "out,tcp,port=1,reject", "--"]
+    inner = REDIRECT + ["-v", "-r", f"in,port={port},path={sock}"]
+    refused = run(outer + inner + ["--backend", "auto", "--"] + program)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "another seccomp notifier watches this process already (EBUSY)" in refused.stderr, refused.stderr
+    assert "the rules could not hold" in refused.stderr and "listening" not in refused.stdout
     if backend == "ptrace":
-        assert server.wait(30) == 1
-        assert "cannot trace the program" in server.output, server.output
+        traced = run(outer + inner + ["--backend", "ptrace", "--"] + program)
+        assert traced.returncode == 1 and "cannot trace the program" in traced.stderr, traced.stderr
         return
+    server = background(outer + inner + ["--backend", "ptrace", "--"] + program)
     wait_for_socket(sock, proc=server)
     assert unix_request(sock, b"nested") == b"nested"
-    server.wait_for_line(r"backend: not notify \(another seccomp notifier")
-    server.wait_for_line(r"backend: ptrace")
+    assert "converting at listen" in server.output, server.output
+    assert tcp_listening(port) == []
