@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                         "syscall, to FILE (JSON): what redirect costs a workload")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more (-v: every conversion, -vv: more)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not warn about listeners no rule converts (they stay on the network)")
     p.add_argument("--version", action="version", version=f"redirect {__version__}")
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(sources=[])
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
     supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
-                            sealed=args.sealed, backend=args.backend)
+                            sealed=args.sealed, backend=args.backend, quiet=args.quiet)
     try:
         return supervisor.run(command)
     except SpawnError as err:

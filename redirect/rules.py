@@ -242,6 +242,44 @@ def first_match(rules: Sequence[Rule], sock: SocketFacts) -> Rule | None:
     return None
 
 
+def mismatches(rule: Rule, sock: SocketFacts) -> list[str]:
+    """Why an IP rule does not match this IP socket, item by item ("port
+    8080, not 9090"); empty if it matches. Unix-socket rules never match IP
+    sockets: one item says so."""
+    if rule.from_unix is not None or rule.from_abstract is not None:
+        return ["it is about Unix sockets"]
+    why = []
+    if rule.direction is not None and sock.direction != rule.direction:
+        why.append(f"{rule.direction}, not {sock.direction}")
+    if rule.socket_type is not None and sock.socket_type != rule.socket_type:
+        names = {"stream": "tcp", "dgram": "udp"}
+        why.append(f"{names[rule.socket_type]}, not {names[sock.socket_type]}")
+    if rule.address is not None:
+        try:
+            same = _normalise_address(sock.address) == rule.address
+        except ValueError:
+            same = False
+        if not same:
+            why.append(f"addr {rule.address}, not {sock.address}")
+    if rule.port is not None and (sock.port is None or not rule.port[0] <= sock.port <= rule.port[1]):
+        wanted = str(rule.port[0]) if rule.port[0] == rule.port[1] else f"{rule.port[0]}-{rule.port[1]}"
+        why.append(f"port {wanted}, not {sock.port}")
+    return why
+
+
+def closest(rules: Sequence[Rule], sock: SocketFacts) -> tuple[int, Rule, list[str]] | None:
+    """The rule that came closest to matching a socket none matches: (its
+    number from 1, it, why not), fewest differences first, then the
+    earliest; None without rules for IP sockets."""
+    scored = [(len(why) + (rule.direction not in (None, sock.direction)), number, rule, why)  # same direction first
+              for number, rule in enumerate(rules, 1)
+              if (why := mismatches(rule, sock)) and rule.from_unix is None and rule.from_abstract is None]
+    if not scored:
+        return None
+    _, number, rule, why = min(scored, key=lambda item: item[:2])
+    return number, rule, why
+
+
 # --------------------------------------------------------------------------
 # Placeholders
 

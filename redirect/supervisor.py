@@ -39,8 +39,8 @@ class Unavailable(Exception):
 
 class Supervisor:
     def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None, activate: bool = False,
-                 on_demand: bool = False, sealed: bool = False, backend: str = "auto") -> None:
-        self.verbosity = verbosity
+                 on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False) -> None:
+        self.verbosity, self.quiet = verbosity, quiet
         self.log_file = log_file or sys.stderr
         self.rules, self.sealed = rules, sealed
         self._ctx = None
@@ -69,7 +69,7 @@ class Supervisor:
             ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
             self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log, reap=self.reap,
                                 held=self.held_inodes, activation=Activation.from_environment(os.environ, self.log),
-                                sealed=self.sealed)
+                                sealed=self.sealed, quiet=self.quiet)
         return self._ctx
 
     def has_files(self) -> bool:

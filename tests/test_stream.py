@@ -249,3 +249,27 @@ def test_from_abstract_to_path(sockdir, background):
     result = run(redirect(f"out,from-abstract=legacy-*,path={real}") + ["socat", "-", "ABSTRACT-CONNECT:legacy-name"], input="abstract\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "abstract\n"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_a_listener_no_rule_matches_is_said_out_loud(bins, sockdir, background, kind):
+    """A typo in a rule leaves the server on the network: redirect says so at
+    the default verbosity, once, with the rule that came closest; an ignore
+    rule naming it, or -q, keeps it quiet (and it really is on the network)."""
+    port, wrong = free_port(), free_port()
+    server_bin = bins / ("tcp-server-glibc" if kind == "tcp" else "udp-server-glibc")
+    rule = f"in,{kind},port={wrong},path={sockdir}/typo.sock"
+    loud = background(redirect(rule, verbose=0) + [server_bin, "127.0.0.1", port])
+    loud.wait_for_line(rf"warning: 127\.0\.0\.1:{port} \({kind}\) stays on the network: no rule matches it "
+                       rf"\(closest: rule #1 {re.escape(rule)}: port {wrong}, not {port}\); every local user can "
+                       r"reach it")
+    loud.wait_for_line(r"^listening ")
+    if kind == "tcp":
+        assert tcp_listening(port), "the server should really be on TCP"
+    loud.stop()
+    assert loud.output.count("stays on the network") == 1, loud.output
+    for options, rules in ((("-q",), (rule,)), ((), (rule, f"in,port={port},ignore"))):
+        quiet = background(redirect(*rules, verbose=0, options=options) + [server_bin, "127.0.0.1", port])
+        quiet.wait_for_line(r"^listening ")
+        quiet.stop()
+        assert "stays on the network" not in quiet.output, quiet.output

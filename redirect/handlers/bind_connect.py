@@ -165,6 +165,8 @@ def _bind_socket(call: Call, sock: socket.socket, data: bytes):
         visible = unpack(verdict) if sock.family in _IP else None
         if isinstance(visible, IPAddr) and visible.port == 0 and call.ctx.port_rules and kind is not None:
             return bind_any_port(call, sock, visible, kind)
+        if kind == "dgram" and isinstance(visible, IPAddr) and visible.port != 0:
+            call.ctx.left_on_the_network("dgram", visible)  # a UDP server's port (a stream one: at listen)
         return perform.bind(call, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
@@ -411,9 +413,12 @@ def _listen_socket(call: Call, sock: socket.socket):
             call.ctx.log(1, f"{call.describe()}: {bound} was not bound by a bind redirect judged; "
                             "converting at listen")
             return _bind_then_listen(call, fd, sock, verdict)
+        if verdict is None and not _handed_over(call, sock):
+            call.ctx.left_on_the_network("stream", bound)
         return perform.listen(call, sock, backlog)
     wildcard, verdict = _wildcard(sock), unbound
     if verdict is None:
+        call.ctx.left_on_the_network("stream", wildcard)
         return perform.listen(call, sock, backlog)
     if verdict.error:
         _release_port(call, verdict)

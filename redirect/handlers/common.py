@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from .. import sockaddr
 from ..activation import Activation
-from ..decision import Decision, decide
+from ..decision import Decision, decide, facts
 from ..registry import Accepted, Client, Registry
-from ..rules import Rule
+from ..rules import Rule, closest, first_match
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..socketfile import ReplyDirs
 from ..templates import Templates
@@ -43,6 +43,7 @@ class Context:
     held: Callable[[], set[int]]      # inodes of the sockets traced processes hold now
     activation: Activation            # sockets passed in by socket activation
     sealed: bool = False              # refuse IP sockets no rule converts
+    quiet: bool = False               # no warning for listeners left on the network
     binding: set = field(default_factory=set)  # socket paths a bind is making right now
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
@@ -60,6 +61,25 @@ class Context:
         bound there. A rule for any port converts servers that bind; a port
         picked for a client is not a server's."""
         return decide(self.port_rules, "in", kind, bound, self.ports, False)
+
+    def left_on_the_network(self, kind: str, visible: Address) -> None:
+        """A listener no rule converts (nor an ignore rule names) stays a real
+        TCP/UDP socket that every local user can reach: said once per
+        address, with the rule that came closest, unless quiet. (Only where
+        some rule is about listeners: with out rules alone they are meant
+        to stay.)"""
+        if self.quiet or self.sealed or not isinstance(visible, IPAddr) or \
+                not any(r.direction != "out" for r in self.rules):
+            return
+        sock = facts("in", kind, visible)
+        if first_match(self.rules, sock) is not None:
+            return  # an ignore rule (or one that leaves it be) named it: meant
+        near = closest(self.rules, sock)
+        hint = f" (closest: rule #{near[0]} {near[1].text}: {'; '.join(near[2])})" if near else ""
+        proto = "tcp" if kind == "stream" else "udp"
+        self.warn_once(("left", kind, visible), f"warning: {visible} ({proto}) stays on the network: no rule "
+                                                f"matches it{hint}; every local user can reach it (-q: no "
+                                                "warning; --sealed: refuse it)")
 
     def warn_once(self, key, message: str) -> None:
         if key not in self.warned:
