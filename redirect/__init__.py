@@ -6,6 +6,10 @@ It is imported on first use, so that the command line starts fast.
 
 __version__ = "0.1.0"
 
+# The exit status of redirect's own failures (as env, timeout and docker run):
+# never mistaken for the program's; 126/127 and 128+N keep their shell meaning.
+OWN_FAILURE = 125
+
 _API = {"Rule", "RuleError", "Process", "spawn", "run", "rule"}
 
 

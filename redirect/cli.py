@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from . import OWN_FAILURE, __version__
 from .rules import Rule, RuleError, describe, parse_rule, parse_rule_file
 
 USAGE = "redirect [options] -r RULE [-r RULE ...] [-f FILE ...] [--] PROGRAM [ARGS...]"
@@ -18,7 +18,19 @@ A rule is comma-separated items, e.g.  in,tcp,port=8080,path=/run/app/http.sock
   flags:    noremove, mode=OCTAL, owner=USER, group=GROUP
   placeholders in path/abstract: %p port, %a address, %t tcp|udp, %%
 Rules are tried in order; the first match decides. See docs/rules.md.
+
+Exit status: the program's; 125 when redirect itself fails (a bad rule, no
+rules, a backend that cannot run here); 126 the program cannot be executed;
+127 it is not found; 128+N it died of signal N.
 """
+
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """Usage errors are redirect's own failures too (argparse says 2)."""
+        self.print_usage(sys.stderr)
+        self.exit(OWN_FAILURE, f"redirect: {message}\n")
 
 
 class _RuleSource(argparse.Action):
@@ -41,7 +53,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="redirect", usage=USAGE, epilog=EPILOG, formatter_class=_Formatter,
+    p = _Parser(prog="redirect", usage=USAGE, epilog=EPILOG, formatter_class=_Formatter,
                                 description="Run PROGRAM with its IP sockets turned into Unix "
                                             "domain sockets, as the rules say.")
     p.add_argument("-r", "--rule", action=_RuleSource, metavar="RULE", help="a rule (repeatable)")
@@ -107,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     except RuleError as err:
         prefix = "redirect: "  # indent the caret line by as much, so it stays under its character
         print(prefix + str(err).replace("\n", "\n" + " " * len(prefix)), file=sys.stderr)
-        return 2
+        return OWN_FAILURE
     except OSError as err:
         print(f"redirect: cannot read rule file {err.filename}: {err.strerror}", file=sys.stderr)
-        return 2
+        return OWN_FAILURE
     if args.print_rules:  # beside a program, on stderr: its own output stays its own
         print_table(rules, sys.stdout if args.check or not command else sys.stderr)
     if args.check:
+        if not rules:
+            print("redirect: -c: no rules given (-r RULE or -f FILE)", file=sys.stderr)
+            return OWN_FAILURE
         print(f"redirect: {len(rules)} rule(s) OK", file=sys.stderr)
         return 0
     if not command:
@@ -121,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         parser.print_usage(sys.stderr)
         print("redirect: no PROGRAM given", file=sys.stderr)
-        return 2
+        return OWN_FAILURE
     if not command[0]:
         print("redirect: : command not found (the program name is empty)", file=sys.stderr)
         return 127
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         # As ip2unix: a forgotten -r would leave the program on real TCP and UDP.
         print("redirect: no rules given: the program would run with its IP sockets unchanged (give -r RULE "
               "or -f FILE; --sealed alone runs it cut off from the network)", file=sys.stderr)
-        return 2
+        return OWN_FAILURE
 
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from . import arch, kernel
+from . import OWN_FAILURE, arch, kernel
 from .program import ProgramThread
 from .rules import Rule
 
@@ -41,6 +41,7 @@ class Supervisor:
     def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None, activate: bool = False,
                  on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False) -> None:
         self.verbosity, self.quiet = verbosity, quiet
+        self._priorities: bool | None = None  # syslog priority prefixes on log lines: known at the first
         self.log_file = log_file or sys.stderr
         self.rules, self.sealed = rules, sealed
         self._ctx = None
@@ -78,8 +79,12 @@ class Supervisor:
 
     def log(self, level: int, message: str) -> None:
         if level <= self.verbosity:
+            if self._priorities is None:
+                self._priorities = _to_the_journal(self.log_file)
+            prefix = "" if not self._priorities else "<6>" if level > 0 else \
+                "<4>" if message.startswith("warning:") else "<3>"
             try:
-                print(f"redirect: {message}", file=self.log_file, flush=True)
+                print(f"{prefix}redirect: {message}", file=self.log_file, flush=True)
             except (OSError, ValueError):
                 pass  # a closed log (stderr piped to `head`) must not take the program down
 
@@ -98,7 +103,7 @@ class Supervisor:
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         if not kernel.has_pidfd_getfd():
             raise SpawnError("this kernel has no pidfd_getfd (Linux 5.6 or later): redirect looks at and "
-                             "acts on the program's sockets through it", 1)
+                             "acts on the program's sockets through it", OWN_FAILURE)
         unsealed = self._inherited_network_sockets() if self.sealed else []
         confine = self.sealed and kernel.landlock_abi() > 0
         if self.sealed and not confine:
@@ -124,13 +129,13 @@ class Supervisor:
                 pid = self._fork(argv, env, backend, unsealed, confine)
             except Unavailable as why:
                 if self.requested != "auto" or number == len(candidates) - 1:
-                    raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", 1) from None
+                    raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", OWN_FAILURE) from None
                 if why.unsafe_fallback:
                     raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}. The ptrace backend "
                                      "would run, but a notifier's answer to a call both trap overrides "
                                      "ptrace (the kernel's precedence): the calls it lets run would never "
                                      "reach redirect, and the rules could not hold. --backend ptrace runs "
-                                     "it anyway (docs/limits.md)", 1) from None
+                                     "it anyway (docs/limits.md)", OWN_FAILURE) from None
                 self.log(1, f"backend: not {kind.NAME} ({why})")
                 continue
             self.backend, self.main_pid = backend, pid
@@ -235,8 +240,8 @@ class Supervisor:
         if stage == "exec":
             return _exec_error(self.argv0, err)
         if stage == "seccomp":
-            return SpawnError(f"cannot install the seccomp filter: {os.strerror(err)}", 1)
-        return SpawnError(f"cannot start {self.argv0} ({stage} failed)", 1)
+            return SpawnError(f"cannot install the seccomp filter: {os.strerror(err)}", OWN_FAILURE)
+        return SpawnError(f"cannot start {self.argv0} ({stage} failed)", OWN_FAILURE)
 
     # ---- run -----------------------------------------------------------------------
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -280,11 +285,12 @@ class Supervisor:
         except OSError as err:
             missing = err.errno == errno.ENOENT and err.filename and not os.path.isdir(os.path.dirname(err.filename))
             raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}"
-                             + (" (its directory does not exist)" if missing else ""), 1) from None
+                             + (" (its directory does not exist)" if missing else ""), OWN_FAILURE) from None
         for note in skipped:
             self.log(0, f"--activate: {note}")
         if not activation.opened:
-            raise SpawnError("--activate: no in rule with path= or abstract= names a socket it could make", 2)
+            raise SpawnError("--activate: no in rule with path= or abstract= names a socket it could make",
+                             OWN_FAILURE)
         for opened in activation.opened:
             self.log(1, f"--activate: listening on {opened.real} ({opened.kind})")
         if self.on_demand:
@@ -421,3 +427,19 @@ def _terminal_sent_it() -> bool:
         return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _to_the_journal(out) -> bool:
+    """Whether our log goes to the journal (JOURNAL_STREAM names the stream
+    systemd gave us) or another socket: there lines carry syslog priorities
+    (<3> errors, <4> warnings, <6> the rest), as systemd reads them."""
+    import stat
+
+    try:
+        st = os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    if stat.S_ISSOCK(st.st_mode):
+        return True
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    return device.isdigit() and inode.isdigit() and (int(device), int(inode)) == (st.st_dev, st.st_ino)

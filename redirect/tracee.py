@@ -22,6 +22,7 @@ from collections.abc import Generator
 
 from . import arch, kernel, program, seccomp_filter
 from .program import PASS, MemoryUnavailable, ProgramThread, children_of
+from . import OWN_FAILURE
 from .supervisor import REAP_EVERY, SpawnError, Supervisor
 
 _SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
@@ -370,7 +371,7 @@ class PtraceBackend:
             kernel.seize(pid, self.SEIZE_OPTIONS)
         except OSError as err:
             raise SpawnError(f"cannot trace the program (ptrace: {err.strerror}); is ptrace restricted "
-                             "(kernel.yama.ptrace_scope) or are we inside a tracer?", 1) from None
+                             "(kernel.yama.ptrace_scope) or are we inside a tracer?", OWN_FAILURE) from None
         process = self.processes[pid] = Process(pid)
         self.threads[pid] = process.threads[pid] = Thread(pid, process)
         os.write(go, b"g")

@@ -759,12 +759,12 @@ def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):
     outer = REDIRECT + ["--backend", backend, "-r", "out,tcp,port=1,reject", "--"]
     inner = REDIRECT + ["-v", "-r", f"in,port={port},path={sock}"]
     refused = run(outer + inner + ["--backend", "auto", "--"] + program)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.returncode == 125, refused.stdout + refused.stderr
     assert "another seccomp notifier watches this process already (EBUSY)" in refused.stderr, refused.stderr
     assert "the rules could not hold" in refused.stderr and "listening" not in refused.stdout
     if backend == "ptrace":
         traced = run(outer + inner + ["--backend", "ptrace", "--"] + program)
-        assert traced.returncode == 1 and "cannot trace the program" in traced.stderr, traced.stderr
+        assert traced.returncode == 125 and "cannot trace the program" in traced.stderr, traced.stderr
         return
     server = background(outer + inner + ["--backend", "ptrace", "--"] + program)
     wait_for_socket(sock, proc=server)

@@ -1,12 +1,16 @@
 """The command line: rule errors point at the character, -c/-p/-h/--version."""
 from __future__ import annotations
 
-from conftest import REDIRECT, run
+import re
+import socket
+import subprocess
+
+from conftest import REDIRECT, free_port, run
 
 
 def test_bad_rule_points_at_the_character():
     result = run(REDIRECT + ["-r", "in,port=80x,path=/run/a.sock", "--", "true"])
-    assert result.returncode == 2
+    assert result.returncode == 125
     lines = result.stderr.rstrip("\n").splitlines()
     assert "in,port=80x,path=/run/a.sock" in lines[0]
     caret = lines[1].index("^")
@@ -18,13 +22,13 @@ def test_bad_rule_in_file_names_file_and_line(tmp_path):
     rules = tmp_path / "rules"
     rules.write_text("# comment\n\nin,port=80,path=/run/a.sock\nout,prot=1,ignore\n")
     result = run(REDIRECT + ["-f", rules, "-c"])
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert f"{rules}:4" in result.stderr and "prot" in result.stderr
 
 
 def test_unreadable_rule_file():
     result = run(REDIRECT + ["-f", "/nonexistent/rules", "-c"])
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert result.stderr.strip() == "redirect: cannot read rule file /nonexistent/rules: No such file or directory"
 
 
@@ -38,7 +42,7 @@ def test_check_accepts_good_rules(tmp_path):
 
 def test_check_rejects_a_fixed_path_too_long():
     result = run(REDIRECT + ["-c", "-r", "in,path=/" + "x" * 120])
-    assert result.returncode == 2 and "too long" in result.stderr
+    assert result.returncode == 125 and "too long" in result.stderr
 
 
 def test_print_table_keeps_order():
@@ -58,7 +62,7 @@ def test_help_and_version():
 
 def test_no_program_is_a_usage_error():
     result = run(REDIRECT + ["-r", "in,port=1,reject"])
-    assert result.returncode == 2 and "no PROGRAM given" in result.stderr
+    assert result.returncode == 125 and "no PROGRAM given" in result.stderr
 
 
 def test_program_options_are_not_taken_for_ours():
@@ -69,7 +73,7 @@ def test_program_options_are_not_taken_for_ours():
 
 def test_rules_from_stdin():
     result = run(REDIRECT + ["-f", "-", "-c"], input="in,port=80,path=/run/a.sock\nout,prot=1,ignore\n")
-    assert result.returncode == 2 and "/dev/stdin:2" in result.stderr
+    assert result.returncode == 125 and "/dev/stdin:2" in result.stderr
 
 
 def test_no_rules_is_refused_unless_sealed(sockdir):
@@ -77,7 +81,7 @@ def test_no_rules_is_refused_unless_sealed(sockdir):
     forgotten -r is refused (--sealed alone is a rule set of its own)."""
     marker = sockdir / "ran"
     result = run(REDIRECT + ["--", "touch", marker])
-    assert result.returncode == 2 and "no rules given" in result.stderr, result.stderr
+    assert result.returncode == 125 and "no rules given" in result.stderr, result.stderr
     assert not marker.exists()
     sealed = run(REDIRECT + ["--sealed", "--", "touch", marker])
     assert sealed.returncode == 0 and marker.exists(), sealed.stderr
@@ -98,4 +102,43 @@ def test_permission_options_check():
     assert result.returncode == 0 and "warning" not in result.stderr
     for bad in ("mode=0998", "owner=no-such-user-here", "group=no-such-group-here"):
         result = run(REDIRECT + ["-c", "-r", f"in,port=80,path=/run/a.sock,{bad}"])
-        assert result.returncode == 2 and "^" in result.stderr, (bad, result.stderr)
+        assert result.returncode == 125 and "^" in result.stderr, (bad, result.stderr)
+
+
+def test_redirects_own_failures_exit_125(sockdir):
+    """125 for redirect's own failures (usage, rules, -c without rules), so a
+    program's own 1 or 2 is never taken for one; -h lists the statuses."""
+    help_text = run(REDIRECT + ["-h"]).stdout
+    assert "125 when redirect itself fails" in help_text and "127 it is not found" in help_text
+    assert run(REDIRECT + ["--no-such-option"]).returncode == 125
+    checked = run(REDIRECT + ["-c"])
+    assert checked.returncode == 125 and "no rules given" in checked.stderr, checked.stderr
+    own = run(REDIRECT + ["-r", "in,port=1,reject", "--", "sh", "-c", "exit 2"])
+    assert own.returncode == 2  # the program's status, untouched
+    missing = run(REDIRECT + ["-r", "in,port=1,reject", "--", sockdir / "nothing-here"])
+    assert missing.returncode == 127, missing.stderr
+
+
+def test_log_lines_carry_syslog_priorities_on_a_socket(bins, sockdir):
+    """Where stderr is a socket (the journal's stream is one), each line
+    starts with its priority, as systemd reads it: <3> errors, <4> warnings,
+    <6> the rest; on a pipe or terminal, none."""
+    port, other = free_port(), free_port()
+    argv = REDIRECT + ["-v", "-r", f"in,port={port},path={sockdir}/no/such/dir/a.sock", "-r",
+                       f"in,port={other + 1},path={sockdir}/b.sock", "--", bins / "tcp-server-glibc", "127.0.0.1", port]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=theirs, timeout=30, text=True)
+        theirs.close()
+        ours.settimeout(5)
+        log = b""
+        while chunk := ours.recv(65536):
+            log += chunk
+    lines = [line for line in log.decode().splitlines() if "redirect: " in line]  # (the program's share it)
+    assert result.returncode == 1, lines  # the server cannot listen: its own status
+    assert any(line.startswith("<6>redirect: backend: ") for line in lines), lines
+    assert any(line.startswith("<3>redirect: ") and "its directory does not exist" in line for line in lines), lines
+    assert all(re.match(r"<[346]>redirect: ", line) for line in lines), lines
+    piped = run(argv)
+    assert piped.stderr.startswith("redirect: "), piped.stderr
