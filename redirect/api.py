@@ -13,12 +13,17 @@ RuleError (with its caret) that the command line prints.
 """
 from __future__ import annotations
 
+import collections
+import errno
+import inspect
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -84,51 +89,121 @@ def _rule(item: RuleLike) -> Rule:
 
 
 def command(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, sealed: bool = False,
-            activate: bool = False, verbose: int = 0) -> list[str]:
+            activate: bool = False, on_demand: bool = False, verbose: int = 0) -> list[str]:
     """The redirect command line for a program and its rules."""
     argv = [sys.executable, "-c", _LAUNCH, _PACKAGE_PARENT] + ["-v"] * verbose
-    if sealed:
-        argv.append("--sealed")
-    if activate:
-        argv.append("--activate")
+    argv += [flag for flag, on in (("--sealed", sealed), ("--activate", activate), ("--on-demand", on_demand)) if on]
     for item in rules:
         argv += ["-r", format_rule(_rule(item))]
     return argv + ["--"] + [os.fspath(a) for a in args]
 
 
+# What Popen takes besides args (a typo is our TypeError, naming it).
+_POPEN_KEYWORDS = set(inspect.signature(subprocess.Popen).parameters) - {"args", "self", "shell"}
+_LOG_LINES = 20  # kept for the exceptions that say why redirect stopped
+
+
+def _program_args(args, shell: bool) -> list[str]:
+    """As subprocess takes them: a string or path is one program (or, with
+    shell=True, the command line for /bin/sh -c)."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = [args]
+    args = [os.fsdecode(a) for a in args]
+    return ["/bin/sh", "-c", *args] if shell else args
+
+
+def _check_program(name: str, env) -> None:
+    """FileNotFoundError or PermissionError now, as subprocess raises them,
+    rather than a supervisor exiting 127/126 later."""
+    if os.sep in name:
+        found = name if os.path.exists(name) else None
+    else:
+        found = shutil.which(name, mode=os.F_OK, path=(env or os.environ).get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+
+
 class Process(subprocess.Popen):
     """A program running under redirect: a subprocess.Popen of its supervisor
     (pid, returncode, wait, communicate, terminate... as usual; the supervisor
-    forwards signals and exits with the program's status), plus waiting for
-    socket files and a clean-up that leaves no process and no socket behind."""
+    forwards signals and ends as the program ended: its exit status, or -N
+    when signal N killed it), plus waiting for socket files and a clean-up
+    that leaves no process and no socket behind.
 
-    def __init__(self, args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *,
-                 sealed: bool = False, activate: bool = False, verbose: int = 0, **popen_kwargs) -> None:
+    redirect's own log lines go to `log` (a file object; default: this
+    process's stderr), never into the program's stderr."""
+
+    def __init__(self, args, rules: Iterable[RuleLike] = (), *, sealed: bool = False, activate: bool = False,
+                 on_demand: bool = False, verbose: int = 0, log=None, shell: bool = False, **popen_kwargs) -> None:
+        unknown = sorted(set(popen_kwargs) - _POPEN_KEYWORDS)
+        if unknown:
+            raise TypeError(f"spawn() got an unexpected keyword argument {unknown[0]!r}")
         self.rules = [_rule(item) for item in rules]   # raises RuleError before anything starts
-        self.program_args = [os.fspath(a) for a in args]
-        super().__init__(command(self.program_args, self.rules, sealed=sealed, activate=activate,
-                                 verbose=verbose), **popen_kwargs)
-
-    @property
-    def program_pid(self) -> int | None:
-        """The program's own pid (the supervisor's child), once it runs."""
+        self.program_args = _program_args(args, shell)
+        _check_program(self.program_args[0], popen_kwargs.get("env"))
+        self.log_lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
+        read_end, write_end = os.pipe()
+        argv = command(self.program_args, self.rules, sealed=sealed, activate=activate, on_demand=on_demand,
+                       verbose=verbose)
+        argv[4:4] = ["--log-fd", str(write_end), "--die-like-program"]
+        popen_kwargs["pass_fds"] = tuple(popen_kwargs.get("pass_fds", ())) + (write_end,)
         try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
-                pids = children.read().split()
-        except OSError:
-            return None
-        return int(pids[0]) if pids else None
+            super().__init__(argv, **popen_kwargs)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._log_thread = threading.Thread(target=self._forward_log, args=(read_end, log), daemon=True)
+        self._log_thread.start()
+        self.program_pid = self._wait_for_program()
+
+    def _forward_log(self, read_end: int, log) -> None:
+        with open(read_end, "r", errors="replace") as lines:
+            for line in lines:
+                self.log_lines.append(line.rstrip("\n"))
+                out = log if log is not None else sys.stderr
+                try:
+                    out.write(line)
+                    out.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def _wait_for_program(self, timeout: float = 10) -> int | None:
+        """The program's pid (the supervisor's child) once it is forked; None
+        if redirect ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+                    pids = children.read().split()
+            except OSError:
+                pids = []
+            if pids:
+                return int(pids[0])
+            if self.poll() is not None:
+                return None
+            time.sleep(0.002)
+        return None
+
+    def _log_tail(self) -> str:
+        self._log_thread.join(timeout=1)  # (redirect has ended: its last lines are in)
+        return "\n".join(self.log_lines)
 
     def wait_for_socket(self, path: str | os.PathLike, timeout: float = 10) -> None:
         """Until a socket is listening (stream) or bound (datagram) at path.
-        Raises TimeoutError, or ChildProcessError if redirect exited first."""
+        Raises TimeoutError, or ChildProcessError if redirect exited first
+        (with its last log lines)."""
         path = os.fspath(path)  # "@name": an abstract socket
         deadline = time.monotonic() + timeout
         while True:
             if _socket_ready(path):
                 return
             if self.poll() is not None:
-                raise ChildProcessError(f"redirect exited with {self.returncode} before {path} appeared")
+                raise ChildProcessError(f"redirect exited with {self.returncode} before {path} appeared; "
+                                        f"its last log lines:\n{self._log_tail()}")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no socket at {path} after {timeout} s")
             time.sleep(0.01)
@@ -153,10 +228,11 @@ class Process(subprocess.Popen):
                         self.send_signal(signal.SIGTERM)
                         program = None
             if self.poll() is None:
-                self.kill()  # the program dies with its tracer (PTRACE_O_EXITKILL)
+                self.kill()  # the program dies with its supervisor (parent-death signal)
                 self.wait()
         for item in self.rules:
             _remove_if_dead(item)
+        self._log_thread.join(timeout=1)
         return self.returncode
 
     def __exit__(self, exc_type, value, traceback) -> None:
@@ -166,21 +242,28 @@ class Process(subprocess.Popen):
             super().__exit__(exc_type, value, traceback)
 
 
-def spawn(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), **kwargs) -> Process:
-    """Start args under redirect without waiting (like subprocess.Popen; same
-    keyword arguments, plus sealed=, activate=, verbose=)."""
-    return Process(args, rules, **kwargs)
+def spawn(args, rules: Iterable[RuleLike] = (), *, sealed: bool = False, activate: bool = False,
+          on_demand: bool = False, verbose: int = 0, log=None, shell: bool = False, **popen_kwargs) -> Process:
+    """Start args under redirect without waiting (like subprocess.Popen, with
+    its keyword arguments; a string is one program, or with shell=True a
+    command line). Raises FileNotFoundError/PermissionError for a program
+    that is not there or not executable; program_pid is set on return."""
+    return Process(args, rules, sealed=sealed, activate=activate, on_demand=on_demand, verbose=verbose, log=log,
+                   shell=shell, **popen_kwargs)
 
 
-def run(args: Sequence[str | os.PathLike], rules: Iterable[RuleLike] = (), *, input=None,  # noqa: A002
-        capture_output: bool = False, timeout: float | None = None, check: bool = False,
-        **kwargs) -> subprocess.CompletedProcess:
-    """Run args under redirect to the end, like subprocess.run."""
+def run(args, rules: Iterable[RuleLike] = (), *, input=None, capture_output: bool = False,  # noqa: A002
+        timeout: float | None = None, check: bool = False, sealed: bool = False, activate: bool = False,
+        on_demand: bool = False, verbose: int = 0, log=None, shell: bool = False,
+        **popen_kwargs) -> subprocess.CompletedProcess:
+    """Run args under redirect to the end, like subprocess.run (check=True
+    raises CalledProcessError; returncode -N for a program killed by signal N)."""
     if capture_output:
-        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+        popen_kwargs["stdout"] = popen_kwargs["stderr"] = subprocess.PIPE
     if input is not None:
-        kwargs["stdin"] = subprocess.PIPE
-    with spawn(args, rules, **kwargs) as proc:
+        popen_kwargs["stdin"] = subprocess.PIPE
+    with spawn(args, rules, sealed=sealed, activate=activate, on_demand=on_demand, verbose=verbose, log=log,
+               shell=shell, **popen_kwargs) as proc:
         try:
             stdout, stderr = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as expired:

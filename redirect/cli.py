@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="do not warn about listeners no rule converts (they stay on the network)")
     p.add_argument("--version", action="version", version=f"redirect {__version__}")
+    # For the Python API: the log to this fd (apart from the program's
+    # stderr); die of the program's signal (subprocess's returncode -N).
+    p.add_argument("--log-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--die-like-program", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(sources=[])
     return p
@@ -150,18 +154,36 @@ def main(argv: list[str] | None = None) -> int:
 
     from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
 
+    log_file = None
+    if args.log_fd is not None:
+        os.set_inheritable(args.log_fd, False)  # ours: the program must not inherit it
+        log_file = os.fdopen(args.log_fd, "w", buffering=1)
     supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
-                            sealed=args.sealed, backend=args.backend, quiet=args.quiet)
+                            sealed=args.sealed, backend=args.backend, quiet=args.quiet, log_file=log_file)
     try:
-        return supervisor.run(command)
+        status = supervisor.run(command)
     except SpawnError as err:
-        print(f"redirect: {err}", file=sys.stderr)
+        supervisor.log(0, str(err))
         return err.exit_code
     except KeyboardInterrupt:
         return 130
     finally:
         if args.count_calls:
             _write_counts(args.count_calls, supervisor)
+    if args.die_like_program and supervisor.main_status is not None and os.WIFSIGNALED(supervisor.main_status):
+        _die_of(os.WTERMSIG(supervisor.main_status))
+    return status
+
+
+def _die_of(sig: int) -> None:
+    """End this process by the signal the program died of (after the
+    clean-up: files removed, counts written by the caller's finally)."""
+    import signal
+
+    sys.stdout.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+    os.kill(os.getpid(), sig)
 
 
 def _write_counts(path: str, supervisor) -> None:

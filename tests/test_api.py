@@ -76,6 +76,50 @@ def test_run_is_like_subprocess_run(bins, sockdir):
     assert result.returncode == 1 and "network is unreachable" in result.stderr
 
 
+def test_api_is_shaped_like_subprocess(bins, sockdir, tmp_path):
+    """A string is one program (or a shell command with shell=True); a
+    missing or non-executable program raises as subprocess does; a program
+    killed by signal N gives -N; a typo is a TypeError naming it; redirect's
+    log goes to `log`, not into the program's captured stderr."""
+    rules = [f"in,path={sockdir}/%p.sock"]
+    assert run("true", rules).returncode == 0
+    shell = run("echo $((6 * 7)) from a shell", rules, shell=True, capture_output=True, text=True)
+    assert (shell.returncode, shell.stdout) == (0, "42 from a shell\n"), shell
+    with pytest.raises(FileNotFoundError) as missing:
+        run(["no-such-program-here"], rules)
+    assert missing.value.filename == "no-such-program-here"
+    with pytest.raises(FileNotFoundError):
+        spawn(str(tmp_path / "absent"), rules)
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(PermissionError):
+        run([script], rules)
+    killed = run(["sh", "-c", "kill -TERM $$"], rules)
+    assert killed.returncode == -signal.SIGTERM, killed
+    with pytest.raises(TypeError, match="'sealedd'"):
+        run(["true"], rules, sealedd=True)
+    log = tmp_path / "redirect.log"
+    with open(log, "w") as out:
+        quiet = run(["sh", "-c", "echo to-stderr >&2"], rules, verbose=1, log=out, capture_output=True, text=True)
+    assert quiet.stderr == "to-stderr\n", quiet.stderr
+    assert "redirect: backend:" in log.read_text()
+
+
+def test_spawn_knows_the_program_and_why_redirect_stopped(bins, sockdir):
+    """program_pid is set when spawn() returns; when redirect stops before
+    the socket appears, the exception carries its last log lines."""
+    sock, port = sockdir / "s.sock", free_port()
+    with spawn([bins / "tcp-server-glibc", "127.0.0.1", str(port)], [f"in,port={port},path={sock}"],
+               stdout=subprocess.DEVNULL) as proc:
+        assert proc.program_pid and os.path.exists(f"/proc/{proc.program_pid}")
+        proc.wait_for_socket(sock)
+    bad = sockdir / "no" / "such" / "dir" / "x.sock"
+    with spawn([bins / "tcp-server-glibc", "127.0.0.1", str(port)], [f"in,port={port},path={bad}"],
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, log=open(os.devnull, "w")) as proc:
+        with pytest.raises(ChildProcessError, match="its directory does not exist"):
+            proc.wait_for_socket(bad, timeout=10)
+
+
 XDIST_TESTS = '''
 import os, pytest
 
