@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="when the program ends, write how many of its calls redirect trapped, per "
                         "syscall, to FILE (JSON): what redirect costs a workload")
     p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log more (-v: every conversion, -vv: more)")
+                   help="log more (-v: every conversion and redirected connect; -vv: also every accept on a "
+                        "converted socket, and every socket left alone and why)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="do not warn about listeners no rule converts (they stay on the network)")
     p.add_argument("--version", action="version", version=f"redirect {__version__}")

@@ -70,7 +70,7 @@ class Supervisor:
             ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
             self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log, reap=self.reap,
                                 held=self.held_inodes, activation=Activation.from_environment(os.environ, self.log),
-                                sealed=self.sealed, quiet=self.quiet)
+                                sealed=self.sealed, quiet=self.quiet, verbosity=self.verbosity)
         return self._ctx
 
     def has_files(self) -> bool:

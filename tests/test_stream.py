@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 import shutil
 import socket
 
@@ -273,3 +274,23 @@ def test_a_listener_no_rule_matches_is_said_out_loud(bins, sockdir, background, 
         quiet.wait_for_line(r"^listening ")
         quiet.stop()
         assert "stays on the network" not in quiet.output, quiet.output
+
+
+def test_very_verbose_says_every_accept_and_every_socket_left_alone(sockdir, background):
+    """-vv: each accept on a converted listener, and each socket redirect
+    leaves alone with the reason (no rule, or the rule that said ignore)."""
+    port, ignored, other = free_port(), free_port(), free_port()
+    sock = sockdir / "vv.sock"
+    code = ("import socket\n"
+            f"u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', {ignored}))\n"
+            f"w=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); w.bind(('127.0.0.1', {other}))\n"
+            f"s=socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\n"
+            "print('listening', flush=True)\n"
+            "c, _ = s.accept(); c.sendall(b'hi'); c.close()\n")
+    server = background(redirect(f"in,tcp,port={port},path={sock}", f"in,udp,port={ignored},ignore", verbose=2)
+                        + [sys.executable, "-c", code])
+    server.wait_for_line("^listening$")
+    assert unix_request(sock, b"") == b"hi"
+    server.wait_for_line(rf"127\.0\.0\.1:{port}: accepted a connection from 127\.0\.0\.1:\d+ \(uid \d+\) on {sock}")
+    assert re.search(rf"127\.0\.0\.1:{ignored}: left alone \(rule #2 in,udp,port={ignored},ignore\)", server.output)
+    assert re.search(rf"127\.0\.0\.1:{other}: left alone \(no rule matches\)", server.output), server.output

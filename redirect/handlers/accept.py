@@ -37,6 +37,9 @@ def _accept(call: Call, listener: Listener, sock, room: int):
     uid = peer_uid(conn)
     call.ctx.registry.add_accepted(inode, Accepted(listener, uid))  # later getpeername/getsockname need no look
     peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
+    if call.ctx.verbosity >= 2:
+        call.ctx.log(2, f"{call.describe()}: {listener.visible}: accepted a connection from {peer} "
+                        f"(uid {uid}) on {listener.real}")
     err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
     if err:
         conn.close()

@@ -98,6 +98,8 @@ def _prepare(call: Call, direction: str, sock: socket.socket, data: bytes):
     if verdict is None:
         if direction == "in" and kind == "dgram" and isinstance(visible, IPAddr) and visible.port:
             call.ctx.registry.pin(inode_of(sock))  # a UDP port of its choosing: keep it real
+        if call.ctx.verbosity >= 2:
+            call.ctx.log(2, f"{call.describe()}: {visible}: left alone ({call.ctx.why_alone(direction, kind, visible)})")
         return Perform(exact), kind, is_unix
     if verdict.reason == SEALED_REASON and direction == "in" and isinstance(visible, IPAddr) \
             and visible.port == 0 and not is_unix:

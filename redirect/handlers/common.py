@@ -44,6 +44,7 @@ class Context:
     activation: Activation            # sockets passed in by socket activation
     sealed: bool = False              # refuse IP sockets no rule converts
     quiet: bool = False               # no warning for listeners left on the network
+    verbosity: int = 0                # -v: 1, -vv: 2 (what is logged is decided by log; this saves formatting)
     binding: set = field(default_factory=set)  # socket paths a bind is making right now
     replies: ReplyDirs = field(default_factory=ReplyDirs)
     warned: set = field(default_factory=set)  # things logged once
@@ -80,6 +81,13 @@ class Context:
         self.warn_once(("left", kind, visible), f"warning: {visible} ({proto}) stays on the network: no rule "
                                                 f"matches it{hint}; every local user can reach it (-q: no "
                                                 "warning; --sealed: refuse it)")
+
+    def why_alone(self, direction: str, kind: str, visible: Address) -> str:
+        """Why a socket is left as it is, for the -vv log."""
+        rule = first_match(self.rules, facts(direction, kind, visible))
+        if rule is not None:
+            return f"rule #{self.rules.index(rule) + 1} {rule.text}"
+        return "no rule matches"
 
     def warn_once(self, key, message: str) -> None:
         if key not in self.warned:
