@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--on-demand", action="store_true",
                    help="with --activate: start the program only when the first connection or "
                         "datagram arrives (it waits in the socket for the program)")
+    p.add_argument("--once", action="store_true",
+                   help="with --on-demand: end when the program ends (by default, as systemd, the sockets stay "
+                        "and the next connection starts it again)")
     p.add_argument("--backend", choices=("auto", "notify", "ptrace"),
                    default=os.environ.get("REDIRECT_BACKEND", "auto"),
                    help="how calls are trapped: notify (seccomp user notification, fast; Linux 5.14+) or "
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if not command[0]:
         print("redirect: : command not found (the program name is empty)", file=sys.stderr)
         return 127
+    if args.once and not args.on_demand:
+        print("redirect: --once is for --on-demand (without it the program runs once anyway)", file=sys.stderr)
+        return OWN_FAILURE
     if args.on_demand and not args.activate:
         args.activate = True  # --on-demand means: open the sockets first, start at the first connection
     if not rules and not args.sealed:
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         os.set_inheritable(args.log_fd, False)  # ours: the program must not inherit it
         log_file = os.fdopen(args.log_fd, "w", buffering=1)
     supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
-                            sealed=args.sealed, backend=args.backend, quiet=args.quiet, log_file=log_file)
+                            sealed=args.sealed, backend=args.backend, quiet=args.quiet, log_file=log_file,
+                            once=args.once)
     try:
         status = supervisor.run(command)
     except SpawnError as err:

@@ -39,7 +39,8 @@ class Unavailable(Exception):
 
 class Supervisor:
     def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None, activate: bool = False,
-                 on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False) -> None:
+                 on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False,
+                 once: bool = False) -> None:
         self.verbosity, self.quiet = verbosity, quiet
         self._priorities: bool | None = None  # syslog priority prefixes on log lines: known at the first
         self.log_file = log_file or sys.stderr
@@ -48,7 +49,8 @@ class Supervisor:
         self._handlers = None
         self.main_pid = 0
         self.main_status: int | None = None
-        self.activate, self.on_demand = activate or on_demand, on_demand
+        self.activate, self.on_demand, self.once = activate or on_demand, on_demand, once
+        self.stopping = self.idle = False  # told to stop; between two runs of --on-demand
         self.requested = backend
         self.backend = None
         self.next_reap = 0.0
@@ -261,11 +263,33 @@ class Supervisor:
         try:
             if self.activate:
                 self._open_rule_sockets(argv[0])
-            self.spawn(argv, env)
-            self.backend.loop()
-            failure = self._spawn_failure()  # empty once the exec happened
-            if failure is not None:
-                raise failure
+            starts: list[float] = []
+            while True:
+                self.spawn(argv, env)
+                self.backend.loop()
+                failure = self._spawn_failure()  # empty once the exec happened
+                if failure is not None:
+                    raise failure
+                if not self.on_demand or self.once or self.stopping:
+                    break
+                starts.append(time.monotonic())
+                if len(starts) >= _START_LIMIT[0] and starts[-1] - starts[-_START_LIMIT[0]] < _START_LIMIT[1]:
+                    self.log(0, f"--on-demand: the program ended {_START_LIMIT[0]} times within {_START_LIMIT[1]} s "
+                                f"(last: {_how_it_ended(self.main_status)}); not starting it again (systemd's "
+                                "start limit)")
+                    break
+                # As systemd: the sockets stay, and the next connection starts
+                # the program again (it waits in the socket meanwhile).
+                self.log(1, f"--on-demand: the program ended ({_how_it_ended(self.main_status)}); it starts "
+                            "again at the next connection")
+                self.ctx.program_ended()
+                self.main_pid, self.idle = 0, True
+                try:
+                    self.ctx.activation.wait_for_traffic()
+                except _StoppedIdle:
+                    return 0  # stopped while nothing ran: nothing failed
+                self.idle = False
+                self.log(1, "--on-demand: a connection; starting the program again")
         finally:
             if self._ctx is not None:
                 self.reap()
@@ -302,8 +326,12 @@ class Supervisor:
             self.log(1, "--on-demand: first connection; starting the program")
 
     def _forward(self, sig: int, frame) -> None:
+        if not self.main_pid and self.idle:
+            raise _StoppedIdle
         if not self.main_pid:
             raise SpawnError(f"stopped by signal {sig} before the program started", 128 + sig)
+        if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            self.stopping = True  # --on-demand: not started again once it ends
         if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
             return  # the terminal sent it to the program's process group already
         # To the program; once it has exited, to what is left of its tree (a
@@ -443,3 +471,17 @@ def _to_the_journal(out) -> bool:
         return True
     device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
     return device.isdigit() and inode.isdigit() and (int(device), int(inode)) == (st.st_dev, st.st_ino)
+
+
+_START_LIMIT = (5, 10)  # --on-demand: at most 5 ends within 10 s, as systemd's StartLimitBurst/IntervalSec
+
+
+class _StoppedIdle(Exception):
+    """A signal to stop while --on-demand waits, the program not running."""
+
+
+def _how_it_ended(status: int | None) -> str:
+    status = status or 0
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"

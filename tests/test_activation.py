@@ -245,6 +245,33 @@ def test_activate_on_demand_starts_at_first_connection(bins, sockdir, background
     assert proc.stop() == 0 and not sock.exists()
 
 
+def test_on_demand_starts_the_program_again_after_it_ends(sockdir, background):
+    """As systemd: a program that serves one connection and exits is started
+    again by the next one (the restart is logged at -v); stopped while idle,
+    redirect ends with 0 and removes its socket. --once keeps the old way."""
+    sock, port = sockdir / "again.sock", free_port()
+    code = ("import os,socket\ns=socket.socket()\ns.bind(('127.0.0.1',%d))\ns.listen()\n"
+            "c,_=s.accept()\nc.sendall(b'served by %%d\\n' %% os.getpid())\n" % port)
+    proc = background(redirect(f"in,port={port},path={sock}", options=("--on-demand",))
+                      + [sys.executable, "-c", code])
+    wait_for_path(sock)
+    first = unix_request(sock, b"")
+    proc.wait_for_line("it starts again at the next connection")
+    second = unix_request(sock, b"")
+    assert first.startswith(b"served by ") and second.startswith(b"served by ") and first != second
+    proc.wait_for_line("starting the program again")
+    deadline = time.monotonic() + 10
+    while proc.output.count("it starts again at the next connection") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the second run has ended too: redirect is idle
+    assert proc.stop() == 0 and not sock.exists(), proc.output
+    assert tcp_listening(port) == []
+    once = background(redirect(f"in,port={port},path={sock}", options=("--on-demand", "--once"))
+                      + [sys.executable, "-c", code])
+    wait_for_path(sock)
+    assert unix_request(sock, b"").startswith(b"served by ")
+    assert once.wait(10) == 0 and not sock.exists()
+
+
 def test_activate_queues_connections_made_before_the_program_binds(sockdir, background):
     sock, port = sockdir / "early.sock", free_port()
     code = ("import socket,time\ntime.sleep(1)\ns=socket.socket()\ns.bind(('127.0.0.1',%d))\ns.listen()\n"

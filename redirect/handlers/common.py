@@ -82,6 +82,13 @@ class Context:
                                                 f"matches it{hint}; every local user can reach it (-q: no "
                                                 "warning; --sealed: refuse it)")
 
+    def program_ended(self) -> None:
+        """--on-demand, between two runs: the sockets handed to the program
+        are free again for its next run's binds."""
+        handed = {p.inode for p in (*self.activation.passed, *self.activation.opened)}
+        for listener in [entry for entry in self.registry.listener_inodes.values() if entry.inode in handed]:
+            self.registry.drop_listener(listener)
+
     def why_alone(self, direction: str, kind: str, visible: Address) -> str:
         """Why a socket is left as it is, for the -vv log."""
         rule = first_match(self.rules, facts(direction, kind, visible))
