@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true",
                    help="with --on-demand: end when the program ends (by default, as systemd, the sockets stay "
                         "and the next connection starts it again)")
+    p.add_argument("--notify-ready", action="store_true",
+                   help="tell systemd READY=1 (NOTIFY_SOCKET, Type=notify units) once every in rule with a "
+                        "fixed socket name has its socket bound or handed over")
     p.add_argument("--backend", choices=("auto", "notify", "ptrace"),
                    default=os.environ.get("REDIRECT_BACKEND", "auto"),
                    help="how calls are trapped: notify (seccomp user notification, fast; Linux 5.14+) or "
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file = os.fdopen(args.log_fd, "w", buffering=1)
     supervisor = Supervisor(rules, verbosity=args.verbose, activate=args.activate, on_demand=args.on_demand,
                             sealed=args.sealed, backend=args.backend, quiet=args.quiet, log_file=log_file,
-                            once=args.once)
+                            once=args.once, notify_ready=args.notify_ready)
     try:
         status = supervisor.run(command)
     except SpawnError as err:

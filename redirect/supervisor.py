@@ -40,7 +40,7 @@ class Unavailable(Exception):
 class Supervisor:
     def __init__(self, rules: list[Rule], verbosity: int = 0, log_file=None, activate: bool = False,
                  on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False,
-                 once: bool = False) -> None:
+                 once: bool = False, notify_ready: bool = False) -> None:
         self.verbosity, self.quiet = verbosity, quiet
         self._priorities: bool | None = None  # syslog priority prefixes on log lines: known at the first
         self.log_file = log_file or sys.stderr
@@ -51,6 +51,7 @@ class Supervisor:
         self.main_status: int | None = None
         self.activate, self.on_demand, self.once = activate or on_demand, on_demand, once
         self.stopping = self.idle = False  # told to stop; between two runs of --on-demand
+        self.notify_ready, self._notify_socket, self._ready = notify_ready, None, set()
         self.requested = backend
         self.backend = None
         self.next_reap = 0.0
@@ -71,9 +72,35 @@ class Supervisor:
 
             ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
             self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log, reap=self.reap,
+                                listening=self._listening if self.notify_ready else None,
                                 held=self.held_inodes, activation=Activation.from_environment(os.environ, self.log),
                                 sealed=self.sealed, quiet=self.quiet, verbosity=self.verbosity)
         return self._ctx
+
+    def _listening(self, real) -> None:
+        """A rule's socket is ready for clients (a stream one listens, a
+        datagram one is bound): once every `in` rule with a fixed socket name
+        has one, systemd hears READY=1 (--notify-ready)."""
+        from .activation import fixed_target
+
+        if self._notify_socket is None:
+            return
+        self._ready.add(real)
+        wanted = {target[0] for rule in self.rules if rule.direction == "in" and rule.action in ("path", "abstract")
+                  and (target := fixed_target(rule)) is not None}
+        if not wanted <= self._ready:
+            return
+        import socket
+
+        address = "\0" + self._notify_socket[1:] if self._notify_socket.startswith("@") else self._notify_socket
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+                notify.sendto(f"READY=1\nMAINPID={os.getpid()}".encode(), address)
+        except OSError as err:
+            self.log(0, f"--notify-ready: cannot tell systemd at {self._notify_socket}: {err.strerror}")
+        else:
+            self.log(1, f"--notify-ready: every rule's socket is bound; READY=1 sent to {self._notify_socket}")
+        self._notify_socket = None  # once
 
     def has_files(self) -> bool:
         """Whether converted sockets are known whose files may need removing."""
@@ -255,6 +282,11 @@ class Supervisor:
 
             # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
             env = program_environment(env)
+        if self.notify_ready:
+            self._notify_socket = env.pop("NOTIFY_SOCKET", None)  # ours to tell: the program must not say it first
+            if self._notify_socket is None:
+                self.log(0, "warning: --notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
+                            "nobody to tell")
         # From here on a signal is forwarded, or (before the program runs) ends
         # us through the clean-up below: no socket file --activate made is left.
         # Kept to the end: a late one must not kill us in the middle of clean-up.
@@ -308,8 +340,9 @@ class Supervisor:
             skipped = activation.open_rule_sockets(self.ctx.rules)
         except OSError as err:
             missing = err.errno == errno.ENOENT and err.filename and not os.path.isdir(os.path.dirname(err.filename))
-            raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}"
-                             + (" (its directory does not exist)" if missing else ""), OWN_FAILURE) from None
+            why = " (its directory does not exist)" if missing else \
+                " (a live socket: another program listens there)" if err.errno == errno.EADDRINUSE else ""
+            raise SpawnError(f"--activate: cannot make {err.filename}: {err.strerror}{why}", OWN_FAILURE) from None
         for note in skipped:
             self.log(0, f"--activate: {note}")
         if not activation.opened:

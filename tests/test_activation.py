@@ -390,3 +390,37 @@ def test_passed_tcp_socket_at_the_programs_own_port(bins, background):
     assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
     assert http_get(port).startswith("hello from go-server remote=127.0.0.1:")
     assert "blackhole" not in proc.output
+
+
+def test_notify_ready_once_every_rule_socket_listens(sockdir, background):
+    """--notify-ready: READY=1 reaches NOTIFY_SOCKET only once both rules'
+    sockets are there (the stream one listening), not at start; the program
+    does not see NOTIFY_SOCKET (it must not say READY first)."""
+    notify_path, web, dns = sockdir / "notify.sock", sockdir / "web.sock", sockdir / "dns.sock"
+    tcp_port, udp_port = free_port(), free_port()
+    code = ("import os,socket,time\n"
+            "print('notify', os.environ.get('NOTIFY_SOCKET'), flush=True)\n"
+            f"u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1',{udp_port}))\n"
+            "time.sleep(0.5)\n"
+            f"s=socket.socket(); s.bind(('127.0.0.1',{tcp_port})); time.sleep(0.5); s.listen()\n"
+            "print('listening', flush=True); time.sleep(30)\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        proc = background(redirect(f"in,tcp,port={tcp_port},path={web}", f"in,udp,port={udp_port},path={dns}",
+                                   options=("--notify-ready",)) + [sys.executable, "-c", code], env=env)
+        message = notify.recv(200).decode()
+        assert "READY=1" in message.split("\n"), message
+        assert wait_for_socket_now(web) and dns.exists(), proc.output  # both there when systemd hears it
+        proc.wait_for_line("^notify None$")
+    proc.stop()
+
+
+def wait_for_socket_now(path: Path) -> bool:
+    """A stream socket listening at path at this moment (/proc/net/unix)."""
+    try:
+        wait_for_socket(path, timeout=0.01)
+    except AssertionError:
+        return False
+    return True

@@ -281,6 +281,8 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
     finally:
         if new is not sock:
             new.close()
+    if ctx.listening is not None and not blackhole and kind == "dgram":
+        ctx.listening(real)  # (a stream socket: at its listen)
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
     return 0
 
@@ -329,6 +331,8 @@ def _install(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
     if passed.sock.family == socket.AF_UNIX:  # the program must still see its IP address
         real = unix_name(passed.sock) or UnixAddr(b"")
         ctx.registry.add_listener(Listener(real, verdict.visible, kind, passed.inode, remove=False))
+    if ctx.listening is not None and passed.real is not None:
+        ctx.listening(passed.real)  # --activate's: listening already
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {passed.describe()}")
     return 0
 
@@ -389,7 +393,11 @@ def claim_port(call: Call, fd: int, sock: socket.socket) -> int:
 def _listen_socket(call: Call, sock: socket.socket):
     fd, backlog = call.args[:2]
     if sock.family not in _IP or socket_type(sock) != "stream":
-        return perform.listen(call, sock, backlog)
+        res = perform.listen(call, sock, backlog)
+        ours = call.ctx.registry.listener_inodes.get(inode_of(sock)) if call.ctx.listening else None
+        if res == 0 and ours is not None:
+            call.ctx.listening(ours.real)
+        return res
     bound = address_of(sock.family, sock.getsockname())
     unbound = None
     if bound.port == 0:
@@ -448,9 +456,13 @@ def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decisio
     if res < 0:
         return res
     with call.thread.socket(fd) as unix:
-        if unix is None or inode_of(unix) not in call.ctx.registry.listener_inodes:
+        ours = call.ctx.registry.listener_inodes.get(inode_of(unix)) if unix is not None else None
+        if ours is None:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
-        return perform.listen(call, unix, call.args[1])
+        res = perform.listen(call, unix, call.args[1])
+        if res == 0 and call.ctx.listening is not None:
+            call.ctx.listening(ours.real)
+        return res
 
 
 def connect(call: Call):

@@ -44,6 +44,7 @@ class Context:
     activation: Activation            # sockets passed in by socket activation
     sealed: bool = False              # refuse IP sockets no rule converts
     quiet: bool = False               # no warning for listeners left on the network
+    listening: Callable[[UnixAddr], None] | None = None  # told when a rule's socket is ready for clients
     verbosity: int = 0                # -v: 1, -vv: 2 (what is logged is decided by log; this saves formatting)
     binding: set = field(default_factory=set)  # socket paths a bind is making right now
     replies: ReplyDirs = field(default_factory=ReplyDirs)
