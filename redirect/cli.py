@@ -63,21 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--print", action="store_true", dest="print_rules",
                    help="print the rule table: on stderr before running PROGRAM, on stdout with -c "
                         "or without a PROGRAM (and exit)")
-    p.add_argument("--sealed", action="store_true",
-                   help="refuse every IP socket no rule converts (bind: EACCES, connect/send: "
-                        "ENETUNREACH; logged): the program cannot reach the real network")
-    p.add_argument("--activate", action="store_true",
-                   help="create and listen on the socket of every in rule with path= or abstract= "
-                        "before the program starts; its bind gets that socket (as with systemd)")
-    p.add_argument("--on-demand", action="store_true",
-                   help="with --activate: start the program only when the first connection or "
-                        "datagram arrives (it waits in the socket for the program)")
-    p.add_argument("--once", action="store_true",
-                   help="with --on-demand: end when the program ends (by default, as systemd, the sockets stay "
-                        "and the next connection starts it again)")
-    p.add_argument("--notify-ready", action="store_true",
-                   help="tell systemd READY=1 (NOTIFY_SOCKET, Type=notify units) once every in rule with a "
-                        "fixed socket name has its socket bound or handed over")
+    for flag, text in (
+            ("--sealed", "refuse every IP socket no rule converts (bind: EACCES, connect/send: ENETUNREACH; "
+                         "logged): the program cannot reach the real network"),
+            ("--activate", "create and listen on the socket of every in rule with path= or abstract= before the "
+                           "program starts; its bind gets that socket (as with systemd)"),
+            ("--on-demand", "--activate, and start the program only when the first connection or datagram "
+                            "arrives (it waits in the socket); when the program ends, the next one starts it "
+                            "again, as systemd does (at most 5 times in 10 s)"),
+            ("--once", "with --on-demand: end when the program ends"),
+            ("--notify-ready", "tell systemd READY=1 (NOTIFY_SOCKET, Type=notify units) once every in rule "
+                               "with a fixed socket name has its socket ready")):
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--backend", choices=("auto", "notify", "ptrace"),
                    default=os.environ.get("REDIRECT_BACKEND", "auto"),
                    help="how calls are trapped: notify (seccomp user notification, fast; Linux 5.14+) or "
