@@ -17,7 +17,7 @@ A rule is comma-separated items, e.g.  in,tcp,port=8080,path=/run/app/http.sock
             blackhole, ignore
   flags:    noremove, mode=OCTAL, owner=USER, group=GROUP
   placeholders in path/abstract: %p port, %a address, %t tcp|udp, %%
-Rules are tried in order; the first match decides. See docs/rules.md.
+Rules are tried in order; the first match decides. More: man redirect.
 
 Exit status: the program's; 125 when redirect itself fails (a bad rule, no
 rules, a backend that cannot run here); 126 the program cannot be executed;

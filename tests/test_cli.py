@@ -1,9 +1,12 @@
 """The command line: rule errors point at the character, -c/-p/-h/--version."""
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 from conftest import REDIRECT, free_port, run
 
@@ -142,3 +145,25 @@ def test_log_lines_carry_syslog_priorities_on_a_socket(bins, sockdir):
     assert all(re.match(r"<[346]>redirect: ", line) for line in lines), lines
     piped = run(argv)
     assert piped.stderr.startswith("redirect: "), piped.stderr
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_man_page_and_completions_are_the_parsers():
+    """redirect(1) and the bash/zsh completions are generated from the
+    parser (scripts/generate-manual.py) and in step with it; the page renders,
+    bash completes an option and its choices, zsh reads its file."""
+    check = run([sys.executable, REPO_ROOT / "scripts" / "generate-manual.py", "--check"])
+    assert check.returncode == 0, check.stderr
+    page = run(["groff", "-man", "-Tutf8", REPO_ROOT / "docs" / "redirect.1"], env=dict(os.environ, GROFF_NO_SGR="1"))
+    text = re.sub(r".\x08", "", page.stdout)
+    assert page.returncode == 0 and "--notify-ready" in text and "125 when redirect itself fails" in text, page.stderr
+    assert "man redirect" in run(REDIRECT + ["-h"]).stdout
+    script = ("source completion/redirect; COMP_WORDS=(redirect --bac); COMP_CWORD=1; _shtab_redirect; "
+              "echo \"${COMPREPLY[*]}\"; COMP_WORDS=(redirect --backend ''); COMP_CWORD=2; _shtab_redirect; "
+              "echo \"${COMPREPLY[*]}\"")
+    completed = run(["bash", "-c", script], cwd=REPO_ROOT)
+    assert completed.stdout.splitlines() == ["--backend", "auto notify ptrace"], completed.stdout + completed.stderr
+    zsh = run(["zsh", "-n", REPO_ROOT / "completion" / "_redirect"])
+    assert zsh.returncode == 0, zsh.stderr
