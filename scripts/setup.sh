@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv make gcc libc6-dev musl-tools golang-go busybox-static
           curl socat libseccomp2 nginx-light systemd caddy wrk strace gdb dnsmasq-base tftpd-hpa
-          tftp-hpa dnsutils openssh-server groff-base zsh)
+          tftp-hpa dnsutils openssh-server groff-base zsh pipx)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -83,3 +83,44 @@ def test_udp_reply_sockets_follow_the_servers_owner(unprivileged_user, world_rea
                 assert "replies come to sockets that any local user may write to" in result.stderr
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pipx_install():
+    """redirect installed the way README says for systemd units (pipx, as
+    root, into a prefix any user can read; here a temporary one)."""
+    if os.geteuid() != 0:
+        pytest.skip("installs for a service user as root: run as root")
+    root = Path(tempfile.mkdtemp(prefix="rd-pipx-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        env = dict(os.environ, PIPX_HOME=str(root / "pipx"), PIPX_BIN_DIR=str(root / "bin"))
+        result = subprocess.run(["pipx", "install", str(Path(__file__).resolve().parent.parent)], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield root / "bin" / "redirect"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, world_readable_install, background):
+    """The command pipx installed runs for an unprivileged service user who
+    cannot read the installer's home (the checkout under /root): it converts
+    the user's server and the man page is there."""
+    user = unprivileged_user
+    sockdir = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    try:
+        os.chown(sockdir, user.pw_uid, user.pw_gid)
+        port, sock = free_port(), sockdir / "svc.sock"
+        command = ["/usr/sbin/runuser", "-u", user.pw_name, "--", pipx_install, "-r", f"in,port={port},path={sock}",
+                   "--", world_readable_install / "tcp-server", "127.0.0.1", port]
+        server = background(command, cwd="/", env={"PATH": "/usr/bin:/bin",
+                                                    "REDIRECT_BACKEND": os.environ["REDIRECT_BACKEND"]})
+        wait_for_socket(sock, proc=server)
+        assert os.stat(sock).st_uid == user.pw_uid
+        assert curl_unix(sock).startswith("hello from tcp-server peer=127.0.0.1:")
+        assert tcp_listening(port) == []
+        venv = pipx_install.resolve().parent.parent
+        assert (venv / "share" / "man" / "man1" / "redirect.1").exists()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
