@@ -134,6 +134,10 @@ class Activation:
                 return passed
         return None
 
+    def hands_out(self, inode: int) -> bool:
+        """Whether this socket is one of those passed in or opened here."""
+        return any(p.inode == inode for p in (*self.passed, *self.opened))
+
     def opened_at(self, real: UnixAddr, kind: str) -> Passed | None:
         return next((p for p in self.opened if p.real == real and p.kind == kind), None)
 

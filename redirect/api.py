@@ -174,15 +174,13 @@ class Process(subprocess.Popen):
     def _wait_for_program(self, timeout: float = 10) -> int | None:
         """The program's pid (the supervisor's child) once it is forked; None
         if redirect ended first."""
+        from .program import children_of
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
-                    pids = children.read().split()
-            except OSError:
-                pids = []
+            pids = children_of(self.pid)
             if pids:
-                return int(pids[0])
+                return pids[0]
             if self.poll() is not None:
                 return None
             time.sleep(0.002)

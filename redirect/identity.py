@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import kernel
+from .program import status_field
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,9 @@ def of_thread(tid: int, status: int | None = None) -> Identity:
             text = opened.read()
     else:
         text = os.pread(status, 8192, 0)
-
-    def field(name: bytes) -> list[bytes]:
-        start = text.find(b"\n" + name + b":")
-        if start < 0:
-            return []
-        start += len(name) + 2
-        return text[start:text.find(b"\n", start)].split()
-    uid, gid, umask = field(b"Uid"), field(b"Gid"), field(b"Umask")
-    return Identity(euid=int(uid[1]), egid=int(gid[1]), groups=tuple(int(g) for g in field(b"Groups")),
+    uid, gid, umask = (status_field(text, name).split() for name in (b"Uid", b"Gid", b"Umask"))
+    return Identity(euid=int(uid[1]), egid=int(gid[1]),
+                    groups=tuple(int(g) for g in status_field(text, b"Groups").split()),
                     umask=int(umask[0], 8) if umask else 0o022,
                     uids=tuple(int(u) for u in uid[:3]), gids=tuple(int(g) for g in gid[:3]))
 

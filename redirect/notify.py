@@ -5,8 +5,9 @@ supervisor answers it: the supervisor reads the call's memory (checked with
 ID_VALID after every read: the bytes are the waiting call's), takes
 duplicates of its fds (pidfd_getfd), makes the calls it judged itself
 (handlers/perform.py), puts sockets into the program with ADDFD (at a
-number, or anywhere for a call whose result is the new fd), and answers. CONTINUE (PASS) is only ever the answer to calls on which
-nothing was decided.
+number, or anywhere for a call whose result is the new fd), and answers.
+CONTINUE (PASS) is only ever the answer to calls on which nothing was
+decided.
 
 A call that must wait (a blocking accept, connect, receive) is simply not
 answered yet: the supervisor watches the socket itself and serves other
@@ -34,7 +35,7 @@ import time
 import types
 
 from . import kernel, seccomp_filter
-from .program import PASS, MemoryUnavailable, Process, ProgramThread, children_of
+from .program import PASS, MemoryUnavailable, Process, ProgramThread, children_of, status_field
 from .supervisor import Supervisor, Unavailable
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs 3 ms of start-up)
@@ -128,18 +129,14 @@ def signal_answer(status: bytes, tid: int, tgid: int, others: list[bytes] | None
     the signal waits on: no running thread took it). Otherwise the kernel
     chose one waiting here, maybe this one: the call ends with EINTR."""
     def mask(text: bytes, name: bytes) -> int:
-        start = text.find(b"\n" + name + b":")
-        if start < 0:
-            return 0
-        start += len(name) + 2
-        return int(text[start:text.find(b"\n", start)], 16)
+        return int(status_field(text, name) or b"0", 16)
     blocked = mask(status, b"SigBlk")
     if mask(status, b"SigPnd") & ~blocked:
         return -_ERESTARTSYS
     shared = mask(status, b"ShdPnd") & ~blocked
     if not shared:
         return 0
-    if tid == tgid or b"\nThreads:\t1\n" in status:
+    if tid == tgid or status_field(status, b"Threads") == b"1":
         return -_ERESTARTSYS
     if others is None:
         return 1
@@ -635,7 +632,6 @@ class NotifyBackend:
                 if not pending.thread.valid():
                     self._drop(pending)
         self.sup.reap_if_due()
-
 
     def _signals(self) -> None:
         """Waiting calls whose threads have a signal to take are answered

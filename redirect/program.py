@@ -137,6 +137,15 @@ class ProgramThread:
             self._pidfd = None
 
 
+def status_field(status: bytes, name: bytes) -> bytes:
+    """One field's value in the text of /proc/TID/status (b"" if absent)."""
+    start = status.find(b"\n" + name + b":")
+    if start < 0:
+        return b""
+    start += len(name) + 2
+    return status[start:status.find(b"\n", start)].strip()
+
+
 def children_of(pid: int, tid: int | None = None) -> list[int]:
     """The children thread `tid` of process `pid` (its leader: pid) started;
     nothing if it is gone."""

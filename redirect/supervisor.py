@@ -51,7 +51,9 @@ class Supervisor:
         self.main_status: int | None = None
         self.activate, self.on_demand, self.once = activate or on_demand, on_demand, once
         self.stopping = self.idle = False  # told to stop; between two runs of --on-demand
-        self.notify_ready, self._notify_socket, self._ready = notify_ready, None, set()
+        self.notify_ready, self._notify_socket = notify_ready, None
+        self._wanted: set = set()  # --notify-ready: the rules' fixed socket names, and those ready
+        self._ready: set = set()
         self.requested = backend
         self.backend = None
         self.next_reap = 0.0
@@ -81,14 +83,10 @@ class Supervisor:
         """A rule's socket is ready for clients (a stream one listens, a
         datagram one is bound): once every `in` rule with a fixed socket name
         has one, systemd hears READY=1 (--notify-ready)."""
-        from .activation import fixed_target
-
         if self._notify_socket is None:
             return
         self._ready.add(real)
-        wanted = {target[0] for rule in self.rules if rule.direction == "in" and rule.action in ("path", "abstract")
-                  and (target := fixed_target(rule)) is not None}
-        if not wanted <= self._ready:
+        if not self._wanted <= self._ready:
             return
         import socket
 
@@ -283,7 +281,11 @@ class Supervisor:
             # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
             env = program_environment(env)
         if self.notify_ready:
+            from .activation import fixed_target
+
             self._notify_socket = env.pop("NOTIFY_SOCKET", None)  # ours to tell: the program must not say it first
+            self._wanted = {target[0] for rule in self.rules if rule.direction == "in"
+                            and rule.action in ("path", "abstract") and (target := fixed_target(rule)) is not None}
             if self._notify_socket is None:
                 self.log(0, "warning: --notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
                             "nobody to tell")
@@ -491,19 +493,15 @@ def _terminal_sent_it() -> bool:
 
 
 def _to_the_journal(out) -> bool:
-    """Whether our log goes to the journal (JOURNAL_STREAM names the stream
-    systemd gave us) or another socket: there lines carry syslog priorities
-    (<3> errors, <4> warnings, <6> the rest), as systemd reads them."""
+    """Whether our log goes to a socket: there lines carry syslog priorities
+    (<3> errors, <4> warnings, <6> the rest), as systemd reads them. (The
+    journal's stream, JOURNAL_STREAM, is such a socket.)"""
     import stat
 
     try:
-        st = os.fstat(out.fileno())
+        return stat.S_ISSOCK(os.fstat(out.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):
         return False
-    if stat.S_ISSOCK(st.st_mode):
-        return True
-    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    return device.isdigit() and inode.isdigit() and (int(device), int(inode)) == (st.st_dev, st.st_ino)
 
 
 _START_LIMIT = (5, 10)  # --on-demand: at most 5 ends within 10 s, as systemd's StartLimitBurst/IntervalSec

@@ -44,8 +44,9 @@ class Templates:
         return sock
 
     def get(self, family: int, kind: str, state: str, level: int, name: int, size: int) -> bytes | int:
-        """getsockopt on the template of this state ("fresh" or
-        "connected"), with the program's buffer size: the value, or -errno."""
+        """getsockopt on the template of this state ("fresh", "connected",
+        "accepted" or "scratch"), with the program's buffer size: the value,
+        or -errno."""
         try:
             return getsockopt(self._sock(family, kind, state).fileno(), level, name, size)
         except OSError as err:
@@ -68,12 +69,6 @@ class Templates:
         if res < 0:
             return res
         return self.get(family, kind, "scratch", level, name, size)
-
-    def close(self) -> None:
-        for sock in self._socks.values():
-            sock.close()
-        self._socks.clear()
-
 
 def _connection(family: int) -> tuple[socket.socket, socket.socket]:
     """Both ends of a real loopback TCP connection (connected, accepted). Its

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (REDIRECT, compiled, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
                       wait_for_socket)
+from redirect.program import children_of
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "sockprobe.py")]
 
@@ -577,13 +578,9 @@ def _program_of(supervisor_pid: int, timeout: float = 10) -> int:
     """The program redirect started (its child)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children") as children:
-                found = children.read().split()
-        except OSError:
-            found = []
+        found = children_of(supervisor_pid)
         if found:
-            return int(found[0])
+            return found[0]
         time.sleep(0.05)
     raise AssertionError(f"redirect (pid {supervisor_pid}) started no program")
 

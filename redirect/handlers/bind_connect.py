@@ -393,11 +393,7 @@ def claim_port(call: Call, fd: int, sock: socket.socket) -> int:
 def _listen_socket(call: Call, sock: socket.socket):
     fd, backlog = call.args[:2]
     if sock.family not in _IP or socket_type(sock) != "stream":
-        res = perform.listen(call, sock, backlog)
-        ours = call.ctx.registry.listener_inodes.get(inode_of(sock)) if call.ctx.listening else None
-        if res == 0 and ours is not None:
-            call.ctx.listening(ours.real)
-        return res
+        return _listen_ours(call, sock, backlog)
     bound = address_of(sock.family, sock.getsockname())
     unbound = None
     if bound.port == 0:
@@ -441,10 +437,8 @@ def _listen_socket(call: Call, sock: socket.socket):
 def _handed_over(call: Call, sock: socket.socket) -> bool:
     """A listening socket redirect handed over (socket activation): the
     rules judged it at its bind already."""
-    inode = inode_of(sock)
-    activation = call.ctx.activation
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 0 or \
-        any(p.inode == inode for p in (*activation.passed, *activation.opened))
+        call.ctx.activation.hands_out(inode_of(sock))
 
 
 def _wildcard(sock: socket.socket) -> IPAddr:
@@ -456,13 +450,20 @@ def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decisio
     if res < 0:
         return res
     with call.thread.socket(fd) as unix:
-        ours = call.ctx.registry.listener_inodes.get(inode_of(unix)) if unix is not None else None
-        if ours is None:
+        if unix is None or inode_of(unix) not in call.ctx.registry.listener_inodes:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
-        res = perform.listen(call, unix, call.args[1])
-        if res == 0 and call.ctx.listening is not None:
+        return _listen_ours(call, unix, call.args[1])
+
+
+def _listen_ours(call: Call, sock: socket.socket, backlog: int) -> int:
+    """listen on a socket that is no IP stream one (a converted socket, say):
+    a rule's socket that listens now is ready for clients (--notify-ready)."""
+    res = perform.listen(call, sock, backlog)
+    if res == 0 and call.ctx.listening is not None:
+        ours = call.ctx.registry.listener_inodes.get(inode_of(sock))
+        if ours is not None:
             call.ctx.listening(ours.real)
-        return res
+    return res
 
 
 def connect(call: Call):

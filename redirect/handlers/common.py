@@ -86,8 +86,8 @@ class Context:
     def program_ended(self) -> None:
         """--on-demand, between two runs: the sockets handed to the program
         are free again for its next run's binds."""
-        handed = {p.inode for p in (*self.activation.passed, *self.activation.opened)}
-        for listener in [entry for entry in self.registry.listener_inodes.values() if entry.inode in handed]:
+        for listener in [entry for entry in self.registry.listener_inodes.values()
+                         if self.activation.hands_out(entry.inode)]:
             self.registry.drop_listener(listener)
 
     def why_alone(self, direction: str, kind: str, visible: Address) -> str:
