@@ -4,8 +4,10 @@ values and errors, option by option; OpenSSH, which drops connections that
 carry IP options, serves a redirected ssh."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,3 +96,20 @@ def test_sshd_serves_a_redirected_ssh_client(sockdir, background):
         shutil.rmtree(keys, ignore_errors=True)
         if made_run_dir:
             shutil.rmtree("/run/sshd", ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root supervisor and a program that drops its rights: run as root")
+def test_settings_are_tried_with_the_programs_rights(sockdir):
+    """A program that became nobody may not set IP_TRANSPARENT (it needs
+    CAP_NET_ADMIN): under a root supervisor the setting is refused with
+    EPERM all the same, as on a real socket."""
+    port = free_port()
+    code = ("import os,socket\n"
+            f"s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen()\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "try:\n    s.setsockopt(socket.IPPROTO_IP, 19, 1); print('set')\n"
+            "except OSError as e:\n    print('refused', e.errno)\n")
+    real = run([sys.executable, "-c", code])
+    redirected = run(redirect(f"in,port={port},path={sockdir}/t.sock", verbose=0) + [sys.executable, "-c", code])
+    assert real.stdout == f"refused {errno.EPERM}\n", real.stdout + real.stderr
+    assert redirected.stdout == real.stdout, redirected.stdout + redirected.stderr

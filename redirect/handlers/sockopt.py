@@ -13,6 +13,7 @@ import errno
 import socket
 import struct
 
+from ..identity import acting_as
 from ..sockaddr import IPAddr
 from ..program import PASS
 from .common import Call, identify
@@ -121,7 +122,8 @@ def setsockopt(call: Call):
     except OSError:
         return -errno.EFAULT
     if (level, name) not in _JOINS:  # (a join on a real socket would announce it on the network)
-        res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
+        with acting_as(call.thread):  # with the program's rights: IP_TRANSPARENT needs CAP_NET_ADMIN
+            res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
         if res < 0:
             return res  # as the kernel refuses it on a real socket
     call.ctx.registry.set_option(converted.inode, level, name, value)
