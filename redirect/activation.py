@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from . import socketfile
-from .rules import Rule, expand
+from .rules import Action, Direction, Rule, SocketType, expand
 from .sockaddr import UnixAddr
 
 SD_LISTEN_FDS_START = 3
@@ -48,7 +48,7 @@ def program_environment(env: dict[str, str]) -> dict[str, str]:
 class Passed:
     sock: socket.socket           # the supervisor's own fd of it
     name: str | None
-    kind: str                     # "stream" or "dgram"
+    kind: SocketType
     inode: int
     real: UnixAddr | None = None  # opened by --activate: for the binds that rules send here
     rule: Rule | None = None
@@ -89,7 +89,7 @@ class Activation:
             _close_quietly(fd)  # keep only our close-on-exec duplicate: the program must not inherit it
             try:
                 sock = socket.socket(fileno=dup)
-                kind = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}.get(sock.type)
+                kind = SocketType.of(sock.type)
             except OSError as err:
                 log(0, f"passed fd {fd} is not a usable socket ({err.strerror}): ignored")
                 _close_quietly(dup)
@@ -118,7 +118,8 @@ class Activation:
         `systemd=NAME` rule at all, held by the program or not."""
         return any(p.name == name if name is not None else p.name not in claimed for p in self.passed)
 
-    def pick(self, name: str | None, claimed: set[str], in_use: set[int], kind: str | None = None) -> Passed | None:
+    def pick(self, name: str | None, claimed: set[str], in_use: set[int],
+             kind: SocketType | None = None) -> Passed | None:
         """The socket for a bind that a `systemd` (name None) or `systemd=NAME`
         rule matched: the first passed one of that name, or for plain `systemd`
         the first one no `systemd=NAME` rule claims, in the order they were
@@ -138,7 +139,7 @@ class Activation:
         """Whether this socket is one of those passed in or opened here."""
         return any(p.inode == inode for p in (*self.passed, *self.opened))
 
-    def opened_at(self, real: UnixAddr, kind: str) -> Passed | None:
+    def opened_at(self, real: UnixAddr, kind: SocketType) -> Passed | None:
         return next((p for p in self.opened if p.real == real and p.kind == kind), None)
 
     def open_rule_sockets(self, rules: list[Rule]) -> list[str]:
@@ -148,7 +149,7 @@ class Activation:
         Raises OSError (with the path) if a socket cannot be made."""
         skipped = []
         for rule in rules:
-            if rule.direction == "out" or rule.action not in ("path", "abstract") or rule.is_unix:
+            if rule.direction == Direction.OUT or rule.action not in (Action.PATH, Action.ABSTRACT) or rule.is_unix:
                 continue
             target = fixed_target(rule)
             if target is None:
@@ -182,7 +183,7 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-def fixed_target(rule: Rule) -> tuple[UnixAddr, str] | None:
+def fixed_target(rule: Rule) -> tuple[UnixAddr, SocketType] | None:
     """The Unix address and socket type an `in` rule always resolves to, if it
     does not depend on the program's bind."""
     template = rule.target or ""
@@ -190,13 +191,13 @@ def fixed_target(rule: Rule) -> tuple[UnixAddr, str] | None:
         return None
     if "%a" in template and rule.address is None:
         return None
-    kind = rule.socket_type or "stream"
+    kind = rule.socket_type or SocketType.STREAM
     name = expand(template, port=rule.port[0] if rule.port else 0, address=str(rule.address), socket_type=kind)
-    return UnixAddr(os.fsencode(name), abstract=rule.action == "abstract"), kind
+    return UnixAddr(os.fsencode(name), abstract=rule.action == Action.ABSTRACT), kind
 
 
-def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+def _open(rule: Rule, real: UnixAddr, kind: SocketType) -> Passed:
+    stype = kind.sock_type
     if not real.abstract:
         err = socketfile.clear_stale(real.name, stype)
         if err:
@@ -216,7 +217,7 @@ def _open(rule: Rule, real: UnixAddr, kind: str) -> Passed:
             err = socketfile.apply_permissions(real.name, sock, rule, os.geteuid(), umask)
             if err:
                 raise OSError(-err, os.strerror(-err), os.fsdecode(real.name))
-        if kind == "stream":
+        if kind == SocketType.STREAM:
             sock.listen(socket.SOMAXCONN)
     except OSError as err:
         sock.close()

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 
-from .rules import Rule, RuleError, escape_value, format_rule, parse_rule
+from .rules import Action, Direction, Rule, RuleError, escape_value, format_rule, parse_rule
 
 __all__ = ["Rule", "RuleError", "Process", "spawn", "run", "rule"]
 
@@ -291,7 +291,7 @@ def _remove_if_dead(item: Rule) -> None:
     from .activation import fixed_target  # the rule's path, when it does not depend on the bind
     from .socketfile import clear_stale
 
-    if item.direction != "in" or item.action != "path" or item.noremove:
+    if item.direction != Direction.IN or item.action != Action.PATH or item.noremove:
         return
     target = fixed_target(item)
     if target is None:
@@ -300,6 +300,6 @@ def _remove_if_dead(item: Rule) -> None:
     # If redirect was killed, the program dies a moment later (PTRACE_O_EXITKILL):
     # until then its socket is alive and must stay.
     for _ in range(50):
-        if clear_stale(real.name, socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM) == 0:
+        if clear_stale(real.name, kind.sock_type) == 0:
             return
         time.sleep(0.02)

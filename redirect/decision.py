@@ -6,9 +6,24 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, replace
+from enum import Enum
 
-from .rules import Rule, SocketFacts, expand, first_match
+from .rules import SUN_PATH_MAX, Action, Direction, Rule, SocketFacts, SocketType, expand, first_match
 from .sockaddr import Address, IPAddr, PortAllocator, UnixAddr, unix_path_fits
+
+
+class Refusal(Enum):
+    """Why a decision fails the call, and the level of its log line: a
+    rule's own reject is what the user asked for (shown at -v); the others
+    are warnings."""
+    REJECTED = ("rejected by rule", 1)
+    SEALED = ("sealed: no rule converts this socket, and the program may not use the real network", 0)
+    TOO_LONG = ("the socket path is too long for a Unix socket", 0)
+    NO_SENDER_ADDRESS = ("that sender had no address to answer to", 0)
+    UNSUPPORTED = ("not supported on a converted socket", 0)
+
+    def __init__(self, text: str, level: int) -> None:
+        self.text, self.level = text, level
 
 
 @dataclass(frozen=True)
@@ -19,16 +34,21 @@ class Decision:
     visible: Address                 # the address the program asked for (port 0 filled in)
     real: UnixAddr | None = None     # where it goes instead
     error: int = 0                   # fail the call with this errno
-    reason: str = ""                 # why, for the log
+    refusal: Refusal | None = None   # why (with error)
+    detail: str = ""                 # said instead of the refusal's own text
+
+    @property
+    def reason(self) -> str:
+        return self.detail or (self.refusal.text if self.refusal else "")
 
     @property
     def source(self) -> str:
         if self.rule is not None:
             return f"rule {self.rule.text}"
-        return "sealed mode" if self.reason == SEALED_REASON else "an address shown for a datagram sender"
+        return "sealed mode" if self.refusal is Refusal.SEALED else "an address shown for a datagram sender"
 
 
-def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
+def facts(direction: Direction, kind: SocketType, visible: Address) -> SocketFacts:
     if isinstance(visible, IPAddr):
         return SocketFacts(direction, kind, address=visible.match_host, port=visible.port)
     name = os.fsdecode(visible.name)
@@ -37,28 +57,27 @@ def facts(direction: str, kind: str, visible: Address) -> SocketFacts:
 
 
 # Sealed mode: an IP socket no rule mentions must not reach the network.
-SEALED = {"in": errno.EACCES, "out": errno.ENETUNREACH}
-SEALED_REASON = "sealed: no rule converts this socket, and the program may not use the real network"
+SEALED = {Direction.IN: errno.EACCES, Direction.OUT: errno.ENETUNREACH}
 
 
-def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
+def decide(rules: list[Rule], direction: Direction, kind: SocketType, visible: Address,
            ports: PortAllocator, sealed: bool = False) -> Decision | None:
     """The rule's verdict on a socket, or None to leave it alone. Pure but for
     handing out a port for binds to port 0. Sealed: IP sockets no rule matches
     are refused (an explicit `ignore` rule is the one way through)."""
     rule = first_match(rules, facts(direction, kind, visible))
     if rule is None and sealed and isinstance(visible, IPAddr):
-        return Decision(None, visible, error=SEALED[direction], reason=SEALED_REASON)
-    if rule is None or rule.action == "ignore":
+        return Decision(None, visible, error=SEALED[direction], refusal=Refusal.SEALED)
+    if rule is None or rule.action == Action.IGNORE:
         return None
-    if rule.action == "reject":
-        return Decision(rule, visible, error=rule.errno or errno.EACCES, reason="rejected by rule")
-    if rule.action == "systemd":
+    if rule.action == Action.REJECT:
+        return Decision(rule, visible, error=rule.errno or errno.EACCES, refusal=Refusal.REJECTED)
+    if rule.action == Action.SYSTEMD:
         # A passed listening socket serves binds; a connect is left alone.
-        return Decision(rule, visible) if direction == "in" else None
-    if direction == "in" and isinstance(visible, IPAddr) and visible.port == 0:
+        return Decision(rule, visible) if direction == Direction.IN else None
+    if direction == Direction.IN and isinstance(visible, IPAddr) and visible.port == 0:
         visible = replace(visible, port=ports.allocate())
-    if rule.action == "blackhole":
+    if rule.action == Action.BLACKHOLE:
         return Decision(rule, visible)
     if isinstance(visible, IPAddr):
         port, address = visible.port, str(visible.match_host)
@@ -66,8 +85,9 @@ def decide(rules: list[Rule], direction: str, kind: str, visible: Address,
         port, address = 0, ""
     name = os.fsencode(expand(rule.target or "", port=port, address=address,
                               socket_type=kind))
-    real = UnixAddr(name, abstract=rule.action == "abstract")
-    if not name or not unix_path_fits(name, real.abstract):
+    real = UnixAddr(name, abstract=rule.action == Action.ABSTRACT)
+    if not name or not unix_path_fits(name):
         return Decision(rule, visible, real, error=errno.ENAMETOOLONG,
-                        reason=f"socket path {real} is too long for a Unix socket (max 107 bytes)")
+                        refusal=Refusal.TOO_LONG,
+                        detail=f"socket path {real} is too long for a Unix socket (max {SUN_PATH_MAX} bytes)")
     return Decision(rule, visible, real)

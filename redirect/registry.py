@@ -9,6 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .peers import PeerTable
+from .rules import SocketType
 from .sockaddr import Address, UnixAddr
 
 
@@ -17,7 +18,7 @@ class Listener:
     """A socket the program bound, now bound to `real` instead."""
     real: UnixAddr
     visible: Address              # what the program asked for (port 0 filled in)
-    socket_type: str              # "stream" or "dgram"
+    socket_type: SocketType
     inode: int
     file_id: tuple[int, int, int, int] | None = None  # socketfile.file_id of the file we created
     remove: bool = True           # unlink the file once nobody holds the socket
@@ -29,7 +30,7 @@ class Client:
     it goes to `real` instead."""
     real: UnixAddr
     visible: Address
-    socket_type: str
+    socket_type: SocketType
     local: Address | None = None  # the UDP address it had before (shown by getsockname)
     own: UnixAddr | None = None   # a datagram client's private reply address
     file_id: tuple[int, int, int, int] | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 
 from .kernel import SeccompFilter, seccomp as sc
+from .rules import Direction, SocketType
 
 TRACE_NATIVE = 1
 TRACE_I386 = 2   # int 0x80 socket calls: refused with a log line, we do not translate them
@@ -35,19 +36,19 @@ def needs(rules, sealed: bool) -> set[str]:
     """Which groups of calls the rules and options make the supervisor judge
     (pure): a program whose rules cannot apply to datagrams pays nothing for
     its datagram calls, one with only in rules nothing for connects..."""
-    def may(direction: str, kind: str) -> bool:
+    def may(direction: Direction, kind: SocketType) -> bool:
         return sealed or any(r.direction in (None, direction) and r.socket_type in (None, kind) for r in rules)
     groups = set()
     if rules or sealed:
         groups |= {"names", "options", "bind", "connect"}
-    if may("in", "stream"):
+    if may(Direction.IN, SocketType.STREAM):
         groups |= {"listen", "accept"}
     if rules or sealed:
         # A converted stream socket's receives would show a Unix peer's path.
         groups.add("receive")
-    if may("in", "dgram") or may("out", "dgram"):
+    if may(Direction.IN, SocketType.DGRAM) or may(Direction.OUT, SocketType.DGRAM):
         groups |= {"send", "listen"}
-    elif may("out", "stream"):
+    elif may(Direction.OUT, SocketType.STREAM):
         groups.add("send")  # sendto/sendmsg with an address: TCP Fast Open connects
     return groups
 

@@ -8,12 +8,12 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from .rules.model import SUN_PATH_MAX
+
 AF_UNSPEC = 0
 AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
-
-SUN_PATH_MAX = 108  # sizeof(sun_path), including the terminating NUL of a path
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -90,9 +90,9 @@ def pack(addr: Address) -> bytes:
             + struct.pack("=I", addr.scope_id))
 
 
-def unix_path_fits(name: bytes, abstract: bool) -> bool:
-    # A path needs room for its NUL; an abstract name has a leading NUL instead.
-    return len(name) + 1 <= SUN_PATH_MAX
+def unix_path_fits(name: bytes) -> bool:
+    """Whether a path (with its NUL) or an abstract name (after its NUL) fits in sun_path."""
+    return len(name) <= SUN_PATH_MAX
 
 
 # ---- the addresses a program is shown -----------------------------------------------

@@ -14,7 +14,7 @@ import time
 
 from . import OWN_FAILURE, arch, kernel
 from .program import ProgramThread
-from .rules import Rule
+from .rules import Action, Direction, Rule
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 REAP_EVERY = 1.0  # seconds: closes are not trapped, so a closed listener's file goes at most this late
@@ -284,8 +284,9 @@ class Supervisor:
             from .activation import fixed_target
 
             self._notify_socket = env.pop("NOTIFY_SOCKET", None)  # ours to tell: the program must not say it first
-            self._wanted = {target[0] for rule in self.rules if rule.direction == "in"
-                            and rule.action in ("path", "abstract") and (target := fixed_target(rule)) is not None}
+            self._wanted = {target[0] for rule in self.rules
+                            if rule.direction == Direction.IN and rule.action in (Action.PATH, Action.ABSTRACT)
+                            and (target := fixed_target(rule)) is not None}
             if self._notify_socket is None:
                 self.log(0, "warning: --notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
                             "nobody to tell")

@@ -15,26 +15,37 @@ from __future__ import annotations
 import errno
 import socket
 
+from enum import Enum
+
 from .kernel import getsockopt
+from .rules import SocketType
+
+
+class State(Enum):
+    """Which template socket answers."""
+    FRESH = "fresh"            # made, never connected: what a bound or listening socket reads
+    CONNECTED = "connected"    # the client end of a connection (UDP: connected, nothing sent)
+    ACCEPTED = "accepted"      # the server end
+    SCRATCH = "scratch"        # the program's own settings are tried and read back here
 
 _LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-_TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
 
 
 class Templates:
     def __init__(self) -> None:
-        self._socks: dict[tuple[int, str, str], socket.socket] = {}
+        self._socks: dict[tuple[int, SocketType, State], socket.socket] = {}
 
-    def _sock(self, family: int, kind: str, state: str) -> socket.socket:
+    def _sock(self, family: int, kind: SocketType, state: State) -> socket.socket:
         key = (family, kind, state)
         sock = self._socks.get(key)
         if sock is None:
-            if kind == "stream" and state in ("connected", "accepted"):
+            if kind == SocketType.STREAM and state in (State.CONNECTED, State.ACCEPTED):
                 client, server = _connection(family)
-                self._socks[(family, kind, "connected")], self._socks[(family, kind, "accepted")] = client, server
+                self._socks[(family, kind, State.CONNECTED)] = client
+                self._socks[(family, kind, State.ACCEPTED)] = server
                 return self._socks[key]
-            sock = socket.socket(family, _TYPES[kind])
-            if state == "connected":  # UDP: connecting sends nothing
+            sock = socket.socket(family, kind.sock_type)
+            if state is State.CONNECTED:  # UDP: connecting sends nothing
                 try:
                     sock.connect((_LOOPBACK[family], 9))
                 except OSError:
@@ -43,32 +54,31 @@ class Templates:
             self._socks[key] = sock
         return sock
 
-    def get(self, family: int, kind: str, state: str, level: int, name: int, size: int) -> bytes | int:
-        """getsockopt on the template of this state ("fresh", "connected",
-        "accepted" or "scratch"), with the program's buffer size: the value,
+    def get(self, family: int, kind: SocketType, state: State, level: int, name: int, size: int) -> bytes | int:
+        """getsockopt on the template of this state, with the program's buffer size: the value,
         or -errno."""
         try:
             return getsockopt(self._sock(family, kind, state).fileno(), level, name, size)
         except OSError as err:
             return -(err.errno or errno.EIO)
 
-    def try_set(self, family: int, kind: str, level: int, name: int, value: bytes) -> int:
+    def try_set(self, family: int, kind: SocketType, level: int, name: int, value: bytes) -> int:
         """The program's setsockopt, tried on the scratch socket: 0 or the
         kernel's -errno."""
         try:
-            self._sock(family, kind, "scratch").setsockopt(level, name, value)
+            self._sock(family, kind, State.SCRATCH).setsockopt(level, name, value)
         except OSError as err:
             return -(err.errno or errno.EIO)
         return 0
 
-    def read_back(self, family: int, kind: str, level: int, name: int, value: bytes, size: int) -> bytes | int:
+    def read_back(self, family: int, kind: SocketType, level: int, name: int, value: bytes, size: int) -> bytes | int:
         """What reading an option the program set gives: set again on the
         scratch socket, read there (as the kernel stores it: clamped,
         rounded, masked)."""
         res = self.try_set(family, kind, level, name, value)
         if res < 0:
             return res
-        return self.get(family, kind, "scratch", level, name, size)
+        return self.get(family, kind, State.SCRATCH, level, name, size)
 
 def _connection(family: int) -> tuple[socket.socket, socket.socket]:
     """Both ends of a real loopback TCP connection (connected, accepted). Its

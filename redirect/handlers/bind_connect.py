@@ -9,14 +9,15 @@ import socket
 from dataclasses import replace
 
 from .. import socketfile
-from ..decision import SEALED, SEALED_REASON, Decision
+from ..decision import SEALED, Decision, Refusal
 from ..identity import acting_as
 from ..peers import UNNAMED
 from ..registry import Client, Listener
+from ..rules import Action, Direction, SocketType
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..program import PASS
 from . import datagram, datagram_send, perform, sockopt
-from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, socket_type,
+from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, refuse, socket_type,
                      stand_in, unix_name)
 
 _IP = (socket.AF_INET, socket.AF_INET6)
@@ -38,14 +39,14 @@ def read_address(call: Call) -> bytes | int:
     return -errno.EFAULT if data is None else data
 
 
-def _view(sock: socket.socket, data: bytes, call_kind: str, kind: str | None):
+def _view(sock: socket.socket, data: bytes, call_kind: str, kind: SocketType | None):
     """The address as the kernel will take it on this socket (IP: kernel_reads;
     Unix: as written), and the bytes that say exactly that."""
     if sock.family not in _IP:
         visible = unpack(data) if sock.family == socket.AF_UNIX else None
         return (visible if isinstance(visible, UnixAddr) else None), data
     v6only = sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
-    view = kernel_reads(data, sock.family, kind == "dgram", call_kind, bool(v6only))
+    view = kernel_reads(data, sock.family, kind == SocketType.DGRAM, call_kind, bool(v6only))
     if isinstance(view, int):
         return view, None
     if view == NO_ADDRESS:
@@ -53,7 +54,7 @@ def _view(sock: socket.socket, data: bytes, call_kind: str, kind: str | None):
     return view, pack(view)
 
 
-def _prepare(call: Call, direction: str, sock: socket.socket, data: bytes):
+def _prepare(call: Call, direction: Direction, sock: socket.socket, data: bytes):
     """The verdict on a bind (direction "in") or connect ("out") of `sock`, the
     program's socket (the supervisor's duplicate) with the address `data` (the
     supervisor's copy). Returns (Decision, Perform or -errno; socket type;
@@ -61,28 +62,28 @@ def _prepare(call: Call, direction: str, sock: socket.socket, data: bytes):
     kind = socket_type(sock)
     is_unix = sock.family == socket.AF_UNIX
     ours = None
-    if is_unix and direction == "out":
+    if is_unix and direction == Direction.OUT:
         ours = _ours(call, sock)
     if ours is not None:  # a Unix socket of ours: the program still sees its IP family
         shown = ours.visible if isinstance(ours.visible, IPAddr) else None
         family = shown.family if shown is not None else socket.AF_UNIX
-        visible = kernel_reads(data, family, kind == "dgram", "connect") if shown is not None else unpack(data)
+        visible = kernel_reads(data, family, kind == SocketType.DGRAM, "connect") if shown is not None else unpack(data)
         if isinstance(visible, int):
             return visible, kind, is_unix
         exact = data
         if not isinstance(visible, IPAddr):
             return Perform(exact), kind, is_unix
     else:
-        visible, exact = _view(sock, data, "bind" if direction == "in" else "connect", kind)
+        visible, exact = _view(sock, data, "bind" if direction == Direction.IN else "connect", kind)
         if isinstance(visible, int):
             return visible, kind, is_unix
         if not isinstance(visible, (IPAddr, UnixAddr)) or visible == NO_ADDRESS or kind is None \
                 or (isinstance(visible, UnixAddr) and (not is_unix or not call.ctx.unix_rules)):
             if kind is None and call.ctx.sealed and isinstance(visible, IPAddr):
-                call.ctx.log(0, f"{call.describe()}: {visible}: {SEALED_REASON} (a socket no rule can convert)")
+                call.ctx.log(0, f"{call.describe()}: {visible}: {Refusal.SEALED.text} (a socket no rule can convert)")
                 return -(SEALED[direction]), None, False
             return Perform(exact), kind, is_unix
-    if direction == "out" and kind == "dgram" and isinstance(visible, IPAddr):
+    if direction == Direction.OUT and kind == SocketType.DGRAM and isinstance(visible, IPAddr):
         verdict = datagram_send.verdict_for(call, visible)  # also: a reply from a fresh socket
     else:
         verdict = call.ctx.decide(direction, kind, visible)
@@ -96,30 +97,28 @@ def _prepare(call: Call, direction: str, sock: socket.socket, data: bytes):
                             "Unix socket now, and no out rule matches this connect (ECONNREFUSED)")
             return -errno.ECONNREFUSED, kind, is_unix
     if verdict is None:
-        if direction == "in" and kind == "dgram" and isinstance(visible, IPAddr) and visible.port:
+        if direction == Direction.IN and kind == SocketType.DGRAM and isinstance(visible, IPAddr) and visible.port:
             call.ctx.registry.pin(inode_of(sock))  # a UDP port of its choosing: keep it real
         if call.ctx.verbosity >= 2:
-            call.ctx.log(2, f"{call.describe()}: {visible}: left alone ({call.ctx.why_alone(direction, kind, visible)})")
+            why = call.ctx.why_alone(direction, kind, visible)
+            call.ctx.log(2, f"{call.describe()}: {visible}: left alone ({why})")
         return Perform(exact), kind, is_unix
-    if verdict.reason == SEALED_REASON and direction == "in" and isinstance(visible, IPAddr) \
+    if verdict.refusal is Refusal.SEALED and direction == Direction.IN and isinstance(visible, IPAddr) \
             and visible.port == 0 and not is_unix:
         # Sealed, a bind to port 0 (a client choosing its own port, Go's start-up
         # probes): a stream socket bound so reaches nobody (its listen and
         # connect are sealed); a datagram one gets a private Unix address, so it
         # can still talk to what the rules allow.
-        if kind == "stream":
+        if kind == SocketType.STREAM:
             return Perform(exact), kind, is_unix
         return Decision(None, replace(visible, port=call.ctx.ports.allocate()), real=UNNAMED), kind, is_unix
-    if direction == "in" and not verdict.error and verdict.real and not verdict.real.abstract \
+    if direction == Direction.IN and not verdict.error and verdict.real and not verdict.real.abstract \
             and isinstance(visible, IPAddr) and visible.port == 0:
         verdict = _free_port(call, kind, visible, verdict)
     if verdict.error:
-        level = 1 if verdict.reason == "rejected by rule" else 0
-        call.ctx.log(level, f"{call.describe()}: {visible}: {verdict.reason} "
-                            f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")
-        if direction == "in":
+        if direction == Direction.IN:
             _release_port(call, verdict)
-        return -verdict.error, kind, is_unix
+        return refuse(call, visible, verdict), kind, is_unix
     return verdict, kind, is_unix
 
 
@@ -133,17 +132,17 @@ def _ours(call: Call, sock: socket.socket) -> Client | Listener | None:
     return call.ctx.registry.client(inode)
 
 
-def _free_port(call: Call, kind: str, visible: IPAddr, verdict: Decision) -> Decision:
+def _free_port(call: Call, kind: SocketType, visible: IPAddr, verdict: Decision) -> Decision:
     """A bind to port 0 must not fail because the path its port gives is taken
     (another program under another redirect): try other ports."""
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    stype = kind.sock_type
     for _ in range(16):
         with acting_as(call.thread):
             taken = socketfile.clear_stale(verdict.real.name, stype) == errno.EADDRINUSE
         if verdict.error or not taken:
             return verdict
         _release_port(call, verdict)
-        verdict = call.ctx.decide("in", kind, visible)
+        verdict = call.ctx.decide(Direction.IN, kind, visible)
     return verdict
 
 
@@ -153,7 +152,7 @@ def _release_port(call: Call, verdict: Decision) -> None:
 
 
 def bind(call: Call):
-    if not (call.ctx.guards("in") or call.ctx.guards("out")):
+    if not (call.ctx.guards(Direction.IN) or call.ctx.guards(Direction.OUT)):
         return PASS  # no rule at all: nothing to judge (out rules keep UDP ports a program binds real)
     data = read_address(call)
     if isinstance(data, int):
@@ -162,13 +161,13 @@ def bind(call: Call):
 
 
 def _bind_socket(call: Call, sock: socket.socket, data: bytes):
-    verdict, kind, is_unix = _prepare(call, "in", sock, data)
+    verdict, kind, is_unix = _prepare(call, Direction.IN, sock, data)
     if isinstance(verdict, Perform):
         visible = unpack(verdict) if sock.family in _IP else None
         if isinstance(visible, IPAddr) and visible.port == 0 and call.ctx.port_rules and kind is not None:
             return bind_any_port(call, sock, visible, kind)
-        if kind == "dgram" and isinstance(visible, IPAddr) and visible.port != 0:
-            call.ctx.left_on_the_network("dgram", visible)  # a UDP server's port (a stream one: at listen)
+        if kind == SocketType.DGRAM and isinstance(visible, IPAddr) and visible.port != 0:
+            call.ctx.left_on_the_network(SocketType.DGRAM, visible)  # a UDP server's port (a stream one: at listen)
         return perform.bind(call, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
@@ -177,18 +176,18 @@ def _bind_socket(call: Call, sock: socket.socket, data: bytes):
     return _bind(call, call.args[0], sock, kind, verdict, is_unix)
 
 
-def _bind(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool,
+def _bind(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, is_unix: bool,
           blackhole: bool = False):
     ctx = call.ctx
-    if verdict.rule.action == "systemd" and not blackhole:
+    if verdict.rule.action == Action.SYSTEMD and not blackhole:
         return (yield from _hand_over(call, fd, sock, kind, verdict, is_unix))
-    real, blackhole = verdict.real, blackhole or verdict.rule.action == "blackhole"
+    real, blackhole = verdict.real, blackhole or verdict.rule.action == Action.BLACKHOLE
     holder = None if blackhole else ctx.registry.listener_at(real)
     if holder is not None:  # closes are not trapped: it may be closed already
         ctx.reap()
         holder = ctx.registry.listener_at(real)
     fresh = False  # a new socket even where --activate opened one
-    if holder is not None and kind == "dgram" and holder.visible == verdict.visible \
+    if holder is not None and kind == SocketType.DGRAM and holder.visible == verdict.visible \
             and sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR):
         # UDP with SO_REUSEADDR (socat's UDP-LISTEN,fork): the newest socket gets
         # new senders, the older one keeps the peer it is connected to.
@@ -225,14 +224,14 @@ def _bind(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision
         ctx.binding.discard(real)
 
 
-def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool,
+def _bind_at(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, is_unix: bool,
              real: UnixAddr, blackhole: bool):
     """Generator: bind the socket at fd at `real`, as the verdict says. An IP
     socket's Unix stand-in is bound by the supervisor (as the program, with the
     supervisor's copy of the path) and goes to the program only once bound: a
     failed bind leaves the program's fd as it was."""
     ctx = call.ctx
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    stype = kind.sock_type
     if not blackhole and not real.abstract:
         problem = socketfile.permission_problem(verdict.rule)
         if problem:
@@ -281,18 +280,18 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decis
     finally:
         if new is not sock:
             new.close()
-    if ctx.listening is not None and not blackhole and kind == "dgram":
+    if ctx.listening is not None and not blackhole and kind == SocketType.DGRAM:
         ctx.listening(real)  # (a stream socket: at its listen)
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {'blackhole' if blackhole else real}")
     return 0
 
 
-def _hand_over(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):
+def _hand_over(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, is_unix: bool):
     """Generator: a bind that a systemd rule matched gets a passed listening
     socket instead (a duplicate: the supervisor keeps its own); with none left,
     a blackholed one and a warning."""
     ctx, rule = call.ctx, verdict.rule
-    claimed = {r.target for r in ctx.rules if r.action == "systemd" and r.target is not None}
+    claimed = {r.target for r in ctx.rules if r.action == Action.SYSTEMD and r.target is not None}
     passed = ctx.activation.pick(rule.target, claimed, ctx.held() | ctx.activation.reserved, kind)
     if passed is None and not ctx.activation.offers(rule.target, claimed):
         # Nothing was ever passed for this rule (a misspelt name, say): the
@@ -309,7 +308,7 @@ def _hand_over(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Dec
         ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a {passed.kind} socket, "
                    f"the program's is a {kind} one (EPROTOTYPE)")
         return -errno.EPROTOTYPE
-    if passed.kind == "stream" and not passed.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+    if passed.kind == SocketType.STREAM and not passed.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         ctx.log(0, f"{call.describe()}: {verdict.visible}: {passed.describe()} is a connection, not a listening "
                    "socket (systemd's Accept=yes / systemd-socket-activate -a): that is inetd style, which "
                    "this program does not speak (EINVAL)")
@@ -321,7 +320,7 @@ def _hand_over(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Dec
         ctx.activation.reserved.discard(passed.inode)
 
 
-def _install(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, passed):
+def _install(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, passed):
     """Generator: put a duplicate of a supervisor's listening socket at fd."""
     ctx = call.ctx
     err = yield from install(call, fd, sock, passed.sock)
@@ -341,12 +340,12 @@ def listen(call: Call):
     """listen() on an IP socket that was never bound binds it to a random port
     first: for the rules that is a bind to the wildcard address, port 0. Run
     on the supervisor's duplicate: the socket judged is the one that listens."""
-    if not call.ctx.guards("in"):
+    if not call.ctx.guards(Direction.IN):
         return PASS
     return on_socket(call, lambda sock: _listen_socket(call, sock))
 
 
-def bind_any_port(call: Call, sock: socket.socket, visible: IPAddr, kind: str) -> int:
+def bind_any_port(call: Call, sock: socket.socket, visible: IPAddr, kind: SocketType) -> int:
     """Bind to a port of the supervisor's choosing where the kernel would
     choose one (a bind to port 0, a listen or UDP send on an unbound socket):
     a free port of the ephemeral range that no rule names. Binding first and
@@ -387,31 +386,31 @@ def claim_port(call: Call, fd: int, sock: socket.socket) -> int:
     if not call.ctx.port_rules or sock.family not in _IP:
         return 0
     bound = address_of(sock.family, sock.getsockname())
-    return 0 if bound.port else bind_any_port(call, sock, _wildcard(sock), "dgram")
+    return 0 if bound.port else bind_any_port(call, sock, _wildcard(sock), SocketType.DGRAM)
 
 
 def _listen_socket(call: Call, sock: socket.socket):
     fd, backlog = call.args[:2]
-    if sock.family not in _IP or socket_type(sock) != "stream":
+    if sock.family not in _IP or socket_type(sock) != SocketType.STREAM:
         return _listen_ours(call, sock, backlog)
     bound = address_of(sock.family, sock.getsockname())
     unbound = None
     if bound.port == 0:
-        unbound = call.ctx.decide("in", "stream", _wildcard(sock))
+        unbound = call.ctx.decide(Direction.IN, SocketType.STREAM, _wildcard(sock))
         if unbound is None and call.ctx.port_rules:
             # The kernel would pick the port at listen: the supervisor picks
             # one first, never a rule's.
-            res = bind_any_port(call, sock, _wildcard(sock), "stream")
+            res = bind_any_port(call, sock, _wildcard(sock), SocketType.STREAM)
             if res < 0:
                 return res
             bound = address_of(sock.family, sock.getsockname())
     if bound.port != 0:
         # Bound already. Sealed: only where a rule lets it.
-        if call.ctx.sealed and all(call.ctx.decide("in", "stream", addr) is not None
+        if call.ctx.sealed and all(call.ctx.decide(Direction.IN, SocketType.STREAM, addr) is not None
                                    for addr in (bound, replace(bound, port=0))):
-            call.ctx.log(0, f"{call.describe()}: {bound}: {SEALED_REASON} (EACCES; sealed mode)")
+            call.ctx.log(0, f"{call.describe()}: {bound}: {Refusal.SEALED.text} (EACCES; sealed mode)")
             return -errno.EACCES
-        verdict = None if _handed_over(call, sock) else call.ctx.decide("in", "stream", bound)
+        verdict = None if _handed_over(call, sock) else call.ctx.decide(Direction.IN, SocketType.STREAM, bound)
         if verdict is not None and not verdict.error:
             # Bound where redirect did not see it (before the program started,
             # say), at an address a rule converts: it becomes that rule's
@@ -420,17 +419,15 @@ def _listen_socket(call: Call, sock: socket.socket):
                             "converting at listen")
             return _bind_then_listen(call, fd, sock, verdict)
         if verdict is None and not _handed_over(call, sock):
-            call.ctx.left_on_the_network("stream", bound)
+            call.ctx.left_on_the_network(SocketType.STREAM, bound)
         return perform.listen(call, sock, backlog)
     wildcard, verdict = _wildcard(sock), unbound
     if verdict is None:
-        call.ctx.left_on_the_network("stream", wildcard)
+        call.ctx.left_on_the_network(SocketType.STREAM, wildcard)
         return perform.listen(call, sock, backlog)
     if verdict.error:
         _release_port(call, verdict)
-        call.ctx.log(0, f"{call.describe()}: {wildcard}: {verdict.reason} "
-                        f"({errno.errorcode.get(verdict.error)}; {verdict.source})")
-        return -verdict.error
+        return refuse(call, wildcard, verdict)
     return _bind_then_listen(call, fd, sock, verdict)
 
 
@@ -446,7 +443,7 @@ def _wildcard(sock: socket.socket) -> IPAddr:
 
 
 def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decision):
-    res = yield from _bind(call, fd, sock, "stream", verdict, False)
+    res = yield from _bind(call, fd, sock, SocketType.STREAM, verdict, False)
     if res < 0:
         return res
     with call.thread.socket(fd) as unix:
@@ -468,7 +465,7 @@ def _listen_ours(call: Call, sock: socket.socket, backlog: int) -> int:
 
 def connect(call: Call):
     registry = call.ctx.registry
-    if not call.ctx.guards("out") and not (registry.listeners or registry.clients):
+    if not call.ctx.guards(Direction.OUT) and not (registry.listeners or registry.clients):
         return PASS  # no rule is about connects, and nothing is converted yet
     data = read_address(call)
     if isinstance(data, int):
@@ -479,11 +476,11 @@ def connect(call: Call):
 def _connect_socket(call: Call, sock: socket.socket, data: bytes):
     fd = call.args[0]
     conv = identify(call, fd, inode_of(sock))
-    if conv is not None and conv.socket_type == "dgram" and datagram.shown_family(conv) is not None:
+    if conv is not None and conv.socket_type == SocketType.DGRAM and datagram.shown_family(conv) is not None:
         return datagram_send.connect(call, conv, sock, data)
-    verdict, kind, is_unix = _prepare(call, "out", sock, data)
+    verdict, kind, is_unix = _prepare(call, Direction.OUT, sock, data)
     if isinstance(verdict, Perform):
-        if kind == "dgram" and not is_unix:
+        if kind == SocketType.DGRAM and not is_unix:
             return _claim_then_connect(call, fd, sock, verdict)
         return perform.connect(call, fd, sock, verdict)
     if not isinstance(verdict, Decision):
@@ -498,17 +495,17 @@ def _claim_then_connect(call: Call, fd: int, sock: socket.socket, address: bytes
     return (yield from perform.connect(call, fd, sock, address))
 
 
-def connect_to(call: Call, fd: int, sock: socket.socket, kind: str, verdict: Decision, is_unix: bool):
+def connect_to(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, is_unix: bool):
     """Generator: connect the socket at fd (a Unix stand-in for an IP one) where
     the verdict says. Returns the connect result; unless it connected (or is
     connecting), the program's fd is as it was."""
     ctx = call.ctx
     if is_unix:  # ours already: connecting again, or bound by an in rule first
-        if kind == "stream":
+        if kind == SocketType.STREAM:
             ctx.registry.add_client(inode_of(sock), Client(verdict.real, verdict.visible, kind))
-        return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real,
-                                                reply=kind == "dgram" and ctx.registry.peers.sent_to_us(verdict.real)))
-    if kind == "dgram":
+        reply = kind == SocketType.DGRAM and ctx.registry.peers.sent_to_us(verdict.real)
+        return (yield from perform.connect_unix(call, fd, sock, verdict.visible, verdict.real, reply=reply))
+    if kind == SocketType.DGRAM:
         return (yield from datagram_send.become_client(call, fd, sock, verdict, connect=True))
     with stand_in(kind) as new:
         res = yield from perform.connect_unix(call, fd, new, verdict.visible, verdict.real,

@@ -11,18 +11,17 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from .. import sockaddr
 from ..activation import Activation
 from ..decision import Decision, decide, facts
 from ..registry import Accepted, Client, Registry
-from ..rules import Rule, closest, first_match
+from ..rules import Action, Direction, Rule, SocketType, closest, first_match
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
 from ..socketfile import ReplyDirs
 from ..templates import Templates
 from ..program import MemoryUnavailable, Process, ProgramThread as Thread
-
-SOCK_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram"}
 
 # struct msghdr and struct mmsghdr on x86_64, and struct cmsghdr.
 MSGHDR = struct.Struct("=QI4xQQQQi4x")
@@ -54,31 +53,31 @@ class Context:
     kept: dict = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)  # real sockets that answer option reads
 
-    def decide(self, direction: str, kind: str, visible: Address) -> Decision | None:
+    def decide(self, direction: Direction, kind: SocketType, visible: Address) -> Decision | None:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
 
-    def decide_chosen_port(self, kind: str, bound: IPAddr) -> Decision | None:
+    def decide_chosen_port(self, kind: SocketType, bound: IPAddr) -> Decision | None:
         """Whether a rule names this port, for a port picked on the program's
         behalf (bind_any_port): the rules that name ports judge it, as if
         bound there. A rule for any port converts servers that bind; a port
         picked for a client is not a server's."""
-        return decide(self.port_rules, "in", kind, bound, self.ports, False)
+        return decide(self.port_rules, Direction.IN, kind, bound, self.ports, False)
 
-    def left_on_the_network(self, kind: str, visible: Address) -> None:
+    def left_on_the_network(self, kind: SocketType, visible: Address) -> None:
         """A listener no rule converts (nor an ignore rule names) stays a real
         TCP/UDP socket that every local user can reach: said once per
         address, with the rule that came closest, unless quiet. (Only where
         some rule is about listeners: with out rules alone they are meant
         to stay.)"""
         if self.quiet or self.sealed or not isinstance(visible, IPAddr) or \
-                not any(r.direction != "out" for r in self.rules):
+                not any(r.direction != Direction.OUT for r in self.rules):
             return
-        sock = facts("in", kind, visible)
+        sock = facts(Direction.IN, kind, visible)
         if first_match(self.rules, sock) is not None:
             return  # an ignore rule (or one that leaves it be) named it: meant
         near = closest(self.rules, sock)
         hint = f" (closest: rule #{near[0]} {near[1].text}: {'; '.join(near[2])})" if near else ""
-        proto = "tcp" if kind == "stream" else "udp"
+        proto = kind.protocol
         self.warn_once(("left", kind, visible), f"warning: {visible} ({proto}) stays on the network: no rule "
                                                 f"matches it{hint}; every local user can reach it (-q: no "
                                                 "warning; --sealed: refuse it)")
@@ -90,7 +89,7 @@ class Context:
                          if self.activation.hands_out(entry.inode)]:
             self.registry.drop_listener(listener)
 
-    def why_alone(self, direction: str, kind: str, visible: Address) -> str:
+    def why_alone(self, direction: Direction, kind: SocketType, visible: Address) -> str:
         """Why a socket is left as it is, for the -vv log."""
         rule = first_match(self.rules, facts(direction, kind, visible))
         if rule is not None:
@@ -105,18 +104,19 @@ class Context:
     def __post_init__(self) -> None:
         # Most rule sets never look at Unix sockets: skip them without a lookup.
         self.unix_rules = any(r.from_unix or r.from_abstract for r in self.rules)
-        self.port_rules = [r for r in self.rules if r.port is not None and r.direction != "out"]
+        self.port_rules = [r for r in self.rules if r.port is not None and r.direction != Direction.OUT]
         # Where a verdict other than "let it be" is possible. Only there must a
         # call run exactly as judged (perform.py); elsewhere no race can take
         # the program anywhere the rules keep it from.
-        self._guarded = {d: sealed_or_rule for d, sealed_or_rule in (
-            ("in", self.sealed or any(r.direction != "out" and r.action != "ignore" for r in self.rules)),
+        acting = [r for r in self.rules if r.action is not Action.IGNORE]
+        self._guarded = {
+            Direction.IN: self.sealed or any(r.direction is not Direction.OUT for r in acting),
             # Replies to the senders a converted datagram socket was shown are
             # sends the supervisor decides on too.
-            ("out", self.sealed or any(r.action != "ignore" and (r.direction != "in" or r.socket_type != "stream")
-                                       for r in self.rules)))}
+            Direction.OUT: self.sealed or any(r.direction is not Direction.IN or r.socket_type is not SocketType.STREAM
+                                              for r in acting)}
 
-    def guards(self, direction: str) -> bool:
+    def guards(self, direction: Direction) -> bool:
         return self._guarded[direction]
 
 
@@ -133,6 +133,15 @@ class Call:
 
     def describe(self) -> str:
         return f"{self.name}() in pid {self.thread.tid}"
+
+
+def refuse(call: Call, visible: Address, verdict: Decision) -> int:
+    """Fail the call as the verdict says, and log why (a rule's own reject
+    at -v, every other refusal as a warning)."""
+    call.ctx.log(verdict.refusal.level if verdict.refusal else 0,
+                 f"{call.describe()}: {visible}: {verdict.reason} "
+                 f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")
+    return -verdict.error
 
 
 def on_socket(call: Call, then):
@@ -262,9 +271,9 @@ def address_of(family: int, name) -> Address | None:
     return None
 
 
-def socket_type(sock: socket.socket) -> str | None:
-    """"stream" or "dgram" for the sockets we may convert (TCP, MPTCP, UDP)."""
-    kind = SOCK_TYPES.get(sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE))
+def socket_type(sock: socket.socket) -> SocketType | None:
+    """The kind of the sockets we may convert (TCP, MPTCP, UDP), else None."""
+    kind = SocketType.of(sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE))
     if kind is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
         return None
     if sock.family != socket.AF_UNIX:
@@ -274,11 +283,18 @@ def socket_type(sock: socket.socket) -> str | None:
     return kind
 
 
+class Role(Enum):
+    """What a converted socket is to the program."""
+    LISTENER = "listener"      # bound by a rule (listening or not)
+    CLIENT = "client"          # connected (or sending) by a rule
+    ACCEPTED = "accepted"      # a connection accepted on a listener
+
+
 @dataclass
 class Converted:
     """A socket of ours as the program must see it."""
-    role: str                  # "listener", "client" or "accepted"
-    socket_type: str
+    role: Role
+    socket_type: SocketType
     inode: int
     local: Address | None      # None: let the kernel answer
     peer: Address | None
@@ -301,17 +317,17 @@ def identify(call: Call, fd: int, inode: int | None = None) -> Converted | None:
         return None
     listener = registry.listener_inodes.get(inode)
     if listener is not None:
-        return Converted("listener", listener.socket_type, inode, listener.visible, None)
+        return Converted(Role.LISTENER, listener.socket_type, inode, listener.visible, None)
     client = registry.client(inode)
     if client is not None:
-        return Converted("client", client.socket_type, inode, client_face(client, inode), client.visible)
+        return Converted(Role.CLIENT, client.socket_type, inode, client_face(client, inode), client.visible)
     accepted = registry.accepted.get(inode) or _accepted_from(call, fd, inode)
     if accepted is None:
         return None
     listener = accepted.listener
     if not isinstance(listener.visible, IPAddr):
-        return Converted("accepted", listener.socket_type, inode, listener.visible, None, listener.inode)
-    return Converted("accepted", listener.socket_type, inode,
+        return Converted(Role.ACCEPTED, listener.socket_type, inode, listener.visible, None, listener.inode)
+    return Converted(Role.ACCEPTED, listener.socket_type, inode,
                      sockaddr.local_of_connection(listener.visible),
                      sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid), listener.inode)
 
@@ -483,12 +499,12 @@ def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str],
         fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
 
 
-def stand_in(kind: str) -> socket.socket:
+def stand_in(kind: SocketType) -> socket.socket:
     """A Unix socket of the supervisor's to take an IP socket's place: it is
     bound or connected here, with the supervisor's own copy of the address,
     and goes to the program only once that worked (install). Non-blocking: the
     supervisor never waits; install gives it the program's flags."""
-    stype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    stype = kind.sock_type
     return socket.socket(socket.AF_UNIX, stype | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
 

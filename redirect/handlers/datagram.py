@@ -18,6 +18,7 @@ import struct
 
 from ..identity import acting_as
 from ..peers import UNNAMED
+from ..rules import SocketType
 from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, UnixAddr, local_of_connection,
                         loopback, pack, peer_host, unpack)
 from ..program import PASS, MemoryUnavailable
@@ -52,7 +53,7 @@ def shown_family(conv: Converted) -> int | None:
 def recvfrom(call: Call):
     """Trapped only with a source address buffer."""
     conv = identify(call, call.args[0])
-    if conv is None or (conv.socket_type == "dgram" and shown_family(conv) is None):
+    if conv is None or (conv.socket_type == SocketType.DGRAM and shown_family(conv) is None):
         return PASS
     room = read_room(call, call.args[5])
     return PASS if room is None else _recvfrom(call, conv, room)
@@ -65,7 +66,7 @@ def _recvfrom(call: Call, conv: Converted, room: int):
 def _recvfrom_on(call: Call, sock, conv: Converted, room: int):
     fd, buf, size, flags, src, len_ptr = call.args
     got = yield from perform.receive(call, fd, sock, min(size, _MAX_RECEIVE), 0, flags,
-                                     want_name=conv.socket_type == "dgram")
+                                     want_name=conv.socket_type == SocketType.DGRAM)
     if isinstance(got, int):
         return got
     res, data, name, _, _ = got
@@ -75,7 +76,7 @@ def _recvfrom_on(call: Call, sock, conv: Converted, room: int):
         raise
     except OSError:
         return -errno.EFAULT  # as the kernel: the data is gone
-    if conv.socket_type == "stream":  # TCP reports no sender: length 0
+    if conv.socket_type == SocketType.STREAM:  # TCP reports no sender: length 0
         call.thread.write(len_ptr, struct.pack("=i", 0))
         return res
     sender = show_sender(call, conv, unpack(name) if name else None)
@@ -93,7 +94,7 @@ def recvmmsg(call: Call):
 
 def _receive_batch(call: Call, vec: int, count: int, stride: int):
     conv = identify(call, call.args[0])
-    if conv is None or count <= 0 or (conv.socket_type == "dgram" and shown_family(conv) is None):
+    if conv is None or count <= 0 or (conv.socket_type == SocketType.DGRAM and shown_family(conv) is None):
         return PASS
     if call.args[2 if call.name == "recvmsg" else 3] & MSG_ERRQUEUE:
         return -errno.EAGAIN  # a Unix socket has no error queue (and would hand out data instead)
@@ -125,7 +126,7 @@ def _receive_on(call: Call, sock, conv: Converted, vec: int, headers: list[bytes
         size = min(sum(length for _, length in iovs), _MAX_RECEIVE)
         got = yield from perform.receive(call, fd, sock, size, _control_room(fields[MSG_CONTROLLEN]),
                                          flags if not done else flags | MSG_DONTWAIT,
-                                         want_name=bool(fields[MSG_NAME]) and conv.socket_type == "dgram")
+                                         want_name=bool(fields[MSG_NAME]) and conv.socket_type == SocketType.DGRAM)
         if isinstance(got, int):
             return done or got
         try:
@@ -166,14 +167,14 @@ def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple
         flags |= MSG_CTRUNC
     sender = None
     if mine[MSG_NAME]:
-        if conv.socket_type == "dgram":
+        if conv.socket_type == SocketType.DGRAM:
             sender = show_sender(call, conv, unpack(name) if name else None)
             packed = pack(sender)
             thread.write(mine[MSG_NAME], packed[:mine[MSG_NAMELEN]])
             thread.write(at + 8, struct.pack("=I", len(packed)))
         else:
             thread.write(at + 8, struct.pack("=I", 0))  # TCP: no sender
-    if conv.socket_type == "dgram":
+    if conv.socket_type == SocketType.DGRAM:
         control += _cmsgs(call, conv, sender)
     if control:
         if not mine[MSG_CONTROL] or mine[MSG_CONTROLLEN] < len(control):

@@ -15,12 +15,14 @@ import socket
 import struct
 
 from .. import socketfile
-from ..decision import Decision
+from ..decision import Decision, Refusal
 from ..peers import UNNAMED
 from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
+from ..rules import Direction, SocketType
 from . import perform
-from .common import MMSGHDR_SIZE, MSGHDR, Call, Converted, address_of, cmsgs, inode_of, install, stand_in
+from .common import (MMSGHDR_SIZE, MSGHDR, Call, Converted, Role, address_of, cmsgs, inode_of, install, refuse,
+                     stand_in)
 from .datagram import shown_family
 from .perform import Message
 
@@ -45,7 +47,7 @@ def convert_and_send(call: Call, fd: int, sock: socket.socket, dests: list, mess
     else:  # nobody wants any of them: real UDP, with the addresses judged
         return _send_as_is(call, fd, sock, dests, messages, flags)
     if verdict.error:
-        return _refuse(call, visible, verdict)
+        return refuse(call, visible, verdict)
     return _convert_then_send(call, fd, sock, verdict, dests, messages, flags, family)
 
 
@@ -89,10 +91,10 @@ def verdict_for(call: Call, visible: IPAddr) -> Decision | None:
     no catch-all rule steals a reply), else where the out rules say."""
     real = call.ctx.registry.peers.real(visible)
     if real == UNNAMED:
-        return Decision(None, visible, error=errno.ECONNREFUSED, reason="that sender had no address to answer to")
+        return Decision(None, visible, error=errno.ECONNREFUSED, refusal=Refusal.NO_SENDER_ADDRESS)
     if real is not None:
         return Decision(None, visible, real)
-    return call.ctx.decide("out", "dgram", visible)
+    return call.ctx.decide(Direction.OUT, SocketType.DGRAM, visible)
 
 
 def _convert_then_send(call: Call, fd: int, sock: socket.socket, verdict: Decision, dests: list,
@@ -104,13 +106,6 @@ def _convert_then_send(call: Call, fd: int, sock: socket.socket, verdict: Decisi
         if unix is None or inode_of(unix) not in call.ctx.registry.bound_clients:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
         return (yield from _send(call, fd, unix, dests, messages, flags, family))
-
-
-def _refuse(call: Call, visible: IPAddr, verdict: Decision) -> int:
-    call.ctx.log(0 if verdict.reason != "rejected by rule" else 1,
-                 f"{call.describe()}: {visible}: {verdict.reason} "
-                 f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")
-    return -verdict.error
 
 
 def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, connect: bool = False):
@@ -137,7 +132,7 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
         ctx.log(0, f"{call.describe()}: cannot make a reply address: {err.strerror or err}")
         return -(err.errno or errno.EIO)
     own = UnixAddr(path)
-    with stand_in("dgram") as new:
+    with stand_in(SocketType.DGRAM) as new:
         res = perform.bind(call, new, pack(own))  # as the program: the file is its own
         if res < 0:
             ctx.log(0, f"{call.describe()}: binding the reply address {own} failed: {os.strerror(-res)}")
@@ -170,7 +165,7 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
     if verdict.real == UNNAMED:  # sealed: a bind to port 0, no destination yet
         local = verdict.visible
     ctx.registry.add_bound_client(inode, Client(
-        verdict.real, verdict.visible, "dgram", local=local, own=own, file_id=ident))
+        verdict.real, verdict.visible, SocketType.DGRAM, local=local, own=own, file_id=ident))
     if verdict.real == UNNAMED:
         ctx.log(1, f"{call.describe()}: {verdict.visible} -> {own} (sealed: a private address, not UDP)")
         return res
@@ -188,7 +183,7 @@ def destination(call: Call, visible: IPAddr) -> UnixAddr | int:
                       "and no out rule sends datagrams for that address anywhere (ENETUNREACH)")
         return -errno.ENETUNREACH
     if verdict.error:
-        return _refuse(call, visible, verdict)
+        return refuse(call, visible, verdict)
     if verdict.rule is not None:
         ctx.registry.peers.remember(visible, verdict.real)
     return verdict.real
@@ -264,7 +259,7 @@ def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):
 def _connect(call: Call, fd: int, sock: socket.socket, conv: Converted, visible: IPAddr, real: UnixAddr):
     reply = call.ctx.registry.peers.sent_to_us(real)  # a server connecting to one of its clients
     res = yield from perform.connect_unix(call, fd, sock, visible, real, reply=reply)
-    if res == 0 and conv.role == "client":
+    if res == 0 and conv.role is Role.CLIENT:
         client = call.ctx.registry.client(conv.inode)
         client.real, client.visible = real, visible
     return res

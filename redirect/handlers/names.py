@@ -5,8 +5,9 @@ import errno
 
 from .. import sockaddr
 from ..program import PASS
+from ..rules import SocketType
 from . import datagram
-from .common import Call, identify, write_sockaddr
+from .common import Call, Role, identify, write_sockaddr
 
 
 def getsockname(call: Call):
@@ -15,7 +16,8 @@ def getsockname(call: Call):
     if converted is None or converted.local is None:
         return PASS
     local = converted.local
-    if converted.role == "listener" and converted.socket_type == "dgram" and isinstance(local, sockaddr.IPAddr) \
+    if converted.role is Role.LISTENER and converted.socket_type == SocketType.DGRAM \
+            and isinstance(local, sockaddr.IPAddr) \
             and local.host.is_unspecified and datagram.connected(call, fd):
         local = sockaddr.local_of_connection(local)  # a connected UDP socket has a definite address
     return write_sockaddr(call, addr, len_ptr, sockaddr.pack(local))
@@ -26,11 +28,11 @@ def getpeername(call: Call):
     converted = identify(call, fd)
     if converted is None:
         return PASS
-    if converted.socket_type == "dgram" and datagram.shown_family(converted) is not None:
+    if converted.socket_type == SocketType.DGRAM and datagram.shown_family(converted) is not None:
         return datagram.getpeername(call, converted)  # whoever it is connected to now
     if converted.peer is None:
         return PASS
-    if converted.role == "client":
+    if converted.role is Role.CLIENT:
         with call.thread.socket(fd) as sock:
             try:
                 sock.getpeername()

@@ -12,13 +12,15 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..decision import SEALED_REASON
+from ..decision import Decision, Refusal
 from ..sockaddr import AF_INET, AF_INET6, AF_UNSPEC, IPAddr, family_of, kernel_reads, pack
 from ..program import PASS
+from ..rules import Direction, SocketType
 from . import datagram_send, perform
 from .bind_connect import connect_to
 from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,
-                     Call, identify, inode_of, on_socket, read_buffer, read_headers, read_sockaddr, socket_type)
+                     Call, identify, inode_of, on_socket, read_buffer, read_headers, read_sockaddr, refuse,
+                     socket_type)
 from .datagram import shown_family
 from .perform import Message, read_message
 
@@ -55,9 +57,10 @@ def _flags(call: Call) -> int:
 def _check(call: Call, names: list[tuple[int, int]], headers: list[bytes]):
     """`headers`: the program's msghdrs (none for sendto)."""
     if call.name != "sendto" and not headers:
-        return PASS if not call.ctx.guards("out") else -errno.EFAULT
+        return PASS if not call.ctx.guards(Direction.OUT) else -errno.EFAULT
     datas = [read_sockaddr(call, p, n) if p else None for p, n in names]
-    if not call.ctx.guards("out") and not any(d is not None and family_of(d) in (*_IP, AF_UNSPEC) for d in datas):
+    if not call.ctx.guards(Direction.OUT) \
+            and not any(d is not None and family_of(d) in (*_IP, AF_UNSPEC) for d in datas):
         return PASS  # no rule is about sends, and no IP address is named: nothing to judge
     return on_socket(call, lambda sock: _send_on(call, sock, datas, headers))
 
@@ -91,11 +94,11 @@ def _send_on(call: Call, sock: socket.socket, datas: list[bytes | None], headers
         return messages
     datas = datas[:len(messages)]
     kind = socket_type(sock)
-    if kind == "dgram" and conv is not None:
+    if kind == SocketType.DGRAM and conv is not None:
         family = shown_family(conv)
         dests = [_read(d, family) for d in datas]
         return datagram_send.send(call, fd, sock, conv, dests, messages, flags)
-    if kind == "dgram" and sock.family in _IP:
+    if kind == SocketType.DGRAM and sock.family in _IP:
         dests = [_read(d, sock.family, sock) for d in datas]
         first = next((d for d in dests if isinstance(d, int)), None)
         if first is not None and not any(isinstance(d, IPAddr) for d in dests):
@@ -122,14 +125,8 @@ def _read(data: bytes | None, family: int | None, sock: socket.socket | None = N
 
 def sealed_off(call: Call, family: int) -> int:
     call.ctx.log(0, f"{call.describe()}: a send to an address on an {socket.AddressFamily(family).name} socket no "
-                    f"rule can convert: {SEALED_REASON} (ENETUNREACH)")
+                    f"rule can convert: {Refusal.SEALED.text} (ENETUNREACH)")
     return -errno.ENETUNREACH
-
-
-def _refuse(call: Call, visible: IPAddr, error: int, reason: str, source: str) -> int:
-    call.ctx.log(1 if reason == "rejected by rule" else 0,
-                 f"{call.describe()}: {visible}: {reason} ({errno.errorcode.get(error)}; {source})")
-    return -error
 
 
 def _stream(call: Call, fd: int, sock: socket.socket, conv, datas: list[bytes | None], headers: list[bytes],
@@ -147,18 +144,19 @@ def _stream(call: Call, fd: int, sock: socket.socket, conv, datas: list[bytes | 
 
 def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: bytes, flags: int):
     """sendto(MSG_FASTOPEN) = connect, then send: both as the rules say."""
-    verdict = call.ctx.decide("out", "stream", visible)
+    verdict = call.ctx.decide(Direction.OUT, SocketType.STREAM, visible)
     if verdict is not None and verdict.error:
-        return _refuse(call, visible, verdict.error, verdict.reason, verdict.source)
+        return refuse(call, visible, verdict)
     if verdict is not None and call.name != "sendto":
-        return _refuse(call, visible, errno.EOPNOTSUPP, f"TCP Fast Open through {call.name}() is not supported",
-                       verdict.source)
+        unsupported = Decision(verdict.rule, visible, error=errno.EOPNOTSUPP, refusal=Refusal.UNSUPPORTED,
+                               detail=f"TCP Fast Open through {call.name}() is not supported")
+        return refuse(call, visible, unsupported)
     if verdict is None:
         res = yield from perform.connect(call, fd, sock, pack(visible))
         if res < 0:
             return res  # EINPROGRESS (non-blocking): as Fast Open without a cookie, the data waits
         return (yield from _without_address(call, fd, sock, [], flags & ~MSG_FASTOPEN))
-    res = yield from connect_to(call, fd, sock, "stream", verdict, is_unix=False)
+    res = yield from connect_to(call, fd, sock, SocketType.STREAM, verdict, is_unix=False)
     if res < 0:
         return res
     with call.thread.socket(fd) as unix:  # the Unix socket connect_to put there

@@ -16,7 +16,9 @@ import struct
 from ..identity import acting_as
 from ..sockaddr import IPAddr
 from ..program import PASS
-from .common import Call, identify
+from ..rules import SocketType
+from ..templates import State
+from .common import Call, Role, identify
 
 SO_PROTOCOL, SO_DOMAIN = 38, 39
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
@@ -65,7 +67,8 @@ def getsockopt(call: Call):
         if name == SO_DOMAIN:
             value = struct.pack("=i", family)
         elif name == SO_PROTOCOL:
-            value = struct.pack("=i", socket.IPPROTO_TCP if converted.socket_type == "stream" else socket.IPPROTO_UDP)
+            value = struct.pack("=i", socket.IPPROTO_TCP if converted.socket_type == SocketType.STREAM
+                                else socket.IPPROTO_UDP)
         else:
             return PASS
         value = value[:room]
@@ -81,6 +84,12 @@ def getsockopt(call: Call):
     return 0
 
 
+# Bound or listening, a socket reads what a fresh one reads; a client
+# what a connected one reads; an accepted connection what an accepted one
+# reads (its multicast TTL is the SYN's TTL, say).
+_TEMPLATE_OF = {Role.LISTENER: State.FRESH, Role.CLIENT: State.CONNECTED, Role.ACCEPTED: State.ACCEPTED}
+
+
 def _read(call: Call, converted, family: int, level: int, name: int, room: int) -> bytes | int:
     templates, kind, registry = call.ctx.templates, converted.socket_type, call.ctx.registry
     mine = registry.option(converted.inode, level, name)
@@ -88,13 +97,10 @@ def _read(call: Call, converted, family: int, level: int, name: int, room: int) 
         mine = registry.option(converted.listener, level, name)  # an accepted socket inherits its listener's
     if mine is not None:
         return templates.read_back(family, kind, level, name, mine, room)
-    # Bound or listening, a socket reads what a fresh one reads; a client
-    # what a connected one reads; an accepted connection what an accepted one
-    # reads (its multicast TTL is the SYN's TTL, say).
-    state = {"listener": "fresh", "client": "connected"}.get(converted.role, "accepted")
+    state = _TEMPLATE_OF[converted.role]
     value = templates.get(family, kind, state, level, name, room)
     if isinstance(value, bytes) and (level, name) == (socket.IPPROTO_TCP, TCP_INFO) and value \
-            and converted.role == "listener" and kind == "stream":
+            and converted.role is Role.LISTENER and kind == SocketType.STREAM:
         value = bytes([_TCP_LISTEN]) + value[1:]  # the one thing a fresh socket cannot show: the listening state
     return value
 
