@@ -459,7 +459,7 @@ class NotifyBackend:
                 self.replay[tid] = again
             return
         if audit_arch != kernel.AUDIT_ARCH_X86_64:
-            self.log(0, f"pid {tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
+            self.log(0, f"thread {tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
             self._send(ident, -errno.ENOSYS)
             return
         try:
@@ -491,7 +491,7 @@ class NotifyBackend:
         except CallGone:
             return
         except OSError as err:
-            self.log(0, f"a trapped call in pid {pending.thread.tid}: {err.strerror or err}; the call fails with EIO")
+            self.log(0, f"a trapped call in thread {pending.thread.tid}: {err.strerror or err}; the call fails with EIO")
             self._answer(pending, -errno.EIO)
             return
         except Exception:

@@ -11,6 +11,10 @@ from collections.abc import Iterator
 
 from . import kernel
 
+TYPE_CHECKING = False  # (typing itself costs start-up time)
+if TYPE_CHECKING:
+    import socket
+
 
 class _Pass:
     """A handler's explicit answer: let the trapped syscall run as it is. Only
@@ -96,7 +100,7 @@ class ProgramThread:
                 continue
 
     @contextmanager
-    def socket(self, fd: int) -> Iterator[socket.socket | None]:
+    def borrowed_socket(self, fd: int) -> Iterator[socket.socket | None]:
         """The program's socket at fd, duplicated into the supervisor (same
         open file: options and flags set here are the program's); None if fd
         is no socket. Raises OSError if the fd cannot be looked at: the caller

@@ -498,7 +498,7 @@ class PtraceBackend:
             return
         nr, args, trace_data = kernel.seccomp_info(thread.tid)
         if trace_data == seccomp_filter.TRACE_I386:
-            self.log(0, f"pid {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
+            self.log(0, f"thread {thread.tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
             thread.start(-errno.ENOSYS)
             return
         outcome = self.sup.handle(thread, nr, args)

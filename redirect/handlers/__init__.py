@@ -7,7 +7,8 @@ needs of the program it asks the backend for: the thread object of the call
 (notify.Notified, or tracee.Thread for ptrace; program.ProgramThread has what
 both share):
 
-- look: read(addr, n), write(addr, data), duplicate(fd) / socket(fd),
+- look: read(addr, n), write(addr, data), duplicate(fd) (an fd of the
+  supervisor's) / borrowed_socket(fd) (the same, as a socket, closed after),
   fd_inode(fd), fds(), identity()
 - act: put_socket(sock, [(fd, cloexec)...]) (replace the program's fds),
   give(sock, cloexec, lost) (the call's result is a new fd of sock),
@@ -19,8 +20,8 @@ supervisor serves others. Calls it judged, the supervisor makes itself
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, containment, datagram, names, send, sockopt
-from .common import Call, Context
+from . import accept, bind_connect, containment, receive, send, socknames, sockopt
+from .context import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS"]
 
@@ -30,16 +31,16 @@ HANDLERS = {
     "listen": bind_connect.listen,
     "accept": accept.accept,
     "accept4": accept.accept,
-    "getsockname": names.getsockname,
-    "getpeername": names.getpeername,
+    "getsockname": socknames.getsockname,
+    "getpeername": socknames.getpeername,
     "getsockopt": sockopt.getsockopt,
     "setsockopt": sockopt.setsockopt,
     "sendto": send.sendto,
     "sendmsg": send.sendmsg,
     "sendmmsg": send.sendmmsg,
-    "recvfrom": datagram.recvfrom,
-    "recvmsg": datagram.recvmsg,
-    "recvmmsg": datagram.recvmmsg,
+    "recvfrom": receive.recvfrom,
+    "recvmsg": receive.recvmsg,
+    "recvmmsg": receive.recvmmsg,
     "socket": bind_connect.sealed_socket,
     "seccomp": containment.seccomp,
     "clone": containment.clone,

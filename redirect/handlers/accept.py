@@ -9,7 +9,9 @@ from ..program import PASS
 from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
 from . import perform
-from .common import Call, on_socket, peer_uid, read_room, write_sockaddr
+from .context import Call, on_socket
+from .identify import peer_uid
+from .memory import read_room, write_sockaddr
 
 
 def accept(call: Call):

@@ -16,9 +16,11 @@ from ..registry import Client, Listener
 from ..rules import Action, Direction, SocketType
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..program import PASS
-from . import datagram, datagram_send, perform, sockopt
-from .common import (Call, address_of, identify, inode_of, install, on_socket, read_buffer, refuse, socket_type,
-                     stand_in, unix_name)
+from ..swap import stand_in
+from . import datagram_send, perform, receive, sockopt
+from .context import Call, install, on_socket, refuse
+from .identify import address_of, identify, inode_of, socket_type, unix_name
+from .memory import read_buffer
 
 _IP = (socket.AF_INET, socket.AF_INET6)
 
@@ -446,7 +448,7 @@ def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decisio
     res = yield from _bind(call, fd, sock, SocketType.STREAM, verdict, False)
     if res < 0:
         return res
-    with call.thread.socket(fd) as unix:
+    with call.thread.borrowed_socket(fd) as unix:
         if unix is None or inode_of(unix) not in call.ctx.registry.listener_inodes:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
         return _listen_ours(call, unix, call.args[1])
@@ -476,8 +478,8 @@ def connect(call: Call):
 def _connect_socket(call: Call, sock: socket.socket, data: bytes):
     fd = call.args[0]
     conv = identify(call, fd, inode_of(sock))
-    if conv is not None and conv.socket_type == SocketType.DGRAM and datagram.shown_family(conv) is not None:
-        return datagram_send.connect(call, conv, sock, data)
+    if conv is not None and conv.socket_type == SocketType.DGRAM and receive.shown_family(conv) is not None:
+        return datagram_send.connect_datagram(call, conv, sock, data)
     verdict, kind, is_unix = _prepare(call, Direction.OUT, sock, data)
     if isinstance(verdict, Perform):
         if kind == SocketType.DGRAM and not is_unix:

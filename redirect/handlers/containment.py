@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 
-from .common import Call
+from .context import Call
 
 
 def seccomp(call: Call) -> int:

@@ -20,14 +20,16 @@ from ..peers import UNNAMED
 from ..registry import Client
 from ..sockaddr import AF_INET, AF_INET6, NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..rules import Direction, SocketType
+from ..swap import stand_in
 from . import perform
-from .common import (MMSGHDR_SIZE, MSGHDR, Call, Converted, Role, address_of, cmsgs, inode_of, install, refuse,
-                     stand_in)
-from .datagram import shown_family
+from .context import Call, install, refuse
+from .identify import Converted, Role, address_of, inode_of
+from .memory import MMSGHDR_SIZE, MSGHDR, cmsgs
+from .receive import shown_family
 from .perform import Message
 
 
-def send(call: Call, fd: int, sock: socket.socket, conv: Converted, dests: list, messages: list[Message],
+def send_datagrams(call: Call, fd: int, sock: socket.socket, conv: Converted, dests: list, messages: list[Message],
          flags: int):
     """sendto/sendmsg/sendmmsg on a converted datagram socket: `dests`, the
     destinations as the kernel reads them for the family the program sees."""
@@ -102,7 +104,7 @@ def _convert_then_send(call: Call, fd: int, sock: socket.socket, verdict: Decisi
     err = yield from become_client(call, fd, sock, verdict)
     if err < 0:
         return err
-    with call.thread.socket(fd) as unix:
+    with call.thread.borrowed_socket(fd) as unix:
         if unix is None or inode_of(unix) not in call.ctx.registry.bound_clients:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
         return (yield from _send(call, fd, unix, dests, messages, flags, family))
@@ -241,7 +243,7 @@ def _asks_gso(control: bytes) -> bool:
     return any(level == _SOL_UDP and kind == _UDP_SEGMENT for level, kind, _ in cmsgs(control))
 
 
-def connect(call: Call, conv: Converted, sock: socket.socket, data: bytes):
+def connect_datagram(call: Call, conv: Converted, sock: socket.socket, data: bytes):
     """connect() on a converted datagram socket: to an address we showed (a
     server answering one client) or one an out rule names."""
     fd = call.args[0]

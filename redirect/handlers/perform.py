@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from .. import kernel
 from ..identity import acting_as
 from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
-from .common import Call, cmsg, cmsgs, read_buffer, read_iovecs
+from .context import Call
+from .memory import cmsg, cmsgs, read_buffer, read_iovecs
 
 POLLIN, POLLOUT = 0x1, 0x4
 MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
@@ -313,7 +314,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
 
 
 # What an IP client expects when nobody is there, whatever the Unix reason.
-_REFUSED = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
+_NOBODY_THERE = {errno.ENOENT, errno.ENOTDIR, errno.EPROTOTYPE, errno.ECONNREFUSED}
 
 
 def connect_unix(call: Call, fd: int, sock: socket.socket, visible: Address, real: UnixAddr,
@@ -322,7 +323,7 @@ def connect_unix(call: Call, fd: int, sock: socket.socket, visible: Address, rea
     `real`, which stands for `visible`; the result as the program expects it
     from an IP socket."""
     res = yield from connect(call, fd, sock, pack(real), wait, reply)
-    if -res in _REFUSED:
+    if -res in _NOBODY_THERE:
         call.ctx.log(1, f"{call.describe()}: {visible} -> {real}: {os.strerror(-res)}")
         return -errno.ECONNREFUSED
     if res < 0 and -res not in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR) and res > -512:

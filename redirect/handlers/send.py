@@ -18,10 +18,11 @@ from ..program import PASS
 from ..rules import Direction, SocketType
 from . import datagram_send, perform
 from .bind_connect import connect_to
-from .common import (MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN, MSGHDR,
-                     Call, identify, inode_of, on_socket, read_buffer, read_headers, read_sockaddr, refuse,
-                     socket_type)
-from .datagram import shown_family
+from .context import Call, on_socket, refuse
+from .identify import identify, inode_of, socket_type
+from .memory import (MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN,
+                     read_buffer, read_headers, read_sockaddr)
+from .receive import shown_family
 from .perform import Message, read_message
 
 MSG_FASTOPEN = 0x20000000
@@ -97,7 +98,7 @@ def _send_on(call: Call, sock: socket.socket, datas: list[bytes | None], headers
     if kind == SocketType.DGRAM and conv is not None:
         family = shown_family(conv)
         dests = [_read(d, family) for d in datas]
-        return datagram_send.send(call, fd, sock, conv, dests, messages, flags)
+        return datagram_send.send_datagrams(call, fd, sock, conv, dests, messages, flags)
     if kind == SocketType.DGRAM and sock.family in _IP:
         dests = [_read(d, sock.family, sock) for d in datas]
         first = next((d for d in dests if isinstance(d, int)), None)
@@ -159,7 +160,7 @@ def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: 
     res = yield from connect_to(call, fd, sock, SocketType.STREAM, verdict, is_unix=False)
     if res < 0:
         return res
-    with call.thread.socket(fd) as unix:  # the Unix socket connect_to put there
+    with call.thread.borrowed_socket(fd) as unix:  # the Unix socket connect_to put there
         if unix is None or call.ctx.registry.client(inode_of(unix)) is None:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
         return (yield from _without_address(call, fd, unix, [], flags & ~MSG_FASTOPEN))

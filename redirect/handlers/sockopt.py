@@ -18,14 +18,15 @@ from ..sockaddr import IPAddr
 from ..program import PASS
 from ..rules import SocketType
 from ..templates import State
-from .common import Call, Role, identify
+from .context import Call
+from .identify import Role, identify
 
 SO_PROTOCOL, SO_DOMAIN = 38, 39
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
 _MAX_VALUE = 256
 # UDP segmentation offload: a Unix socket would deliver one big datagram, so
 # say the kernel lacks it and programs send datagram by datagram.
-_REFUSED = {(socket.IPPROTO_UDP, 103), (socket.IPPROTO_UDP, 104)}  # UDP_SEGMENT, UDP_GRO
+_NO_OFFLOAD = {(socket.IPPROTO_UDP, 103), (socket.IPPROTO_UDP, 104)}  # UDP_SEGMENT, UDP_GRO
 TCP_INFO, _TCP_LISTEN = 11, 10
 
 
@@ -55,7 +56,7 @@ def getsockopt(call: Call):
     converted, family = _visible_family(call, fd)
     if converted is None:
         return PASS
-    if (level, name) in _REFUSED:
+    if (level, name) in _NO_OFFLOAD:
         return -errno.ENOPROTOOPT
     try:
         room = call.thread.read_int(len_ptr)
@@ -121,7 +122,7 @@ def setsockopt(call: Call):
                             "kernel would announce it on the network")
             return -errno.EACCES
         return PASS
-    if (level, name) in _REFUSED:
+    if (level, name) in _NO_OFFLOAD:
         return -errno.ENOPROTOOPT
     try:
         value = call.thread.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""

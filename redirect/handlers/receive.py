@@ -23,9 +23,10 @@ from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, Uni
                         loopback, pack, peer_host, unpack)
 from ..program import PASS, MemoryUnavailable
 from . import perform
-from .common import (CMSGHDR, MAX_BATCH, MMSGHDR_SIZE, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
-                     MSG_NAMELEN, MSGHDR, Call, Converted, address_of, client_face, cmsg, cmsgs, identify,
-                     on_socket, read_headers, read_iovecs, read_room, write_sockaddr)
+from .context import Call, on_socket
+from .identify import Converted, address_of, client_face, identify
+from .memory import (CMSGHDR, MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
+                     MSG_NAMELEN, cmsg, cmsgs, read_headers, read_iovecs, read_room, write_sockaddr)
 
 MSG_CTRUNC = 0x8
 MSG_ERRQUEUE = 0x2000
@@ -34,6 +35,8 @@ MSG_ERRQUEUE = 0x2000
 IP_PKTINFO, IP_RECVTTL, IP_TTL = 8, 12, 2
 IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 52
 _LOOPBACK_IFINDEX = 1
+
+MAX_BATCH = 32  # messages per recvmmsg the supervisor receives for at once
 
 
 def _face(conv: Converted) -> IPAddr | None:
@@ -289,16 +292,16 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
 # ---- connected sockets ---------------------------------------------------------------
 
 def connected(call: Call, fd: int) -> bool:
-    with call.thread.socket(fd) as sock:
+    with call.thread.borrowed_socket(fd) as sock:
         try:
             return sock is not None and bool(sock.getpeername())
         except OSError:
             return False
 
 
-def getpeername(call: Call, conv: Converted):
+def connected_peer(call: Call, conv: Converted):
     """A connected datagram socket's peer, as the program knows it."""
-    with call.thread.socket(call.args[0]) as sock:
+    with call.thread.borrowed_socket(call.args[0]) as sock:
         if sock is None:
             return PASS
         try:

@@ -6,8 +6,10 @@ import errno
 from .. import sockaddr
 from ..program import PASS
 from ..rules import SocketType
-from . import datagram
-from .common import Call, Role, identify, write_sockaddr
+from . import receive
+from .context import Call
+from .identify import Role, identify
+from .memory import write_sockaddr
 
 
 def getsockname(call: Call):
@@ -18,7 +20,7 @@ def getsockname(call: Call):
     local = converted.local
     if converted.role is Role.LISTENER and converted.socket_type == SocketType.DGRAM \
             and isinstance(local, sockaddr.IPAddr) \
-            and local.host.is_unspecified and datagram.connected(call, fd):
+            and local.host.is_unspecified and receive.connected(call, fd):
         local = sockaddr.local_of_connection(local)  # a connected UDP socket has a definite address
     return write_sockaddr(call, addr, len_ptr, sockaddr.pack(local))
 
@@ -28,12 +30,12 @@ def getpeername(call: Call):
     converted = identify(call, fd)
     if converted is None:
         return PASS
-    if converted.socket_type == SocketType.DGRAM and datagram.shown_family(converted) is not None:
-        return datagram.getpeername(call, converted)  # whoever it is connected to now
+    if converted.socket_type == SocketType.DGRAM and receive.shown_family(converted) is not None:
+        return receive.connected_peer(call, converted)  # whoever it is connected to now
     if converted.peer is None:
         return PASS
     if converted.role is Role.CLIENT:
-        with call.thread.socket(fd) as sock:
+        with call.thread.borrowed_socket(fd) as sock:
             try:
                 sock.getpeername()
             except OSError:
