@@ -1,47 +1,37 @@
-"""Syscall numbers and register names per architecture (x86_64 for now)."""
+"""Syscall numbers and registers, one table per architecture: another
+architecture is another table here (and its struct layouts), not a port.
+tests/test_arch.py checks every number against libseccomp's own tables."""
 from __future__ import annotations
 
 import os
 
-if os.uname().machine != "x86_64":  # pragma: no cover - we only run on x86_64 for now
-    raise ImportError(f"redirect supports x86_64 only, not {os.uname().machine}")
+# x86_64: arch/x86/entry/syscalls/syscall_64.tbl; the audit arch of its
+# seccomp data; the compat ABI (int 0x80) that rides along, as libseccomp names it.
+X86_64 = dict(
+    audit_arch=0xC000003E,
+    compat_arch=0x40000003,   # SCMP_ARCH_X86 (AUDIT_ARCH_I386)
+    regs=dict(nr="orig_rax", result="rax", args=("rdi", "rsi", "rdx", "r10", "r8", "r9"), pc="rip"),
+    syscall_insn_len=2,       # `syscall` is 0f 05: step back this far to run it again
+    nr={
+        "close": 3, "poll": 7, "mmap": 9, "dup2": 33, "nanosleep": 35, "socket": 41, "connect": 42,
+        "accept": 43, "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "bind": 49, "listen": 50,
+        "getsockname": 51, "getpeername": 52, "socketpair": 53, "setsockopt": 54, "getsockopt": 55,
+        "clone": 56, "fcntl": 72, "ptrace": 101, "setgroups": 116, "setresuid": 117, "setresgid": 119,
+        "epoll_ctl": 233, "tgkill": 234, "accept4": 288, "dup3": 292, "recvmmsg": 299, "sendmmsg": 307,
+        "process_vm_writev": 311, "seccomp": 317, "io_uring_setup": 425, "clone3": 435, "close_range": 436,
+        "openat2": 437, "pidfd_getfd": 438, "landlock_create_ruleset": 444, "landlock_add_rule": 445,
+        "landlock_restrict_self": 446,
+    },
+)
+TABLES = {"x86_64": X86_64}
 
-# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
-NR = {
-    "close": 3,
-    "poll": 7,
-    "mmap": 9,
-    "nanosleep": 35,
-    "dup2": 33,
-    "socket": 41,
-    "socketpair": 53,
-    "connect": 42,
-    "accept": 43,
-    "sendto": 44,
-    "recvfrom": 45,
-    "sendmsg": 46,
-    "recvmsg": 47,
-    "bind": 49,
-    "listen": 50,
-    "getsockname": 51,
-    "getpeername": 52,
-    "setsockopt": 54,
-    "getsockopt": 55,
-    "fcntl": 72,
-    "epoll_ctl": 233,
-    "accept4": 288,
-    "dup3": 292,
-    "recvmmsg": 299,
-    "sendmmsg": 307,
-    "clone": 56,
-    "ptrace": 101,
-    "process_vm_writev": 311,
-    "seccomp": 317,
-    "io_uring_setup": 425,
-    "clone3": 435,
-    "pidfd_getfd": 438,
-    "close_range": 436,
-}
+MACHINE = os.uname().machine
+if MACHINE not in TABLES:  # pragma: no cover - only x86_64 has its table yet
+    raise ImportError(f"redirect supports {', '.join(TABLES)} only, not {MACHINE}")
+_THIS = TABLES[MACHINE]
+NR: dict[str, int] = _THIS["nr"]
+AUDIT_ARCH: int = _THIS["audit_arch"]
+COMPAT_ARCH: int = _THIS["compat_arch"]
 NAME = {nr: name for name, nr in NR.items()}
 
 # The arguments the kernel takes as 32-bit (int; unsigned int where the
@@ -73,11 +63,11 @@ def c_args(name: str, args: tuple[int, ...]) -> tuple[int, ...]:
 
 
 # Registers of the syscall ABI: number, arguments, result, program counter.
-NR_REG = "orig_rax"
-RESULT_REG = "rax"
-ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-PC_REG = "rip"
-SYSCALL_INSN_LEN = 2  # `syscall` is 0f 05: step back this far to run it again
+NR_REG = _THIS["regs"]["nr"]
+RESULT_REG = _THIS["regs"]["result"]
+ARG_REGS = _THIS["regs"]["args"]
+PC_REG = _THIS["regs"]["pc"]
+SYSCALL_INSN_LEN = _THIS["syscall_insn_len"]
 
 
 def to_signed(value: int) -> int:

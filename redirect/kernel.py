@@ -13,6 +13,8 @@ import sys
 import struct
 import types
 
+from . import arch
+
 
 @contextlib.contextmanager
 def _fixed_sonames():
@@ -75,7 +77,7 @@ class seccomp:  # noqa: N801 (a namespace, as the library's names)
     ALLOW, NOTIFY = 0x7FFF0000, 0x7FC00000
     NE, EQ, GT, MASKED_EQ = 1, 4, 6, 7
     ATTR_ACT_BADARCH, ATTR_CTL_OPTIMIZE = 2, 8
-    ARCH_X86 = 0x40000003
+    ARCH_X86 = arch.COMPAT_ARCH
 
     @staticmethod
     def ERRNO(value: int) -> int:  # noqa: N802
@@ -157,8 +159,6 @@ class SeccompFilter:
     def export_bpf(self, fd: int) -> None:
         _seccomp_check(self._lib.seccomp_export_bpf(self._ctx, fd), "export_bpf")
 
-_SYS_TGKILL = 234
-_SYS_PIDFD_GETFD = 438
 
 
 def _check(result: int, what: str) -> int:
@@ -254,7 +254,7 @@ def setregs(tid: int, regs) -> None:
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:
-    _check(_libc.syscall(_SYS_TGKILL, tgid, tid, sig), "tgkill")
+    _check(_libc.syscall(arch.NR["tgkill"], tgid, tid, sig), "tgkill")
 
 
 PIDFD_THREAD = os.O_EXCL  # a pidfd for one thread, not its group (kernel >= 6.9)
@@ -282,7 +282,7 @@ def tgid_of(tid: int) -> int:
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """Duplicate the tracee's fd into this process (kernel >= 5.6)."""
-    return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+    return _check(_libc.syscall(arch.NR["pidfd_getfd"], pidfd, fd, 0), "pidfd_getfd")
 
 
 def has_pidfd_getfd() -> bool:
@@ -352,7 +352,6 @@ def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int
 
 
 # Credentials of this thread alone (raw syscalls: libc would change every thread).
-_SYS_SETRESUID, _SYS_SETRESGID, _SYS_SETGROUPS = 117, 119, 116
 
 
 def set_thread_identity(uid: int, gid: int, groups: list[int]) -> None:
@@ -361,16 +360,16 @@ def set_thread_identity(uid: int, gid: int, groups: list[int]) -> None:
     reads, SO_PASSCRED's, name the real ids). Groups first: later we may lack
     the right."""
     array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
-    _check(_libc.syscall(_SYS_SETRESGID, gid, gid, -1), "setresgid")
-    _check(_libc.syscall(_SYS_SETRESUID, uid, uid, -1), "setresuid")
+    _check(_libc.syscall(arch.NR["setgroups"], len(groups), array), "setgroups")
+    _check(_libc.syscall(arch.NR["setresgid"], gid, gid, -1), "setresgid")
+    _check(_libc.syscall(arch.NR["setresuid"], uid, uid, -1), "setresuid")
 
 
 def restore_thread_identity(uid: int, gid: int, groups: list[int]) -> None:
-    _check(_libc.syscall(_SYS_SETRESUID, uid, uid, -1), "setresuid")
-    _check(_libc.syscall(_SYS_SETRESGID, gid, gid, -1), "setresgid")
+    _check(_libc.syscall(arch.NR["setresuid"], uid, uid, -1), "setresuid")
+    _check(_libc.syscall(arch.NR["setresgid"], gid, gid, -1), "setresgid")
     array = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
+    _check(_libc.syscall(arch.NR["setgroups"], len(groups), array), "setgroups")
 
 
 PR_SET_DUMPABLE = 4
@@ -382,7 +381,6 @@ def set_dumpable(on: bool) -> None:
 
 # Landlock (kernel >= 5.13): a domain's processes cannot ptrace, open the
 # memory of, or take fds from processes outside it.
-_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 _LANDLOCK_CREATE_RULESET_VERSION = 1
 _LANDLOCK_ACCESS_FS_EXECUTE = 1
 _LANDLOCK_RULE_PATH_BENEATH = 1
@@ -391,7 +389,7 @@ PR_SET_NO_NEW_PRIVS = 38
 
 def landlock_abi() -> int:
     """The Landlock ABI version, 0 where the kernel has none (or it is off)."""
-    version = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, 0, _LANDLOCK_CREATE_RULESET_VERSION)
+    version = _libc.syscall(arch.NR["landlock_create_ruleset"], None, 0, _LANDLOCK_CREATE_RULESET_VERSION)
     return max(version, 0)
 
 
@@ -400,17 +398,17 @@ def landlock_enter_domain() -> None:
     every file access as before (one right handled, allowed beneath /): what
     it gains is the domain's ptrace scope."""
     attr = ctypes.c_uint64(_LANDLOCK_ACCESS_FS_EXECUTE)
-    ruleset = _check(_libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), 8, 0), "landlock")
+    ruleset = _check(_libc.syscall(arch.NR["landlock_create_ruleset"], ctypes.byref(attr), 8, 0), "landlock")
     try:
         root = os.open("/", os.O_PATH | os.O_CLOEXEC)
         try:
             beneath = struct.pack("=Qi", _LANDLOCK_ACCESS_FS_EXECUTE, root)
-            _check(_libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, _LANDLOCK_RULE_PATH_BENEATH, beneath, 0),
+            _check(_libc.syscall(arch.NR["landlock_add_rule"], ruleset, _LANDLOCK_RULE_PATH_BENEATH, beneath, 0),
                    "landlock_add_rule")
         finally:
             os.close(root)
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
-        _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+        _check(_libc.syscall(arch.NR["landlock_restrict_self"], ruleset, 0), "landlock_restrict_self")
     finally:
         os.close(ruleset)
 
@@ -450,7 +448,6 @@ def recvmsg(fd: int, size: int, controllen: int, flags: int, want_name: bool) ->
 
 
 # ---- seccomp user notification (the notify backend) ------------------------------------
-_SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER, SECCOMP_GET_ACTION_AVAIL = 1, 2
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 32
@@ -472,7 +469,7 @@ _libc.ioctl.restype = ctypes.c_int
 def has_user_notification() -> bool:
     """Whether this kernel has SECCOMP_RET_USER_NOTIF (5.0)."""
     action = ctypes.c_uint32(SECCOMP_RET_USER_NOTIF)
-    return _libc.syscall(_SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+    return _libc.syscall(arch.NR["seccomp"], SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
 
 
 def load_filter_with_listener(program: bytes) -> tuple[int, bool]:
@@ -485,13 +482,13 @@ def load_filter_with_listener(program: bytes) -> tuple[int, bool]:
     fprog = struct.pack("=H6xQ", len(program) // 8, ctypes.addressof(code))
     for flags in (SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
                   SECCOMP_FILTER_FLAG_NEW_LISTENER):
-        fd = _libc.syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, fprog)
+        fd = _libc.syscall(arch.NR["seccomp"], SECCOMP_SET_MODE_FILTER, flags, fprog)
         if fd >= 0 or ctypes.get_errno() != errno.EINVAL:
             break
     return _check(fd, "seccomp"), bool(flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
 
 
-AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH = arch.AUDIT_ARCH
 
 
 _ZEROS = bytes(_NOTIF.size)
@@ -685,7 +682,6 @@ def unix_socket_file(inode: int) -> tuple[int, int] | None:
     return None
 
 
-_SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS = 0x02, 0x04
 
 
@@ -694,7 +690,7 @@ def open_no_symlinks(path: bytes) -> int:
     (openat2, 5.6): what a root supervisor sends to or connects to by a name
     a program may have re-pointed. OSError (ELOOP for a symlink)."""
     how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    return _check(_libc.syscall(_SYS_OPENAT2, -100, path, how, len(how)), "openat2")
+    return _check(_libc.syscall(arch.NR["openat2"], -100, path, how, len(how)), "openat2")
 
 
 _libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)

@@ -458,7 +458,7 @@ class NotifyBackend:
             if not self._send(ident, again[2]):
                 self.replay[tid] = again
             return
-        if audit_arch != kernel.AUDIT_ARCH_X86_64:
+        if audit_arch != kernel.AUDIT_ARCH:
             self.log(0, f"thread {tid}: 32-bit (int 0x80) socket call refused: not supported (ENOSYS)")
             self._send(ident, -errno.ENOSYS)
             return

@@ -37,7 +37,7 @@ _DOUBLED = {socket.SO_SNDBUF, socket.SO_RCVBUF}  # the kernel reports twice what
 # A line of an epoll fd's fdinfo: "tfd: 5 events: 19 data: 5  pos:0 ino:1c0b sdev:8"
 _EPOLL_LINE = re.compile(r"tfd:\s*(?P<tfd>\d+)\s+events:\s*(?P<events>[0-9a-f]+)\s+"
                          r"data:\s*(?P<data>[0-9a-f]+).*\bino:(?P<ino>[0-9a-f]+)")
-F_GETOWN_EX, F_SETOWN_EX, F_GETSIG, F_SETSIG = 16, 15, 11, 10
+F_GETOWN_EX, F_SETOWN_EX = 16, 15  # (not in Python's fcntl module)
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _capture(thread, fd: int, sock: socket.socket) -> _SocketState:
         options=_set_by_program(sock),
         ip_options=_ip_options(sock),
         owner=fcntl.fcntl(sock.fileno(), F_GETOWN_EX, bytes(8)),
-        signal=fcntl.fcntl(sock.fileno(), F_GETSIG),
+        signal=fcntl.fcntl(sock.fileno(), fcntl.F_GETSIG),
         epoll=watches,
         siblings=siblings,
     )
@@ -145,7 +145,7 @@ def _restore(sock: socket.socket, state: _SocketState, log: Callable[[int, str],
     if state.owner != bytes(8):
         fcntl.fcntl(sock.fileno(), F_SETOWN_EX, state.owner)
     if state.signal:
-        fcntl.fcntl(sock.fileno(), F_SETSIG, state.signal)
+        fcntl.fcntl(sock.fileno(), fcntl.F_SETSIG, state.signal)
 
 
 def stand_in(kind: SocketType) -> socket.socket:

@@ -12,6 +12,8 @@ generator waits in `Thread.runner` while the supervisor serves the other threads
 from __future__ import annotations
 
 import errno
+import fcntl
+import mmap
 import os
 import signal
 import socket
@@ -25,11 +27,9 @@ from .program import PASS, MemoryUnavailable, ProgramThread, children_of
 from . import OWN_FAILURE
 from .supervisor import REAP_EVERY, SpawnError, Supervisor
 
-_SCM_RIGHTS, _MSG_CMSG_CLOEXEC, _MSG_DONTWAIT, _EPOLL_CTL_ADD, _F_SETFD = 1, 0x40000000, 0x40, 1, 2
+_EPOLL_CTL_ADD = 1  # (not in Python's select module)
 _ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516
 _SCRATCH_SIZE = 16384  # per thread: room for a batch of datagram headers and addresses
-_PROT_RW = 0x3
-_MAP_PRIVATE_ANON = 0x22
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ class Thread(ProgramThread):
         if self.process.free_pages:
             return self.process.free_pages.pop()
         # Scratch lives in a mapping of its own: below the stack pointer is unsafe in Go.
-        addr = yield Syscall("mmap", 0, _SCRATCH_SIZE, _PROT_RW, _MAP_PRIVATE_ANON, arch.to_unsigned(-1), 0)
+        addr = yield Syscall("mmap", 0, _SCRATCH_SIZE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, arch.to_unsigned(-1), 0)
         return None if addr < 0 else addr
 
     def _inject(self, request: Syscall) -> None:
@@ -289,7 +289,7 @@ class Thread(ProgramThread):
         try:
             fd = yield from self._receive_socket(sock)
             if fd >= 0 and not cloexec:
-                yield Syscall("fcntl", fd, _F_SETFD, 0)
+                yield Syscall("fcntl", fd, fcntl.F_SETFD, 0)
             return fd
         finally:
             sock.close()
@@ -312,7 +312,7 @@ class Thread(ProgramThread):
         ends = struct.unpack("=ii", self.read(pair, 8))
         try:
             with socket.socket(fileno=self.duplicate(ends[0])) as sender:
-                sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, _SCM_RIGHTS, struct.pack("=i", passed.fileno()))])
+                sender.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("=i", passed.fileno()))])
         except OSError as err:
             res = -(err.errno or errno.EIO)
         if res >= 0:
@@ -320,13 +320,13 @@ class Thread(ProgramThread):
             iov = yield Scratch(struct.pack("=QQ", byte, 1))
             control = yield Scratch(bytes(24))
             header = yield Scratch(struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, control, 24, 0))
-            res = yield Syscall("recvmsg", ends[1], header, _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT)
+            res = yield Syscall("recvmsg", ends[1], header, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
         for end in ends:
             yield Syscall("close", end)
         if res < 0:
             return res
         _, level, kind, fd = struct.unpack("=Qiii", self.read(control, 20))
-        if (level, kind) != (socket.SOL_SOCKET, _SCM_RIGHTS) or self.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
+        if (level, kind) != (socket.SOL_SOCKET, socket.SCM_RIGHTS) or self.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
             return -errno.EIO
         return fd
 

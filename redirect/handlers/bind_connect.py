@@ -17,7 +17,7 @@ from ..rules import Action, Direction, SocketType
 from ..sockaddr import NO_ADDRESS, IPAddr, UnixAddr, kernel_reads, pack, unpack
 from ..program import PASS
 from ..swap import stand_in
-from . import datagram_send, perform, receive, sockopt
+from . import datagram_send, perform, sockopt
 from .context import Call, install, on_socket, refuse
 from .identify import address_of, identify, inode_of, socket_type, unix_name
 from .memory import read_buffer
@@ -478,7 +478,7 @@ def connect(call: Call):
 def _connect_socket(call: Call, sock: socket.socket, data: bytes):
     fd = call.args[0]
     conv = identify(call, fd, inode_of(sock))
-    if conv is not None and conv.socket_type == SocketType.DGRAM and receive.shown_family(conv) is not None:
+    if conv is not None and conv.socket_type == SocketType.DGRAM and conv.shown_family is not None:
         return datagram_send.connect_datagram(call, conv, sock, data)
     verdict, kind, is_unix = _prepare(call, Direction.OUT, sock, data)
     if isinstance(verdict, Perform):

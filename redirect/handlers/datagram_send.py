@@ -25,7 +25,6 @@ from . import perform
 from .context import Call, install, refuse
 from .identify import Converted, Role, address_of, inode_of
 from .memory import MMSGHDR_SIZE, MSGHDR, cmsgs
-from .receive import shown_family
 from .perform import Message
 
 
@@ -33,7 +32,7 @@ def send_datagrams(call: Call, fd: int, sock: socket.socket, conv: Converted, de
          flags: int):
     """sendto/sendmsg/sendmmsg on a converted datagram socket: `dests`, the
     destinations as the kernel reads them for the family the program sees."""
-    return _send(call, fd, sock, dests, messages, flags, shown_family(conv))
+    return _send(call, fd, sock, dests, messages, flags, conv.shown_family)
 
 
 def convert_and_send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[Message], flags: int):
@@ -236,18 +235,18 @@ def _send(call: Call, fd: int, sock: socket.socket, dests: list, messages: list[
 
 
 _MAX_UDP_PAYLOAD = {AF_INET: 65507, AF_INET6: 65527}
-_SOL_UDP, _UDP_SEGMENT = 17, 103
+_UDP_SEGMENT = 103  # (not in Python's socket module)
 
 
 def _asks_gso(control: bytes) -> bool:
-    return any(level == _SOL_UDP and kind == _UDP_SEGMENT for level, kind, _ in cmsgs(control))
+    return any(level == socket.SOL_UDP and kind == _UDP_SEGMENT for level, kind, _ in cmsgs(control))
 
 
 def connect_datagram(call: Call, conv: Converted, sock: socket.socket, data: bytes):
     """connect() on a converted datagram socket: to an address we showed (a
     server answering one client) or one an out rule names."""
     fd = call.args[0]
-    visible = kernel_reads(data, shown_family(conv), True, "connect")
+    visible = kernel_reads(data, conv.shown_family, True, "connect")
     if isinstance(visible, int):
         return visible
     if visible == NO_ADDRESS:

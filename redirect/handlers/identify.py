@@ -16,8 +16,6 @@ from ..rules import SocketType
 from ..sockaddr import Address, IPAddr, UnixAddr
 from .context import Call
 
-IPPROTO_MPTCP = 262
-
 
 def unix_name(sock: socket.socket) -> UnixAddr | None:
     """The real address a Unix socket is bound to (None if unnamed)."""
@@ -43,7 +41,7 @@ def socket_type(sock: socket.socket) -> SocketType | None:
         return None
     if sock.family != socket.AF_UNIX:
         proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
-        if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_MPTCP):
+        if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_MPTCP):
             return None  # SCTP and friends: no Unix equivalent
     return kind
 
@@ -64,6 +62,18 @@ class Converted:
     local: Address | None      # None: let the kernel answer
     peer: Address | None
     listener: int | None = None  # an accepted connection's listener (inode): what it inherits
+
+    @property
+    def face(self) -> IPAddr | None:
+        """The IP address that stands for this socket in the program's eyes
+        (its own, else its peer's); None for a socket that really is Unix."""
+        face = self.local if isinstance(self.local, IPAddr) else self.peer
+        return face if isinstance(face, IPAddr) else None
+
+    @property
+    def shown_family(self) -> int | None:
+        """The family the program believes the socket has (None: Unix)."""
+        return self.face.family if self.face is not None else None
 
 
 def inode_of(sock: socket.socket) -> int:

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import stat
 import struct
@@ -28,10 +29,6 @@ from ..sockaddr import AF_UNIX, Address, UnixAddr, family_of, pack
 from .context import Call
 from .memory import cmsg, cmsgs, read_buffer, read_iovecs
 
-POLLIN, POLLOUT = 0x1, 0x4
-MSG_WAITALL, MSG_CMSG_CLOEXEC = 0x100, 0x40000000
-MSG_DONTWAIT = 0x40
-_SCM_RIGHTS, _SCM_CREDENTIALS = 1, 2
 _SCM_MAX_FD = 253                   # the kernel's limit of fds in one message
 _SLEEPS_MS = (1, 2, 4, 8, 16)       # waiting for room where poll cannot tell (Unix datagrams)
 
@@ -58,7 +55,7 @@ def listen(call: Call, sock: socket.socket, backlog: int) -> int:
 
 
 def blocking(sock: socket.socket, flags: int = 0) -> bool:
-    return not (fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK or flags & MSG_DONTWAIT)
+    return not (fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK or flags & socket.MSG_DONTWAIT)
 
 
 def _timeout_ms(sock: socket.socket, option: int = socket.SO_SNDTIMEO) -> int:
@@ -133,7 +130,7 @@ def connect(call: Call, fd: int, sock: socket.socket, address: bytes, wait: bool
             continue
         if res not in (-errno.EINPROGRESS, -errno.EALREADY):
             return res
-        res = yield from call.thread.wait(sock, fd, POLLOUT, limit)
+        res = yield from call.thread.wait(sock, fd, select.POLLOUT, limit)
         if res < 0:
             return res
         if res == 0:
@@ -166,7 +163,7 @@ def accept(call: Call, fd: int, sock: socket.socket, flags: int):
             except OSError as err:
                 if err.errno != errno.EAGAIN or not wait:
                     return -(err.errno or errno.EIO)
-                res = yield from call.thread.wait(sock, fd, POLLIN, limit)
+                res = yield from call.thread.wait(sock, fd, select.POLLIN, limit)
                 if res < 0:
                     return res
                 if res == 0 and limit >= 0:
@@ -215,7 +212,7 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
     out, mine = bytearray(), []
     try:
         for level, kind, body in cmsgs(control):
-            if (level, kind) == (socket.SOL_SOCKET, _SCM_RIGHTS):
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
                 fds = struct.unpack(f"={len(body) // 4}i", body[:len(body) // 4 * 4])
                 if len(mine) + len(fds) > _SCM_MAX_FD:
                     raise OSError(errno.EINVAL, "more fds than one message may pass")
@@ -225,7 +222,7 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
                     except OSError:
                         raise OSError(errno.EBADF, f"fd {fd} to pass is not open") from None
                 body = struct.pack(f"={len(fds)}i", *mine[-len(fds):]) if fds else b""
-            elif (level, kind) == (socket.SOL_SOCKET, _SCM_CREDENTIALS):
+            elif (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
                 body = _credentials(call, body)
             out += cmsg(level, kind, body)
     except OSError:
@@ -236,14 +233,14 @@ def _with_fds(call: Call, control: bytes) -> tuple[bytes, list[int]]:
 
 
 def _claims_credentials(control: bytes) -> bool:
-    return any((level, kind) == (socket.SOL_SOCKET, _SCM_CREDENTIALS) for level, kind, _ in cmsgs(control))
+    return any((level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for level, kind, _ in cmsgs(control))
 
 
 def _program_credentials(call: Call) -> bytes:
     """An answer a root supervisor sends with its own rights still names the
     program (its pid and ids) to a receiver that asks (SO_PASSCRED)."""
     them = call.thread.identity()
-    return cmsg(socket.SOL_SOCKET, _SCM_CREDENTIALS, struct.pack("=iII", call.process.tgid, them.euid, them.egid))
+    return cmsg(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("=iII", call.process.tgid, them.euid, them.egid))
 
 
 def _credentials(call: Call, body: bytes) -> bytes:
@@ -290,7 +287,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
     while True:
         with _destination(call.thread, message.name, message.reply) as (where, ours):
             res = kernel.sendmsg(sock.fileno(), where, data[sent:], b"" if sent else named if ours else control,
-                                 flags | MSG_DONTWAIT)
+                                 flags | socket.MSG_DONTWAIT)
         if res >= 0:
             sent += res
             if not (stream and wait and sent < len(data)) or call.thread.progress_lost_to_signals:
@@ -298,7 +295,7 @@ def _send(call: Call, fd: int, sock: socket.socket, message: Message, control: b
         elif res != -errno.EAGAIN or not wait:
             return sent or res
         if stream:
-            res = yield from call.thread.wait(sock, fd, POLLOUT, limit)
+            res = yield from call.thread.wait(sock, fd, select.POLLOUT, limit)
             if res == 0:
                 return sent or -errno.EAGAIN  # SO_SNDTIMEO ran out
         else:  # a datagram: poll cannot tell when the receiver has room; try again a little later
@@ -337,13 +334,13 @@ def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int
     """Generator: one receive on the supervisor's duplicate of fd: (result,
     data, sender's address, control data, msg_flags), or -errno. A blocking
     caller waits in its own thread for data (SO_RCVTIMEO honoured); a stream
-    MSG_WAITALL receive gathers until it has `size` bytes or the end."""
+    socket.MSG_WAITALL receive gathers until it has `size` bytes or the end."""
     wait = blocking(sock, flags)
     limit = _timeout_ms(sock, socket.SO_RCVTIMEO) if wait else 0
-    gather = wait and flags & MSG_WAITALL and sock.type == socket.SOCK_STREAM
+    gather = wait and flags & socket.MSG_WAITALL and sock.type == socket.SOCK_STREAM
     parts, have = [], 0
     while True:
-        got = kernel.recvmsg(sock.fileno(), size - have, controllen, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+        got = kernel.recvmsg(sock.fileno(), size - have, controllen, flags | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
                              want_name)
         if got[0] > 0 and gather and have + got[0] < size and call.thread.progress_lost_to_signals:
             gather = False  # what it has, rather than a wait a signal could end, losing the bytes
@@ -358,7 +355,7 @@ def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int
             return (len(data), data) + got[2:]
         elif got[0] != -errno.EAGAIN or not wait:
             return (have, b"".join(parts), b"", b"", 0) if parts else got[0]
-        res = yield from call.thread.wait(sock, fd, POLLIN, limit)
+        res = yield from call.thread.wait(sock, fd, select.POLLIN, limit)
         if res < 0 or (res == 0 and limit >= 0):
             if parts:
                 return have, b"".join(parts), b"", b"", 0

@@ -28,27 +28,12 @@ from .identify import Converted, address_of, client_face, identify
 from .memory import (CMSGHDR, MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
                      MSG_NAMELEN, cmsg, cmsgs, read_headers, read_iovecs, read_room, write_sockaddr)
 
-MSG_CTRUNC = 0x8
-MSG_ERRQUEUE = 0x2000
 
 # Control messages a UDP socket gives on request and a Unix socket cannot.
-IP_PKTINFO, IP_RECVTTL, IP_TTL = 8, 12, 2
-IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 52
+IP_PKTINFO, IP_RECVTTL = 8, 12  # (not in Python's socket module)
 _LOOPBACK_IFINDEX = 1
 
 MAX_BATCH = 32  # messages per recvmmsg the supervisor receives for at once
-
-
-def _face(conv: Converted) -> IPAddr | None:
-    """The IP address the program believes the socket has (None: a Unix socket
-    that a from-unix rule moved; it really is one)."""
-    face = conv.local if isinstance(conv.local, IPAddr) else conv.peer
-    return face if isinstance(face, IPAddr) else None
-
-
-def shown_family(conv: Converted) -> int | None:
-    face = _face(conv)
-    return face.family if face is not None else None
 
 
 # ---- receiving -----------------------------------------------------------------------
@@ -56,7 +41,7 @@ def shown_family(conv: Converted) -> int | None:
 def recvfrom(call: Call):
     """Trapped only with a source address buffer."""
     conv = identify(call, call.args[0])
-    if conv is None or (conv.socket_type == SocketType.DGRAM and shown_family(conv) is None):
+    if conv is None or (conv.socket_type == SocketType.DGRAM and conv.shown_family is None):
         return PASS
     room = read_room(call, call.args[5])
     return PASS if room is None else _recvfrom(call, conv, room)
@@ -97,9 +82,9 @@ def recvmmsg(call: Call):
 
 def _receive_batch(call: Call, vec: int, count: int, stride: int):
     conv = identify(call, call.args[0])
-    if conv is None or count <= 0 or (conv.socket_type == SocketType.DGRAM and shown_family(conv) is None):
+    if conv is None or count <= 0 or (conv.socket_type == SocketType.DGRAM and conv.shown_family is None):
         return PASS
-    if call.args[2 if call.name == "recvmsg" else 3] & MSG_ERRQUEUE:
+    if call.args[2 if call.name == "recvmsg" else 3] & socket.MSG_ERRQUEUE:
         return -errno.EAGAIN  # a Unix socket has no error queue (and would hand out data instead)
     headers = read_headers(call, vec, count, stride)
     if not headers:
@@ -128,7 +113,7 @@ def _receive_on(call: Call, sock, conv: Converted, vec: int, headers: list[bytes
             return done or iovs
         size = min(sum(length for _, length in iovs), _MAX_RECEIVE)
         got = yield from perform.receive(call, fd, sock, size, _control_room(fields[MSG_CONTROLLEN]),
-                                         flags if not done else flags | MSG_DONTWAIT,
+                                         flags if not done else flags | socket.MSG_DONTWAIT,
                                          want_name=bool(fields[MSG_NAME]) and conv.socket_type == SocketType.DGRAM)
         if isinstance(got, int):
             return done or got
@@ -142,13 +127,12 @@ def _receive_on(call: Call, sock, conv: Converted, vec: int, headers: list[bytes
         if call.name == "recvmsg":
             return got[0]
         if flags & MSG_WAITFORONE:
-            flags |= MSG_DONTWAIT
+            flags |= socket.MSG_DONTWAIT
     return done
 
 
 _MAX_RECEIVE = 1 << 20          # a datagram is smaller; a stream read may be short
 MSG_WAITFORONE = 0x10000
-MSG_DONTWAIT = 0x40
 
 
 def _control_room(controllen: int) -> int:
@@ -167,7 +151,7 @@ def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple
         offset += length
     control = _program_control(control)
     if len(control) < len(got[3]):
-        flags |= MSG_CTRUNC
+        flags |= socket.MSG_CTRUNC
     sender = None
     if mine[MSG_NAME]:
         if conv.socket_type == SocketType.DGRAM:
@@ -183,7 +167,7 @@ def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple
         if not mine[MSG_CONTROL] or mine[MSG_CONTROLLEN] < len(control):
             room = mine[MSG_CONTROLLEN] if mine[MSG_CONTROL] else 0
             control = _whole_cmsgs(control, room)
-            flags |= MSG_CTRUNC
+            flags |= socket.MSG_CTRUNC
         if control:
             thread.write(mine[MSG_CONTROL], control)
     thread.write(at + 40, struct.pack("=Qi", len(control), flags))
@@ -223,7 +207,7 @@ def _whole_cmsgs(control: bytes, room: int) -> bytes:
 def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:
     """The IP address a datagram from the Unix address `real` is shown from."""
     real = real if isinstance(real, UnixAddr) else UNNAMED
-    peers, face = call.ctx.registry.peers, _face(conv)
+    peers, face = call.ctx.registry.peers, conv.face
     known = peers.known(real, face.family)
     if known is not None:
         return known  # the common case: no lookups
@@ -261,17 +245,17 @@ def _enabled(call: Call, conv: Converted, level: int, name: int) -> bool:
 
 _CMSG_OPTIONS = [  # (option level, option that asks, cmsg type given)
     (socket.IPPROTO_IP, IP_PKTINFO, IP_PKTINFO),
-    (socket.IPPROTO_IP, IP_RECVTTL, IP_TTL),
-    (socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, IPV6_PKTINFO),
-    (socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT),
+    (socket.IPPROTO_IP, IP_RECVTTL, socket.IP_TTL),
+    (socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, socket.IPV6_PKTINFO),
+    (socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, socket.IPV6_HOPLIMIT),
 ]
 
 
 def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
     """The IP-level control messages the program asked for, as the kernel
     would give them for a datagram on loopback."""
-    family, out = shown_family(conv), b""
-    local = _face(conv).host
+    family, out = conv.shown_family, b""
+    local = conv.face.host
     if local.is_unspecified:  # the datagram came over loopback
         mapped = sender is not None and sender.family == AF_INET6 and sender.host.ipv4_mapped
         local = loopback(AF_INET) if family == AF_INET else MAPPED_LOOPBACK if mapped else loopback(AF_INET6)
@@ -281,7 +265,7 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
         if kind == IP_PKTINFO:
             host = local.packed[-4:]
             data = struct.pack("=i4s4s", _LOOPBACK_IFINDEX, host, host)
-        elif kind == IPV6_PKTINFO:
+        elif kind == socket.IPV6_PKTINFO:
             data = struct.pack("=16si", local.packed, _LOOPBACK_IFINDEX)
         else:
             data = struct.pack("=i", 64)  # the TTL / hop limit of a local datagram

@@ -22,10 +22,8 @@ from .context import Call, on_socket, refuse
 from .identify import identify, inode_of, socket_type
 from .memory import (MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME, MSG_NAMELEN,
                      read_buffer, read_headers, read_sockaddr)
-from .receive import shown_family
 from .perform import Message, read_message
 
-MSG_FASTOPEN = 0x20000000
 _MAX_VLEN = 1024                   # UIO_MAXIOV: the kernel's own limit on vlen
 _MAX_COPY = 1 << 20                # what one send copies into the supervisor at most
 _IP = (AF_INET, AF_INET6)
@@ -96,7 +94,7 @@ def _send_on(call: Call, sock: socket.socket, datas: list[bytes | None], headers
     datas = datas[:len(messages)]
     kind = socket_type(sock)
     if kind == SocketType.DGRAM and conv is not None:
-        family = shown_family(conv)
+        family = conv.shown_family
         dests = [_read(d, family) for d in datas]
         return datagram_send.send_datagrams(call, fd, sock, conv, dests, messages, flags)
     if kind == SocketType.DGRAM and sock.family in _IP:
@@ -134,13 +132,13 @@ def _stream(call: Call, fd: int, sock: socket.socket, conv, datas: list[bytes | 
             flags: int):
     """A send on a stream socket: MSG_FASTOPEN on an IP one connects first;
     otherwise the address is dropped, as TCP ignores it."""
-    if flags & MSG_FASTOPEN and conv is None and sock.family in _IP and datas and datas[0] is not None:
+    if flags & socket.MSG_FASTOPEN and conv is None and sock.family in _IP and datas and datas[0] is not None:
         view = kernel_reads(datas[0], sock.family, False, "connect")
         if isinstance(view, int):
             return view
         if isinstance(view, IPAddr):
             return _fast_open(call, fd, sock, view, datas[0], flags)
-    return _without_address(call, fd, sock, headers, flags & ~MSG_FASTOPEN)
+    return _without_address(call, fd, sock, headers, flags & ~socket.MSG_FASTOPEN)
 
 
 def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: bytes, flags: int):
@@ -156,14 +154,14 @@ def _fast_open(call: Call, fd: int, sock: socket.socket, visible: IPAddr, data: 
         res = yield from perform.connect(call, fd, sock, pack(visible))
         if res < 0:
             return res  # EINPROGRESS (non-blocking): as Fast Open without a cookie, the data waits
-        return (yield from _without_address(call, fd, sock, [], flags & ~MSG_FASTOPEN))
+        return (yield from _without_address(call, fd, sock, [], flags & ~socket.MSG_FASTOPEN))
     res = yield from connect_to(call, fd, sock, SocketType.STREAM, verdict, is_unix=False)
     if res < 0:
         return res
     with call.thread.borrowed_socket(fd) as unix:  # the Unix socket connect_to put there
         if unix is None or call.ctx.registry.client(inode_of(unix)) is None:
             return -errno.EBADF  # another thread closed or replaced it meanwhile
-        return (yield from _without_address(call, fd, unix, [], flags & ~MSG_FASTOPEN))
+        return (yield from _without_address(call, fd, unix, [], flags & ~socket.MSG_FASTOPEN))
 
 
 def _without_address(call: Call, fd: int, sock: socket.socket, headers: list[bytes], flags: int):

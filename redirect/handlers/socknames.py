@@ -30,7 +30,7 @@ def getpeername(call: Call):
     converted = identify(call, fd)
     if converted is None:
         return PASS
-    if converted.socket_type == SocketType.DGRAM and receive.shown_family(converted) is not None:
+    if converted.socket_type == SocketType.DGRAM and converted.shown_family is not None:
         return receive.connected_peer(call, converted)  # whoever it is connected to now
     if converted.peer is None:
         return PASS

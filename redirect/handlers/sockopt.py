@@ -1,6 +1,6 @@
 """getsockopt() and setsockopt(): a converted socket still looks like TCP or UDP.
 
-The filter only traps SOL_SOCKET for SO_DOMAIN/SO_PROTOCOL (which would say
+The filter only traps SOL_SOCKET for socket.SO_DOMAIN/socket.SO_PROTOCOL (which would say
 AF_UNIX) and the IP/TCP/UDP levels, which a Unix socket refuses. Those are
 answered by the kernel itself, on real sockets of the visible family and type
 (templates.py): an option the program never set reads what a fresh or
@@ -21,23 +21,19 @@ from ..templates import State
 from .context import Call
 from .identify import Role, identify
 
-SO_PROTOCOL, SO_DOMAIN = 38, 39
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
 _MAX_VALUE = 256
 # UDP segmentation offload: a Unix socket would deliver one big datagram, so
 # say the kernel lacks it and programs send datagram by datagram.
 _NO_OFFLOAD = {(socket.IPPROTO_UDP, 103), (socket.IPPROTO_UDP, 104)}  # UDP_SEGMENT, UDP_GRO
-TCP_INFO, _TCP_LISTEN = 11, 10
+_TCP_LISTEN = 10  # TCP_LISTEN of the kernel's enum of TCP states
 
 
 def _visible_family(call: Call, fd: int):
     converted = identify(call, fd)
-    if converted is None:
-        return None, None
-    shown = converted.local if isinstance(converted.local, IPAddr) else converted.peer
-    if not isinstance(shown, IPAddr):
-        return None, None  # a from-unix socket: it really is a Unix socket
-    return converted, shown.family
+    if converted is None or converted.shown_family is None:
+        return None, None  # not ours, or a from-unix socket: it really is a Unix socket
+    return converted, converted.shown_family
 
 
 def bound(registry, inode: int, visible) -> None:
@@ -65,9 +61,9 @@ def getsockopt(call: Call):
     if room < 0:
         return -errno.EINVAL
     if level == socket.SOL_SOCKET:
-        if name == SO_DOMAIN:
+        if name == socket.SO_DOMAIN:
             value = struct.pack("=i", family)
-        elif name == SO_PROTOCOL:
+        elif name == socket.SO_PROTOCOL:
             value = struct.pack("=i", socket.IPPROTO_TCP if converted.socket_type == SocketType.STREAM
                                 else socket.IPPROTO_UDP)
         else:
@@ -100,7 +96,7 @@ def _read(call: Call, converted, family: int, level: int, name: int, room: int) 
         return templates.read_back(family, kind, level, name, mine, room)
     state = _TEMPLATE_OF[converted.role]
     value = templates.get(family, kind, state, level, name, room)
-    if isinstance(value, bytes) and (level, name) == (socket.IPPROTO_TCP, TCP_INFO) and value \
+    if isinstance(value, bytes) and (level, name) == (socket.IPPROTO_TCP, socket.TCP_INFO) and value \
             and converted.role is Role.LISTENER and kind == SocketType.STREAM:
         value = bytes([_TCP_LISTEN]) + value[1:]  # the one thing a fresh socket cannot show: the listening state
     return value
