@@ -36,6 +36,8 @@ class Decision:
     error: int = 0                   # fail the call with this errno
     refusal: Refusal | None = None   # why (with error)
     detail: str = ""                 # said instead of the refusal's own text
+    lease: int | None = None         # the port decide() handed out for a bind to port 0: the
+                                     # socket that takes it keeps it, else it is given back
 
     @property
     def reason(self) -> str:
@@ -75,10 +77,12 @@ def decide(rules: list[Rule], direction: Direction, kind: SocketType, visible: A
     if rule.action == Action.SYSTEMD:
         # A passed listening socket serves binds; a connect is left alone.
         return Decision(rule, visible) if direction == Direction.IN else None
+    lease = None
     if direction == Direction.IN and isinstance(visible, IPAddr) and visible.port == 0:
-        visible = replace(visible, port=ports.allocate())
+        lease = ports.allocate()
+        visible = replace(visible, port=lease)
     if rule.action == Action.BLACKHOLE:
-        return Decision(rule, visible)
+        return Decision(rule, visible, lease=lease)
     if isinstance(visible, IPAddr):
         port, address = visible.port, str(visible.match_host)
     else:
@@ -87,7 +91,7 @@ def decide(rules: list[Rule], direction: Direction, kind: SocketType, visible: A
                               socket_type=kind))
     real = UnixAddr(name, abstract=rule.action == Action.ABSTRACT)
     if not name or not unix_path_fits(name):
-        return Decision(rule, visible, real, error=errno.ENAMETOOLONG,
+        return Decision(rule, visible, real, error=errno.ENAMETOOLONG, lease=lease,
                         refusal=Refusal.TOO_LONG,
                         detail=f"socket path {real} is too long for a Unix socket (max {SUN_PATH_MAX} bytes)")
-    return Decision(rule, visible, real)
+    return Decision(rule, visible, real, lease=lease)

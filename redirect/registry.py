@@ -22,6 +22,7 @@ class Listener:
     inode: int
     file_id: tuple[int, int, int, int] | None = None  # socketfile.file_id of the file we created
     remove: bool = True           # unlink the file once nobody holds the socket
+    lease: int | None = None      # the port handed out for it (a bind to port 0), given back when it goes
 
 
 @dataclass

@@ -436,7 +436,6 @@ class Supervisor:
         if not self.has_files():
             return
         from . import socketfile
-        from .sockaddr import IPAddr
 
         registry = self.ctx.registry
         try:
@@ -451,8 +450,8 @@ class Supervisor:
             registry.drop_listener(listener)
             for conn in self.ctx.kept.pop(listener.inode, ()):
                 conn.close()
-            if isinstance(listener.visible, IPAddr):
-                self.ctx.ports.release(listener.visible.port)
+            if listener.lease is not None:
+                self.ctx.ports.release(listener.lease)
             if listener.remove and not listener.real.abstract:
                 if socketfile.remove_if_ours(listener.real.name, listener.file_id):
                     self.log(1, f"removed {listener.real}")

@@ -113,7 +113,8 @@ def _prepare(call: Call, direction: Direction, sock: socket.socket, data: bytes)
         # can still talk to what the rules allow.
         if kind == SocketType.STREAM:
             return Perform(exact), kind, is_unix
-        return Decision(None, replace(visible, port=call.ctx.ports.allocate()), real=UNNAMED), kind, is_unix
+        port = call.ctx.ports.allocate()
+        return Decision(None, replace(visible, port=port), real=UNNAMED, lease=port), kind, is_unix
     if direction == Direction.IN and not verdict.error and verdict.real and not verdict.real.abstract \
             and isinstance(visible, IPAddr) and visible.port == 0:
         verdict = _free_port(call, kind, visible, verdict)
@@ -149,8 +150,23 @@ def _free_port(call: Call, kind: SocketType, visible: IPAddr, verdict: Decision)
 
 
 def _release_port(call: Call, verdict: Decision) -> None:
-    if isinstance(verdict.visible, IPAddr):
-        call.ctx.ports.release(verdict.visible.port)
+    """Give back the port decide() handed out for a bind no socket took."""
+    if verdict.lease is not None:
+        call.ctx.ports.release(verdict.lease)
+
+
+def _leased(call: Call, verdict: Decision, bind):
+    """Generator: the bind `bind` (a generator) for this verdict; unless it
+    succeeds, the port handed out for it is given back (every failure path,
+    an exception too)."""
+    try:
+        res = yield from bind
+    except BaseException:
+        _release_port(call, verdict)
+        raise
+    if res < 0:
+        _release_port(call, verdict)
+    return res
 
 
 def bind(call: Call):
@@ -173,9 +189,9 @@ def _bind_socket(call: Call, sock: socket.socket, data: bytes):
         return perform.bind(call, sock, verdict)
     if not isinstance(verdict, Decision):
         return verdict
-    if verdict.real == UNNAMED:
-        return datagram_send.become_client(call, call.args[0], sock, verdict)  # sealed: a private address
-    return _bind(call, call.args[0], sock, kind, verdict, is_unix)
+    if verdict.real == UNNAMED:  # sealed: a private address
+        return _leased(call, verdict, datagram_send.become_client(call, call.args[0], sock, verdict))
+    return _leased(call, verdict, _bind(call, call.args[0], sock, kind, verdict, is_unix))
 
 
 def _bind(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: Decision, is_unix: bool,
@@ -238,14 +254,12 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict
         problem = socketfile.permission_problem(verdict.rule)
         if problem:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {problem} (EPERM)")
-            _release_port(call, verdict)
             return -errno.EPERM
         with acting_as(call.thread):  # a path the program may have laid: looked at with its rights
             err = socketfile.clear_stale(real.name, stype)
         if err:
             ctx.log(0, f"{call.describe()}: cannot bind {verdict.visible} to {real}: {os.strerror(err)}"
                        + (" (a live socket or another file is in the way)" if err == errno.EADDRINUSE else ""))
-            _release_port(call, verdict)
             return -err
     new = sock if is_unix else stand_in(kind)
     try:
@@ -263,7 +277,6 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict
         if res < 0:
             missing = " (its directory does not exist)" if res == -errno.ENOENT else ""
             ctx.log(0, f"{call.describe()}: binding {verdict.visible} to {real} failed: {os.strerror(-res)}{missing}")
-            _release_port(call, verdict)
             return res
         ident = None if real.abstract or blackhole else socketfile.file_id(real.name, new)
         if not is_unix:
@@ -273,11 +286,10 @@ def _bind_at(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict
                            f"{os.strerror(-err)}")
                 if ident is not None:
                     socketfile.remove_if_ours(real.name, ident)
-                _release_port(call, verdict)
                 return err
         inode = inode_of(new)
         ctx.registry.add_listener(Listener(real, verdict.visible, kind, inode, ident,
-                                           remove=not (blackhole or verdict.rule.noremove)))
+                                           remove=not (blackhole or verdict.rule.noremove), lease=verdict.lease))
         sockopt.bound(ctx.registry, inode, verdict.visible)
     finally:
         if new is not sock:
@@ -331,7 +343,8 @@ def _install(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict
         return err
     if passed.sock.family == socket.AF_UNIX:  # the program must still see its IP address
         real = unix_name(passed.sock) or UnixAddr(b"")
-        ctx.registry.add_listener(Listener(real, verdict.visible, kind, passed.inode, remove=False))
+        ctx.registry.add_listener(Listener(real, verdict.visible, kind, passed.inode, remove=False,
+                                           lease=verdict.lease))
     if ctx.listening is not None and passed.real is not None:
         ctx.listening(passed.real)  # --activate's: listening already
     ctx.log(1, f"{call.describe()}: {verdict.visible} -> {passed.describe()}")
@@ -445,7 +458,7 @@ def _wildcard(sock: socket.socket) -> IPAddr:
 
 
 def _bind_then_listen(call: Call, fd: int, sock: socket.socket, verdict: Decision):
-    res = yield from _bind(call, fd, sock, SocketType.STREAM, verdict, False)
+    res = yield from _leased(call, verdict, _bind(call, fd, sock, SocketType.STREAM, verdict, False))
     if res < 0:
         return res
     with call.thread.borrowed_socket(fd) as unix:
