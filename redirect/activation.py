@@ -17,6 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from . import socketfile
+from .log import WARN
 from .rules import Action, Direction, Rule, SocketType, expand
 from .sockaddr import UnixAddr
 
@@ -78,31 +79,31 @@ class Activation:
     def from_environment(cls, env: dict[str, str], log) -> "Activation":
         fds, warning = parse_listen_env(env, os.getpid())
         if warning:
-            log(0, warning)
+            log(WARN, warning)
         passed = []
         for fd, name in fds:
             try:
                 dup = os.dup(fd)
             except OSError as err:
-                log(0, f"passed fd {fd} cannot be used ({err.strerror}): ignored")
+                log(WARN, f"passed fd {fd} cannot be used ({err.strerror}): ignored")
                 continue
             _close_quietly(fd)  # keep only our close-on-exec duplicate: the program must not inherit it
             try:
                 sock = socket.socket(fileno=dup)
                 kind = SocketType.of(sock.type)
             except OSError as err:
-                log(0, f"passed fd {fd} is not a usable socket ({err.strerror}): ignored")
+                log(WARN, f"passed fd {fd} is not a usable socket ({err.strerror}): ignored")
                 _close_quietly(dup)
                 continue
             if kind is None:
-                log(0, f"passed fd {fd} is neither a stream nor a datagram socket: ignored")
+                log(WARN, f"passed fd {fd} is neither a stream nor a datagram socket: ignored")
                 sock.close()
                 continue
             passed.append(Passed(sock, name, kind, os.fstat(sock.fileno()).st_ino, number=fd))
         for name in sorted({p.name for p in passed if p.name is not None}):
             same = [p.number for p in passed if p.name == name]
             if len(same) > 1:
-                log(0, f"{len(same)} passed sockets are named {name!r} (fds {', '.join(map(str, same))}): each bind "
+                log(WARN, f"{len(same)} passed sockets are named {name!r} (fds {', '.join(map(str, same))}): each bind "
                        f"a systemd={name} rule matches gets the next of them the program does not hold, in the "
                        "order passed (ip2unix gives every such bind the last one)")
         return cls(passed)

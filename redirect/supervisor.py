@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import OWN_FAILURE, arch, kernel
+from .log import WARN, Log
 from .program import ProgramThread
 from .rules import Action, Direction, Rule
 
@@ -42,8 +43,7 @@ class Supervisor:
                  on_demand: bool = False, sealed: bool = False, backend: str = "auto", quiet: bool = False,
                  once: bool = False, notify_ready: bool = False) -> None:
         self.verbosity, self.quiet = verbosity, quiet
-        self._priorities: bool | None = None  # syslog priority prefixes on log lines: known at the first
-        self.log_file = log_file or sys.stderr
+        self.log = Log(verbosity, log_file)
         self.rules, self.sealed = rules, sealed
         self._ctx = None
         self._handlers = None
@@ -103,17 +103,6 @@ class Supervisor:
     def has_files(self) -> bool:
         """Whether converted sockets are known whose files may need removing."""
         return self._ctx is not None and bool(self._ctx.registry.listener_inodes or self._ctx.registry.bound_clients)
-
-    def log(self, level: int, message: str) -> None:
-        if level <= self.verbosity:
-            if self._priorities is None:
-                self._priorities = _to_the_journal(self.log_file)
-            prefix = "" if not self._priorities else "<6>" if level > 0 else \
-                "<4>" if message.startswith("warning:") else "<3>"
-            try:
-                print(f"{prefix}redirect: {message}", file=self.log_file, flush=True)
-            except (OSError, ValueError):
-                pass  # a closed log (stderr piped to `head`) must not take the program down
 
     # ---- start ---------------------------------------------------------------------
     def _candidates(self) -> list:
@@ -288,7 +277,7 @@ class Supervisor:
                             if rule.direction == Direction.IN and rule.action in (Action.PATH, Action.ABSTRACT)
                             and (target := fixed_target(rule)) is not None}
             if self._notify_socket is None:
-                self.log(0, "warning: --notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
+                self.log(WARN, "--notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
                             "nobody to tell")
         # From here on a signal is forwarded, or (before the program runs) ends
         # us through the clean-up below: no socket file --activate made is left.
@@ -488,18 +477,6 @@ def _terminal_sent_it() -> bool:
     reached the program (same group) directly."""
     try:
         return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _to_the_journal(out) -> bool:
-    """Whether our log goes to a socket: there lines carry syslog priorities
-    (<3> errors, <4> warnings, <6> the rest), as systemd reads them. (The
-    journal's stream, JOURNAL_STREAM, is such a socket.)"""
-    import stat
-
-    try:
-        return stat.S_ISSOCK(os.fstat(out.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -126,23 +126,32 @@ def test_log_lines_carry_syslog_priorities_on_a_socket(bins, sockdir):
     """Where stderr is a socket (the journal's stream is one), each line
     starts with its priority, as systemd reads it: <3> errors, <4> warnings,
     <6> the rest; on a pipe or terminal, none."""
+    def journal(argv, stdin=subprocess.DEVNULL):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            result = subprocess.run([str(a) for a in argv], stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=theirs, timeout=30, text=True)
+            theirs.close()
+            ours.settimeout(5)
+            log = b""
+            while chunk := ours.recv(65536):
+                log += chunk
+        return result, [line for line in log.decode().splitlines() if "redirect: " in line]  # (the program's share it)
+
     port, other = free_port(), free_port()
     argv = REDIRECT + ["-v", "-r", f"in,port={port},path={sockdir}/no/such/dir/a.sock", "-r",
                        f"in,port={other + 1},path={sockdir}/b.sock", "--", bins / "tcp-server-glibc", "127.0.0.1", port]
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=theirs, timeout=30, text=True)
-        theirs.close()
-        ours.settimeout(5)
-        log = b""
-        while chunk := ours.recv(65536):
-            log += chunk
-    lines = [line for line in log.decode().splitlines() if "redirect: " in line]  # (the program's share it)
+    result, lines = journal(argv)
     assert result.returncode == 1, lines  # the server cannot listen: its own status
     assert any(line.startswith("<6>redirect: backend: ") for line in lines), lines
     assert any(line.startswith("<3>redirect: ") and "its directory does not exist" in line for line in lines), lines
     assert all(re.match(r"<[346]>redirect: ", line) for line in lines), lines
+    # A warning: a listener no rule converts (said when it listens).
+    server = REDIRECT + ["-r", f"in,port={other + 1},path={sockdir}/b.sock", "--", "sh", "-c",
+                         f"{bins}/tcp-server-glibc 127.0.0.1 {other} & sleep 1; kill $!"]
+    _, lines = journal(server)
+    assert any(line.startswith(f"<4>redirect: warning: 127.0.0.1:{other} (tcp) stays on the network")
+               for line in lines), lines
     piped = run(argv)
     assert piped.stderr.startswith("redirect: "), piped.stderr
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from .. import socketfile
 from ..decision import SEALED, Decision, Refusal
 from ..identity import acting_as
+from ..log import WARN
 from ..peers import UNNAMED
 from ..registry import Client, Listener
 from ..rules import Action, Direction, SocketType
@@ -315,7 +316,7 @@ def _hand_over(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdi
                    f"({ctx.activation.summary()}); the bind fails (EADDRNOTAVAIL)")
         return -errno.EADDRNOTAVAIL
     if passed is None:
-        ctx.log(0, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
+        ctx.log(WARN, f"{call.describe()}: {verdict.visible}: no passed socket left for rule {rule.text} "
                    f"({len(ctx.activation.passed)} passed in all); bound where nobody can connect")
         return (yield from _bind(call, fd, sock, kind, verdict, is_unix, blackhole=True))
     if passed.kind != kind:

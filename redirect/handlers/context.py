@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .. import swap
 from ..activation import Activation
 from ..decision import Decision, decide, facts
+from ..log import WARN
 from ..program import Process, ProgramThread as Thread
 from ..registry import Registry
 from ..rules import Action, Direction, Rule, SocketType, closest, first_match
@@ -68,7 +69,7 @@ class Context:
         near = closest(self.rules, sock)
         hint = f" (closest: rule #{near[0]} {near[1].text}: {'; '.join(near[2])})" if near else ""
         proto = kind.protocol
-        self.warn_once(("left", kind, visible), f"warning: {visible} ({proto}) stays on the network: no rule "
+        self.warn_once(("left", kind, visible), f"{visible} ({proto}) stays on the network: no rule "
                                                 f"matches it{hint}; every local user can reach it (-q: no "
                                                 "warning; --sealed: refuse it)")
 
@@ -89,7 +90,7 @@ class Context:
     def warn_once(self, key, message: str) -> None:
         if key not in self.warned:
             self.warned.add(key)
-            self.log(0, message)
+            self.log(WARN, message)
 
     def __post_init__(self) -> None:
         # Most rule sets never look at Unix sockets: skip them without a lookup.
