@@ -15,9 +15,12 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from redirect import socketfile
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures" / "static-bins"
@@ -26,12 +29,19 @@ REDIRECT = [sys.executable, "-m", "redirect"]
 # Every test that runs redirect runs once per backend: REDIRECT_BACKEND (the
 # CLI's default) picks it for each redirect the test starts.
 BACKENDS = ("notify", "ptrace")
-ONE_BACKEND = {"test_bench", "test_rules", "test_sockaddr"}  # pure code, or measures both itself
+ONE_BACKEND = {"test_arch", "test_bench", "test_constants", "test_decision", "test_globpath", "test_peers", "test_registry",
+               "test_rules", "test_sockaddr"}  # pure code, or measures both itself
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "one_backend: a test that runs no program under redirect "
+                                       "(a pure check) runs once, not once per backend")
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        names = ("notify",) if metafunc.module.__name__ in ONE_BACKEND else BACKENDS
+        one = metafunc.module.__name__ in ONE_BACKEND or metafunc.definition.get_closest_marker("one_backend")
+        names = ("notify",) if one else BACKENDS
         metafunc.parametrize("backend", names, indirect=True)
 
 
@@ -185,10 +195,6 @@ def wait_for_socket(path: Path, timeout: float = 10, proc: Background | None = N
     raise AssertionError(f"socket {path} did not appear{detail}")
 
 
-_SO_ACCEPTCON = 0x10000
-_SOCK_STREAM_TYPE = 1
-
-
 def gone_soon(path: Path, within: float = 3) -> bool:
     """Whether path is gone within a few seconds: closes are not trapped, so
     the supervisor finds a closed listener on its reap timer (about 1 s)."""
@@ -206,14 +212,9 @@ def _unix_socket_ready(path: str) -> bool:
             return False
     except FileNotFoundError:
         return False
-    with open("/proc/net/unix") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if len(fields) >= 8 and fields[7] == path:
-                flags, kind = int(fields[3], 16), int(fields[4], 16)
-                return kind != _SOCK_STREAM_TYPE or bool(flags & _SO_ACCEPTCON)
-    return False
+    # The kernel's table (socketfile.bound_at reads /proc/net/unix, paths with spaces too).
+    return any(kind != socket.SOCK_STREAM or flags & socketfile.SO_ACCEPTCON
+               for kind, flags in socketfile.bound_at(os.fsencode(path)))
 
 
 def free_port() -> int:
@@ -265,16 +266,21 @@ def curl_unix(path: Path, url: str = "http://app/", timeout: float = 10) -> str:
 USER = "redirect-test"
 
 
+def system_user(name: str) -> pwd.struct_passwd:
+    """A system user of the tests (with a group of its name), made if missing."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       check=True, capture_output=True)
+        return pwd.getpwnam(name)
+
+
 @pytest.fixture(scope="session")
 def unprivileged_user() -> pwd.struct_passwd:
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid())  # already unprivileged: run as ourselves
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                       check=True, capture_output=True)
-        return pwd.getpwnam(USER)
+    return system_user(USER)
 
 
 @pytest.fixture
@@ -309,3 +315,93 @@ def compiled(name: str, *flags: str):
         yield out
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+# ---- nginx ----------------------------------------------------------------------------
+
+NGINX_MAIN = """
+worker_processes 1;
+user {user};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+daemon off;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+{http}
+}}
+"""
+
+
+def nginx_conf(tmp: Path, http: str, user: str = "www-data") -> str:
+    """A whole nginx.conf around what goes in its http block, with every file
+    nginx writes in tmp (run it as `nginx -c CONF -p TMP`)."""
+    return NGINX_MAIN.format(user=user, tmp=tmp, http=http)
+
+
+# ---- redirect installed as README says ------------------------------------------------
+
+@dataclass
+class ReadmeInstall:
+    root: Path                  # stands for the machine's /: opt/pipx, usr/local/bin, root (a HOME)
+    units: Path                 # /usr/local/bin/redirect: for systemd units and every user
+    own: Path                   # ~/.local/bin/redirect: "just for you"
+    runs: dict[str, subprocess.CompletedProcess]   # each command of the block, as run
+
+
+@pytest.fixture(scope="session")
+def readme_install() -> ReadmeInstall:
+    """README's install block run as it stands (as root): its apt line, then its
+    two pipx lines at once, with /opt/pipx and /usr/local/bin of a temporary
+    root (doc_blocks.SUBSTITUTIONS), HOME in it for "just for you", each in a
+    copy of the checkout."""
+    from doc_blocks import block, commands, substitute
+
+    if os.geteuid() != 0:
+        pytest.skip("installs for a service user as root: run as root")
+    root = Path(tempfile.mkdtemp(prefix="rd-pipx-", dir="/tmp"))
+    root.chmod(0o755)   # every service user reads the install
+    try:
+        (root / "root").mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPX_")}
+        env["HOME"] = str(root / "root")
+        lines = commands(substitute(block("README.md", "apt install pipx libseccomp2").text,
+                                    ["/opt/pipx", "/usr/local/bin"], machine=root))
+        runs = {lines[0]: run(["bash", "-c", lines[0]], timeout=600, env=env)}
+        started = {}
+        try:
+            for number, line in enumerate(lines[1:]):
+                # `.` is the checkout: a copy of its own for each build (a build
+                # writes build/ and *.egg-info into the tree: builds at once collide)
+                checkout = root / "src" / str(number)
+                shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(
+                    ".*", "build", "*.egg-info", "__pycache__", "fixtures", "tests", "bench"))
+                started[line] = subprocess.Popen(["bash", "-c", line], stdin=subprocess.DEVNULL, text=True,
+                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=checkout,
+                                                 env=env)
+            for line, proc in started.items():
+                output, _ = proc.communicate(timeout=600)
+                runs[line] = subprocess.CompletedProcess(proc.args, proc.returncode, output, "")
+        finally:
+            for proc in started.values():
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        yield ReadmeInstall(root, root / "usr" / "local" / "bin" / "redirect",
+                            root / "root" / ".local" / "bin" / "redirect", runs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pipx_install(readme_install) -> Path:
+    """The redirect that README's pipx line installs for systemd units (into a
+    prefix any user can read; here a temporary one)."""
+    for line, result in readme_install.runs.items():
+        assert result.returncode == 0, f"{line}:\n{result.stdout}{result.stderr}"
+    return readme_install.units

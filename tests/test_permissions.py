@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_env, curl_unix, free_port, redirect, run, tcp_listening, wait_for_socket
+from conftest import user_env, curl_unix, free_port, nginx_conf, redirect, run, tcp_listening, wait_for_socket
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users needs root")
 
@@ -93,28 +93,6 @@ def test_missing_directory_is_named(bins, sockdir):
 
 # ---- nginx ----------------------------------------------------------------------------
 
-NGINX_CONF = """
-worker_processes 1;
-user {user};
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-daemon off;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ proxy_pass http://unix:{sock}:; }}
-    }}
-}}
-"""
-
-
 @needs_root
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx-light is installed by scripts/setup.sh")
 def test_nginx_reaches_go_server_through_group_socket(bins, background, unprivileged_user):
@@ -130,7 +108,8 @@ def test_nginx_reaches_go_server_through_group_socket(bins, background, unprivil
         wait_for_socket(sock, proc=app)
         st = os.stat(sock)
         assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group.gr_gid
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(user="www-data", tmp=tmp, port=web_port, sock=sock))
+        (tmp / "nginx.conf").write_text(nginx_conf(
+            tmp, f"server {{ listen 127.0.0.1:{web_port}; location / {{ proxy_pass http://unix:{sock}:; }} }}"))
         nginx = background(["nginx", "-c", tmp / "nginx.conf", "-p", tmp])
         page = None
         for _ in range(100):

@@ -85,24 +85,6 @@ def test_udp_reply_sockets_follow_the_servers_owner(unprivileged_user, world_rea
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pipx_install():
-    """redirect installed the way README says for systemd units (pipx, as
-    root, into a prefix any user can read; here a temporary one)."""
-    if os.geteuid() != 0:
-        pytest.skip("installs for a service user as root: run as root")
-    root = Path(tempfile.mkdtemp(prefix="rd-pipx-", dir="/tmp"))
-    root.chmod(0o755)
-    try:
-        env = dict(os.environ, PIPX_HOME=str(root / "pipx"), PIPX_BIN_DIR=str(root / "bin"))
-        result = subprocess.run(["pipx", "install", str(Path(__file__).resolve().parent.parent)], env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout + result.stderr
-        yield root / "bin" / "redirect"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, world_readable_install, background):
     """The command pipx installed runs for an unprivileged service user who
     cannot read the installer's home (the checkout under /root): it converts
