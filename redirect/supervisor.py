@@ -18,7 +18,6 @@ from .program import ProgramThread
 from .rules import Action, Direction, Rule
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-REAP_EVERY = 1.0  # seconds: closes are not trapped, so a closed listener's file goes at most this late
 BACKENDS = ("notify", "ptrace")
 
 
@@ -56,7 +55,6 @@ class Supervisor:
         self._ready: set = set()
         self.requested = backend
         self.backend = None
-        self.next_reap = 0.0
         self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
         if self.activate or _activation_variables(os.environ):
             self.ctx  # passed sockets are taken now: the program must not inherit them
@@ -69,14 +67,16 @@ class Supervisor:
         if self._ctx is None:
             from .activation import Activation
             from .handlers import Context
+            from .reaper import Reaper
             from .registry import Registry
             from .sockaddr import PortAllocator
 
             ports = PortAllocator(start=int.from_bytes(os.urandom(2), "little"))
-            self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log, reap=self.reap,
+            self._ctx = Context(rules=self.rules, registry=Registry(), ports=ports, log=self.log,
                                 listening=self._listening if self.notify_ready else None,
-                                held=self.held_inodes, activation=Activation.from_environment(os.environ, self.log),
+                                activation=Activation.from_environment(os.environ, self.log),
                                 sealed=self.sealed, quiet=self.quiet, verbosity=self.verbosity)
+            self._ctx.reaper = Reaper(self._ctx, lambda: self.backend.holders())
         return self._ctx
 
     def _listening(self, real) -> None:
@@ -99,10 +99,6 @@ class Supervisor:
         else:
             self.log(1, f"--notify-ready: every rule's socket is bound; READY=1 sent to {self._notify_socket}")
         self._notify_socket = None  # once
-
-    def has_files(self) -> bool:
-        """Whether converted sockets are known whose files may need removing."""
-        return self._ctx is not None and bool(self._ctx.registry.listener_inodes or self._ctx.registry.bound_clients)
 
     # ---- start ---------------------------------------------------------------------
     def _candidates(self) -> list:
@@ -402,52 +398,21 @@ class Supervisor:
             self.main_status = status
         self.reap()
 
-    # ---- socket files --------------------------------------------------------------
-    def held_inodes(self) -> set[int]:
-        """The inodes of every socket a process of the program holds right now."""
-        held = set()
-        for thread in self.backend.holders():
-            for _, link in thread.fds():
-                if link.startswith("socket:["):
-                    held.add(int(link[8:-1]))
-        return held
+    # ---- socket files (reaper.py) ---------------------------------------------------
+    def has_files(self) -> bool:
+        return self._ctx is not None and self._ctx.reaper.has_files()
+
+    @property
+    def next_reap(self) -> float:
+        return self._ctx.reaper.next if self._ctx is not None else 0.0
 
     def reap_if_due(self) -> None:
-        if time.monotonic() >= self.next_reap:
-            self.reap()
+        if self._ctx is not None:
+            self._ctx.reaper.reap_if_due()
 
     def reap(self) -> None:
-        """Forget converted sockets that no longer exist (the kernel's table of
-        Unix sockets says so: no process has them, whoever it is); remove their
-        files (listeners' unless noremove, datagram clients' reply sockets), if
-        the path still holds the file that was bound."""
-        self.next_reap = time.monotonic() + REAP_EVERY
-        if not self.has_files():
-            return
-        from . import socketfile
-
-        registry = self.ctx.registry
-        try:
-            gone = [listener for listener in registry.listener_inodes.values()
-                    if not kernel.unix_socket_exists(listener.inode)]
-            gone_clients = [inode for inode in registry.bound_clients if not kernel.unix_socket_exists(inode)]
-        except OSError as err:  # cannot tell: remove nothing now
-            self.ctx.warn_once(("reap", err.errno), f"cannot look up the program's sockets ({err.strerror}); "
-                                                     "socket files stay until it can be told")
-            return
-        for listener in gone:
-            registry.drop_listener(listener)
-            for conn in self.ctx.kept.pop(listener.inode, ()):
-                conn.close()
-            if listener.lease is not None:
-                self.ctx.ports.release(listener.lease)
-            if listener.remove and not listener.real.abstract:
-                if socketfile.remove_if_ours(listener.real.name, listener.file_id):
-                    self.log(1, f"removed {listener.real}")
-        for inode in gone_clients:
-            client = registry.bound_clients[inode]
-            registry.drop_bound_client(inode)
-            socketfile.remove_if_ours(client.own.name, client.file_id)
+        if self._ctx is not None:
+            self._ctx.reaper.reap()
 
 
 def _activation_variables(env) -> bool:

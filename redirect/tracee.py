@@ -25,7 +25,8 @@ from collections.abc import Generator
 from . import arch, kernel, program, seccomp_filter
 from .program import PASS, MemoryUnavailable, ProgramThread, children_of
 from . import OWN_FAILURE
-from .supervisor import REAP_EVERY, SpawnError, Supervisor
+from .reaper import REAP_EVERY
+from .supervisor import SpawnError, Supervisor
 
 _EPOLL_CTL_ADD = 1  # (not in Python's select module)
 _ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516

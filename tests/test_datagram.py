@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from redirect import socketfile
+
 from conftest import compiled, redirect, run, tcp_listening
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "udpprobe.py")]
@@ -38,9 +40,8 @@ def wait_for_dgram(path: Path, proc, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-            with open("/proc/net/unix") as table:
-                if any(line.split()[7:8] == [str(path)] for line in table):
-                    return
+            if socketfile.bound_at(os.fsencode(path)):  # (the kernel's table, /proc/net/unix)
+                return
         if proc.proc.poll() is not None:
             break
         time.sleep(0.02)

@@ -203,7 +203,7 @@ def _bind(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdict: D
     real, blackhole = verdict.real, blackhole or verdict.rule.action == Action.BLACKHOLE
     holder = None if blackhole else ctx.registry.listener_at(real)
     if holder is not None:  # closes are not trapped: it may be closed already
-        ctx.reap()
+        ctx.reaper.reap()
         holder = ctx.registry.listener_at(real)
     fresh = False  # a new socket even where --activate opened one
     if holder is not None and kind == SocketType.DGRAM and holder.visible == verdict.visible \
@@ -307,7 +307,7 @@ def _hand_over(call: Call, fd: int, sock: socket.socket, kind: SocketType, verdi
     a blackholed one and a warning."""
     ctx, rule = call.ctx, verdict.rule
     claimed = {r.target for r in ctx.rules if r.action == Action.SYSTEMD and r.target is not None}
-    passed = ctx.activation.pick(rule.target, claimed, ctx.held() | ctx.activation.reserved, kind)
+    passed = ctx.activation.pick(rule.target, claimed, ctx.reaper.held() | ctx.activation.reserved, kind)
     if passed is None and not ctx.activation.offers(rule.target, claimed):
         # Nothing was ever passed for this rule (a misspelt name, say): the
         # bind fails, rather than leave clients to wait on a socket nobody hears.

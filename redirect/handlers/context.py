@@ -16,6 +16,7 @@ from ..activation import Activation
 from ..decision import Decision, decide, facts
 from ..log import WARN
 from ..program import Process, ProgramThread as Thread
+from ..reaper import Reaper
 from ..registry import Registry
 from ..rules import Action, Direction, Rule, SocketType, closest, first_match
 from ..sockaddr import Address, IPAddr, PortAllocator, UnixAddr
@@ -29,8 +30,6 @@ class Context:
     registry: Registry
     ports: PortAllocator
     log: Callable[[int, str], None]   # (verbosity needed, message); 0 = always shown
-    reap: Callable[[], None]          # forget/unlink listeners nobody holds any more
-    held: Callable[[], set[int]]      # inodes of the sockets traced processes hold now
     activation: Activation            # sockets passed in by socket activation
     sealed: bool = False              # refuse IP sockets no rule converts
     quiet: bool = False               # no warning for listeners left on the network
@@ -43,6 +42,7 @@ class Context:
     # signal): listener inode -> sockets, for the next accept.
     kept: dict = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)  # real sockets that answer option reads
+    reaper: Reaper = None           # the end of converted sockets (reaper.py): set by the supervisor
 
     def decide(self, direction: Direction, kind: SocketType, visible: Address) -> Decision | None:
         return decide(self.rules, direction, kind, visible, self.ports, self.sealed)
