@@ -35,7 +35,7 @@ import time
 import types
 
 from . import kernel, seccomp_filter
-from .program import PASS, MemoryUnavailable, Process, ProgramThread, children_of, status_field
+from .program import PASS, Process, ProgramThread, children_of, status_field
 from .supervisor import Supervisor, Unavailable
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs 3 ms of start-up)
@@ -165,25 +165,16 @@ class Notified(ProgramThread):
     def valid(self) -> bool:
         return kernel.notif_id_valid(self.listener, self.ident)
 
-    def read(self, addr: int, size: int) -> bytes:
-        try:
-            data = kernel.read_memory(self.tid, addr, size)
-        except OSError as err:
-            if err.errno in (errno.EPERM, errno.ESRCH):
-                raise MemoryUnavailable(err.errno, f"cannot read the memory of thread {self.tid}: "
-                                                   f"{err.strerror}") from None
-            raise
+    def read_some(self, addr: int, size: int) -> bytes:
+        data = super().read_some(addr, size)
         # Only bytes read while the call still waits are the call's.
         if not self.valid():
             raise CallGone
         return data
 
-    def write(self, addr: int, data: bytes) -> None:
-        # Not checked: these are results of a call the supervisor made
-        # already (a datagram taken, an address); if the call went away, it
-        # is made again with the same buffer and answered from `replay`.
-        if kernel.write_memory(self.tid, addr, data) != len(data):
-            raise OSError(errno.EFAULT, "short write to the program's memory")
+    # write(): ProgramThread's, unchecked: these are results of a call the
+    # supervisor made already (a datagram taken, an address); if the call
+    # went away, it is made again with the same buffer and answered from `replay`.
 
     def identity(self):
         return self.task.identity()

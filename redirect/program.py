@@ -56,8 +56,32 @@ class ProgramThread:
         self.process = process
         self._pidfd: int | None = None     # for pidfd_getfd on this thread's fd table
 
-    # memory (shared by the thread group): read(addr, size) and write(addr,
-    # data) are the backend's ---------------------------------------------------------
+    # memory (shared by the thread group), through process_vm_readv/writev:
+    # they respect the pages' protections as the kernel's own copies do
+    # (/proc/PID/mem would read a PROT_NONE page and write a read-only one) --------
+    def read_some(self, addr: int, size: int) -> bytes:
+        """Up to `size` bytes at addr (fewer where the mapping ends)."""
+        try:
+            return kernel.read_memory(self.tid, addr, size)
+        except OSError as err:
+            if err.errno in (errno.EPERM, errno.ESRCH):
+                raise MemoryUnavailable(err.errno, f"cannot read the memory of thread {self.tid}: "
+                                                   f"{err.strerror}") from None
+            raise
+
+    def write(self, addr: int, data: bytes) -> None:
+        if kernel.write_memory(self.tid, addr, data) != len(data):
+            raise OSError(errno.EFAULT, "short write to the program's memory")
+
+    def read(self, addr: int, size: int) -> bytes:
+        """`size` bytes of the program's memory at addr. A buffer that runs
+        into an unmapped page is a bad pointer (OSError EFAULT), as the
+        kernel's own copy would find it: never the shorter part before it."""
+        data = self.read_some(addr, size)
+        if len(data) != size:
+            raise OSError(errno.EFAULT, f"{size} bytes at {addr:#x}: only {len(data)} are mapped")
+        return data
+
     def read_int(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 4), "little", signed=True)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from collections.abc import Generator
 
 from . import arch, kernel, program, seccomp_filter
-from .program import PASS, MemoryUnavailable, ProgramThread, children_of
+from .program import PASS, ProgramThread, children_of
 from . import OWN_FAILURE
 from .reaper import REAP_EVERY
 from .supervisor import SpawnError, Supervisor
@@ -63,35 +63,14 @@ class HijackedThread(Exception):
 
 
 class Process(program.Process):
-    """A thread group: its memory and its scratch pages."""
+    """A thread group: its scratch pages."""
 
     def __init__(self, tgid: int) -> None:
         super().__init__(tgid)
         self.free_pages: list[int] = []
-        self._mem: int | None = None
-
-    def mem_fd(self, tid: int) -> int:
-        """/proc/TID/mem, opened through a thread that is stopped right now
-        (the leader may be a zombie); the open file keeps the address space."""
-        if self._mem is None:
-            try:
-                self._mem = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
-            except OSError as err:
-                raise MemoryUnavailable(err.errno, f"cannot open the memory of thread {tid}: "
-                                                   f"{err.strerror}") from None
-        return self._mem
-
-    def forget_memory(self) -> None:
-        """A new program image (exec): the open memory file names the old one."""
-        if self._mem is not None:
-            os.close(self._mem)
-            self._mem = None
-
-    close = forget_memory
 
     def after_exec(self) -> None:
-        """A new program image: old memory and scratch pages are gone."""
-        self.forget_memory()
+        """A new program image: old scratch pages are gone."""
         self.free_pages.clear()
         for thread in self.threads.values():
             thread.page = None
@@ -113,13 +92,6 @@ class Thread(ProgramThread):
         self._scratch_used = 0
 
     # memory (shared by the thread group) ---------------------------------------------
-    def read(self, addr: int, size: int) -> bytes:
-        return os.pread(self.process.mem_fd(self.tid), size, addr)
-
-    def write(self, addr: int, data: bytes) -> None:
-        if os.pwrite(self.process.mem_fd(self.tid), data, addr) != len(data):
-            raise OSError(errno.EFAULT, "short write to tracee memory")
-
     @property
     def busy(self) -> bool:
         return self.runner is not None
@@ -462,7 +434,6 @@ class PtraceBackend:
         process.threads.pop(tid, None)
         if not process.threads:
             self.processes.pop(process.tgid, None)
-            process.close()
             self.sup.reap()
 
     def on_exec(self, thread: Thread) -> None:
@@ -527,11 +498,10 @@ class PtraceBackend:
     def holders(self):
         """Every thread whose fd table may hold a socket: all traced threads (a
         thread may have its own table, the leader may be a zombie with none),
-        and children forked a moment ago whose first stop we have not seen."""
+        and children forked a moment ago whose first stop we have not seen
+        (looked at only: they are adopted at their own first stop)."""
         for thread in list(self.threads.values()):
             yield thread
             for child in children_of(thread.tid):
                 if child not in self.threads:
-                    adopted = self.adopt(child)
-                    if adopted is not None:
-                        yield adopted
+                    yield ProgramThread(child, Process(child))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import curl_unix, free_port, redirect, run, tcp_listening, unix_request, wait_for_socket
+from helpers import curl_unix, free_port, redirect, run, tcp_listening, unix_request, wait_for_socket
 
 from redirect.activation import Activation, Passed, parse_listen_env
 

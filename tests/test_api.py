@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, curl_unix, free_port, run as run_command, tcp_listening
+from helpers import REPO, curl_unix, free_port, run as run_command, tcp_listening
 
 from redirect import Rule, RuleError, rule, run, spawn
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_env, REDIRECT, compiled, free_port, redirect, run, tcp_listening
+from helpers import user_env, REDIRECT, compiled, free_port, redirect, run, tcp_listening
 
 ATTEMPTS = 3000  # today's escape rates were 5-25%: hundreds of escapes at this count
 
@@ -728,3 +728,27 @@ def test_a_swapped_directory_never_gets_another_file_removed(attacks, sockdir):
                  + [attacks, "dirswap", port, mine, victims, 1500], timeout=120)
     assert int(_values(result.stdout).get("bound", 0)) > 0, result.stdout + result.stderr
     assert victim.read_text() == "root's\n"
+
+
+@pytest.fixture(scope="module")
+def edge():
+    yield from compiled("edge", "-static")
+
+
+def test_buffers_cut_by_an_unmapped_page_fault_as_on_a_real_socket(edge, sockdir):
+    """bind, connect, setsockopt and sendmsg with a buffer that runs into an
+    unmapped (PROT_NONE) page: the kernel's copy faults, EFAULT. The
+    supervisor must read the same way, never judge the mapped part as the
+    whole (a cut address read as EINVAL, an iovec array as an internal
+    error), nor read through the protection (/proc/PID/mem does: the cut
+    bind was converted)."""
+    port = free_port()
+    rules = redirect(f"in,port={port},path={sockdir}/in.sock", f"out,udp,port={port},path={sockdir}/out.sock",
+                     f"out,port={port},path={sockdir}/out2.sock")
+    native = run([edge, port])
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.splitlines()[:4] == ["bind-cut EFAULT", "connect-cut EFAULT", "setsockopt-cut EFAULT",
+                                              "sendmsg-iov-cut EFAULT"], native.stdout
+    redirected = run(rules + [edge, port])
+    assert redirected.stdout == native.stdout, redirected.stdout + redirected.stderr
+    assert "internal error" not in redirected.stderr, redirected.stderr

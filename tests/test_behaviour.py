@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (REDIRECT, compiled, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
+from helpers import (REDIRECT, compiled, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
                       wait_for_socket)
 from redirect.program import children_of
 

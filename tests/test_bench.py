@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import sys
 
-from conftest import REPO, run
+from helpers import REPO, run
 
 
 def test_bench_quick_run_prints_every_measurement(bins):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REDIRECT, free_port, run
+from helpers import REDIRECT, free_port, run
 
 
 def test_bad_rule_points_at_the_character():

@@ -19,7 +19,7 @@ import pytest
 
 from redirect import socketfile
 
-from conftest import compiled, redirect, run, tcp_listening
+from helpers import compiled, redirect, run, tcp_listening
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "udpprobe.py")]
 C_VARIANTS = ["glibc", "musl"]
@@ -300,7 +300,7 @@ def test_tcp_recvfrom_reports_no_sender(sockdir, background):
             "c,_=s.accept()\ndata,addr=c.recvfrom(100)\nprint(repr(data),repr(addr),flush=True)\n"
             "data,anc,flags,addr=c.recvmsg(100)\nprint(repr(data),repr(addr),flush=True)\n")
     server = background(redirect(f"in,tcp,port={port},path={sock}") + [sys.executable, "-c", code, port])
-    from conftest import wait_for_socket
+    from helpers import wait_for_socket
     wait_for_socket(sock, proc=server)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.bind(str(sockdir / "named.sock"))  # a named peer: Unix would report its path

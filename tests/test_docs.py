@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (REDIRECT, REPO, Background, _unix_socket_ready, curl_unix, free_port, nginx_conf, redirect,
+from helpers import (REDIRECT, REPO, Background, unix_socket_ready, curl_unix, free_port, nginx_conf, redirect,
                       run, system_user, tcp_listening, wait_for_socket)
 from doc_blocks import (PROGRAMS, Block, all_blocks, before_session, block, commands, rules_of, session, substitute,
                         unit_sections)
@@ -704,7 +704,7 @@ def test_unit_runs(scenario, place, app_user):
         if notify is not None:   # READY=1 from the main process, once the socket listens
             data, ancillary, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
             assert "READY=1" in data.decode().split("\n"), data
-            ready = _unix_socket_ready(path_rule.group(1))
+            ready = unix_socket_ready(path_rule.group(1))
             (level, kind, creds), = ancillary
             assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
             assert struct.unpack("3i", creds)[0] == proc.pid     # NotifyAccess=main

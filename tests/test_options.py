@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compiled, free_port, redirect, run, wait_for_socket
+from helpers import compiled, free_port, redirect, run, wait_for_socket
 
 
 @pytest.fixture(scope="session")

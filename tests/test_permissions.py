@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_env, curl_unix, free_port, nginx_conf, redirect, run, tcp_listening, wait_for_socket
+from helpers import user_env, curl_unix, free_port, nginx_conf, redirect, run, tcp_listening, wait_for_socket
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users needs root")
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from conftest import free_port, redirect, run, wait_for_socket
+from helpers import free_port, redirect, run, wait_for_socket
 
 SEALED = ("--sealed",)
 

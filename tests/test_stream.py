@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from conftest import curl_unix, free_port, redirect, run, tcp_listening, unix_request, wait_for_socket
+from helpers import curl_unix, free_port, redirect, run, tcp_listening, unix_request, wait_for_socket
 
 C_VARIANTS = ["glibc", "musl", "dynamic"]
 

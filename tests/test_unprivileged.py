@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import user_env, curl_unix, free_port, tcp_listening, wait_for_socket
+from helpers import user_env, curl_unix, free_port, tcp_listening, wait_for_socket
 
 def test_runs_as_unprivileged_user(unprivileged_user, world_readable_install, background):
     user = unprivileged_user

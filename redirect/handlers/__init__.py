@@ -7,7 +7,8 @@ needs of the program it asks the backend for: the thread object of the call
 (notify.Notified, or tracee.Thread for ptrace; program.ProgramThread has what
 both share):
 
-- look: read(addr, n), write(addr, data), duplicate(fd) (an fd of the
+- look: read(addr, n) (ProgramThread: exactly n bytes, or EFAULT; the
+  backend gives read_some), write(addr, data), duplicate(fd) (an fd of the
   supervisor's) / borrowed_socket(fd) (the same, as a socket, closed after),
   fd_inode(fd), fds(), identity()
 - act: put_socket(sock, [(fd, cloexec)...]) (replace the program's fds),

@@ -19,6 +19,7 @@ from ..program import PASS
 from ..rules import SocketType
 from ..templates import State
 from .context import Call
+from .memory import read_buffer
 from .identify import Role, identify
 
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
@@ -120,9 +121,8 @@ def setsockopt(call: Call):
         return PASS
     if (level, name) in _NO_OFFLOAD:
         return -errno.ENOPROTOOPT
-    try:
-        value = call.thread.read(value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
-    except OSError:
+    value = read_buffer(call, value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
+    if value is None:
         return -errno.EFAULT
     if (level, name) not in _JOINS:  # (a join on a real socket would announce it on the network)
         with acting_as(call.thread):  # with the program's rights: IP_TRANSPARENT needs CAP_NET_ADMIN
