@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
               "or -f FILE; --sealed alone runs it cut off from the network)", file=sys.stderr)
         return OWN_FAILURE
 
-    from .supervisor import SpawnError, Supervisor  # the kernel bindings load only when needed
+    from .child import SpawnError
+    from .supervisor import Supervisor  # the kernel bindings load only when needed
 
     log_file = None
     if args.log_fd is not None:

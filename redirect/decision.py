@@ -15,7 +15,7 @@ from .sockaddr import Address, IPAddr, PortAllocator, UnixAddr, unix_path_fits
 class Refusal(Enum):
     """Why a decision fails the call, and the level of its log line: a
     rule's own reject is what the user asked for (shown at -v); the others
-    are warnings."""
+    are errors, always shown."""
     REJECTED = ("rejected by rule", 1)
     SEALED = ("sealed: no rule converts this socket, and the program may not use the real network", 0)
     TOO_LONG = ("the socket path is too long for a Unix socket", 0)

@@ -306,7 +306,7 @@ class NotifyBackend:
     def started(self, pid: int, go: int, report: int) -> None:
         said = os.read(report, 16)
         if not said:  # the child failed before: say why
-            stage, err = self.sup.child_failure() or ("other", 0)
+            stage, err = self.sup.child.report() or ("other", 0)
             if stage == "seccomp" and err == errno.EBUSY:
                 raise Unavailable("another seccomp notifier watches this process already (EBUSY): the kernel "
                                   "allows one listener", unsafe_fallback=True)

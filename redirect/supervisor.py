@@ -13,18 +13,13 @@ import sys
 import time
 
 from . import OWN_FAILURE, arch, kernel
+from .child import Child, SpawnError, exec_error, inherited_network_sockets
 from .log import WARN, Log
 from .program import ProgramThread
 from .rules import Action, Direction, Rule
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 BACKENDS = ("notify", "ptrace")
-
-
-class SpawnError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Unavailable(Exception):
@@ -47,6 +42,7 @@ class Supervisor:
         self._ctx = None
         self._handlers = None
         self.main_pid = 0
+        self.child = None  # the program's start now (child.py)
         self.main_status: int | None = None
         self.activate, self.on_demand, self.once = activate or on_demand, on_demand, once
         self.stopping = self.idle = False  # told to stop; between two runs of --on-demand
@@ -116,7 +112,7 @@ class Supervisor:
         if not kernel.has_pidfd_getfd():
             raise SpawnError("this kernel has no pidfd_getfd (Linux 5.6 or later): redirect looks at and "
                              "acts on the program's sockets through it", OWN_FAILURE)
-        unsealed = self._inherited_network_sockets() if self.sealed else []
+        unsealed = inherited_network_sockets(self.log) if self.sealed else []
         confine = self.sealed and kernel.landlock_abi() > 0
         if self.sealed and not confine:
             self.log(0, "sealed: this kernel has no Landlock (5.13+, enabled in lsm=): processes of this user "
@@ -138,7 +134,8 @@ class Supervisor:
             kind = loader()
             try:
                 backend = kind(self)
-                pid = self._fork(argv, env, backend, unsealed, confine)
+                self.child = Child(argv[0])
+                pid = self.child.fork(argv, env, backend, unsealed, confine)
             except Unavailable as why:
                 if self.requested != "auto" or number == len(candidates) - 1:
                     raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", OWN_FAILURE) from None
@@ -155,110 +152,9 @@ class Supervisor:
             return pid
         raise AssertionError("no backend")
 
-    def _fork(self, argv, env, backend, unsealed: list[int], confine: bool) -> int:
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        backend.prepare()  # before the fork: the child only loads what is ready
-        pid = os.fork()
-        if pid == 0:  # the child: be watched, then exec
-            stage = "prctl"
-            try:
-                kernel.set_dumpable(True)  # ours is not: the child must be reachable by us (same user)
-                os.write(report_w, b"+")
-                for fd in unsealed:
-                    os.close(fd)
-                if confine:  # no ptrace, /proc/PID/mem or pidfd_getfd of processes outside
-                    stage = "landlock"
-                    kernel.landlock_enter_domain()
-                # Python ignores SIGPIPE and SIGXFSZ and we block SIGCHLD; the
-                # program must start with the defaults (a shell pipeline relies
-                # on dying of SIGPIPE).
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, set())
-                kernel.set_parent_death_signal(signal.SIGKILL)
-                stage = "seccomp"
-                backend.in_child(go_r, report_w)
-                stage = "exec"
-                os.execvpe(argv[0], argv, os.environ if env is None else env)
-            except OSError as err:
-                os.write(err_w, f"{stage}:{err.errno or 0}".encode())
-            except BaseException:
-                os.write(err_w, b"other:0")
-            finally:
-                os._exit(127)
-        for fd in (go_r, err_w, report_w):
-            os.close(fd)
-        self.err_pipe = err_r
-        try:
-            os.read(report_r, 1)  # the child is reachable now (or gone: started() says why)
-            backend.started(pid, go_w, report_r)
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            if self.err_pipe >= 0:
-                os.close(self.err_pipe)
-            raise
-        finally:
-            os.close(go_w)
-            os.close(report_r)
-        return pid
-
-    def child_failure(self) -> tuple[str, int] | None:
-        """(stage, errno) the child reported before its exec, if it did."""
-        try:
-            report = os.read(self.err_pipe, 64).decode()
-        except OSError:
-            return None
-        finally:
-            os.close(self.err_pipe)
-            self.err_pipe = -1
-        if not report:
-            return None
-        stage, _, code = report.partition(":")
-        return stage, int(code or 0)
-
-    def _inherited_network_sockets(self) -> list[int]:
-        """Sealed: the fds the program would inherit that reach a network (an
-        IP listener or connection the caller left open): closed in the child,
-        each with a line in the log."""
-        import socket  # sealed only: the rest of the start-up does without it
-
-        found = []
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            try:
-                if not os.get_inheritable(fd):
-                    continue
-                with socket.socket(fileno=os.dup(fd)) as sock:
-                    family, kind = sock.family, sock.type
-            except OSError:
-                continue  # not a socket (or gone)
-            if family not in (socket.AF_UNIX, socket.AF_NETLINK):
-                found.append(fd)
-                self.log(0, f"sealed: fd {fd}, an {family.name} {kind.name} socket inherited from the caller, is "
-                            "closed for the program: it would reach the real network")
-        return found
-
-    def _spawn_failure(self) -> SpawnError | None:
-        """What went wrong in the child before its exec, if anything."""
-        if self.err_pipe < 0:
-            return None
-        failure = self.child_failure()
-        if failure is None:
-            return None
-        stage, err = failure
-        if stage == "exec":
-            return _exec_error(self.argv0, err)
-        if stage == "seccomp":
-            return SpawnError(f"cannot install the seccomp filter: {os.strerror(err)}", OWN_FAILURE)
-        return SpawnError(f"cannot start {self.argv0} ({stage} failed)", OWN_FAILURE)
-
     # ---- run -----------------------------------------------------------------------
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         """Run argv to the end; the exit status as a shell would report it."""
-        self.argv0 = argv[0]
         env = dict(os.environ if env is None else env)
         if _activation_variables(env):
             from .activation import program_environment
@@ -287,7 +183,7 @@ class Supervisor:
             while True:
                 self.spawn(argv, env)
                 self.backend.loop()
-                failure = self._spawn_failure()  # empty once the exec happened
+                failure = self.child.failure()  # empty once the exec happened
                 if failure is not None:
                     raise failure
                 if not self.on_demand or self.once or self.stopping:
@@ -342,7 +238,7 @@ class Supervisor:
             import shutil  # only here: keep it off the start-up path
 
             if shutil.which(program) is None:  # say so now, not at the first connection
-                raise _exec_error(program, errno.ENOENT if not os.path.exists(program) else errno.EACCES)
+                raise exec_error(program, errno.ENOENT if not os.path.exists(program) else errno.EACCES)
             activation.wait_for_traffic()
             self.log(1, "--on-demand: first connection; starting the program")
 
@@ -418,23 +314,6 @@ class Supervisor:
 def _activation_variables(env) -> bool:
     """Whether socket activation's variables (LISTEN_FDS...) are set."""
     return any(name.startswith("LISTEN_") for name in env)
-
-
-def _exec_error(argv0: str, err: int) -> SpawnError:
-    """The one-line message a shell would give, with its exit status."""
-    import shutil  # only on this error path: keep it off the start-up path
-
-    path = argv0 if "/" in argv0 else shutil.which(argv0)
-    if err == errno.ENOENT and path is None:
-        return SpawnError(f"{argv0}: command not found", 127)
-    if err == errno.ENOENT and not os.path.exists(path):
-        return SpawnError(f"{argv0}: No such file or directory", 127)
-    if err == errno.ENOENT:  # the file is there: its interpreter or loader is not
-        return SpawnError(f"{argv0}: cannot execute: bad interpreter or missing loader "
-                          "(No such file or directory)", 126)
-    if err == errno.EACCES and os.path.isdir(path):
-        return SpawnError(f"{argv0}: cannot execute: Is a directory", 126)
-    return SpawnError(f"{argv0}: cannot execute: {os.strerror(err) if err else 'unknown error'}", 126)
 
 
 def _terminal_sent_it() -> bool:

@@ -26,7 +26,8 @@ from . import arch, kernel, program, seccomp_filter
 from .program import PASS, ProgramThread, children_of
 from . import OWN_FAILURE
 from .reaper import REAP_EVERY
-from .supervisor import SpawnError, Supervisor
+from .child import SpawnError
+from .supervisor import Supervisor
 
 _EPOLL_CTL_ADD = 1  # (not in Python's select module)
 _ERESTARTSYS, _ERESTARTNOHAND, _ERESTART_RESTARTBLOCK = 512, 514, 516

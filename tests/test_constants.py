@@ -10,6 +10,7 @@ import pytest
 
 from redirect import kernel, seccomp_filter, sockaddr, socketfile, swap, tracee
 from redirect.handlers import bind_connect, datagram_send, receive, sockopt
+from redirect.rules import model
 
 # (where, name there, C expression). Kernel-internal values that no header
 # exports (ERESTARTSYS...) are not here.
@@ -20,7 +21,7 @@ COPIES = [
     (seccomp_filter, "CLONE_UNTRACED", "CLONE_UNTRACED"),
     (seccomp_filter, "SECCOMP_FILTER_FLAG_NEW_LISTENER", "SECCOMP_FILTER_FLAG_NEW_LISTENER"),
     (sockaddr, "AF_UNSPEC", "AF_UNSPEC"), (sockaddr, "AF_UNIX", "AF_UNIX"), (sockaddr, "AF_INET", "AF_INET"),
-    (sockaddr, "AF_INET6", "AF_INET6"),
+    (sockaddr, "AF_INET6", "AF_INET6"), (model, "_SOCK_STREAM", "SOCK_STREAM"), (model, "_SOCK_DGRAM", "SOCK_DGRAM"),
     (socketfile, "SO_ACCEPTCON", "__SO_ACCEPTCON"),
     (swap, "F_GETOWN_EX", "F_GETOWN_EX"), (swap, "F_SETOWN_EX", "F_SETOWN_EX"),
     (tracee, "_EPOLL_CTL_ADD", "EPOLL_CTL_ADD"),

@@ -128,7 +128,7 @@ class Call:
 
 def refuse(call: Call, visible: Address, verdict: Decision) -> int:
     """Fail the call as the verdict says, and log why (a rule's own reject
-    at -v, every other refusal as a warning)."""
+    at -v, every other refusal always)."""
     call.ctx.log(verdict.refusal.level if verdict.refusal else 0,
                  f"{call.describe()}: {visible}: {verdict.reason} "
                  f"({errno.errorcode.get(verdict.error, verdict.error)}; {verdict.source})")

@@ -334,7 +334,7 @@ def receive(call: Call, fd: int, sock: socket.socket, size: int, controllen: int
     """Generator: one receive on the supervisor's duplicate of fd: (result,
     data, sender's address, control data, msg_flags), or -errno. A blocking
     caller waits in its own thread for data (SO_RCVTIMEO honoured); a stream
-    socket.MSG_WAITALL receive gathers until it has `size` bytes or the end."""
+    MSG_WAITALL receive gathers until it has `size` bytes or the end."""
     wait = blocking(sock, flags)
     limit = _timeout_ms(sock, socket.SO_RCVTIMEO) if wait else 0
     gather = wait and flags & socket.MSG_WAITALL and sock.type == socket.SOCK_STREAM

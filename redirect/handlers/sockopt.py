@@ -1,6 +1,6 @@
 """getsockopt() and setsockopt(): a converted socket still looks like TCP or UDP.
 
-The filter only traps SOL_SOCKET for socket.SO_DOMAIN/socket.SO_PROTOCOL (which would say
+The filter only traps SOL_SOCKET for SO_DOMAIN/SO_PROTOCOL (which would say
 AF_UNIX) and the IP/TCP/UDP levels, which a Unix socket refuses. Those are
 answered by the kernel itself, on real sockets of the visible family and type
 (templates.py): an option the program never set reads what a fresh or

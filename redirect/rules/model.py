@@ -2,7 +2,6 @@
 it matches. Pure logic."""
 from __future__ import annotations
 
-import socket
 import unicodedata
 from collections.abc import Sequence
 from enum import StrEnum
@@ -67,6 +66,10 @@ class Direction(StrEnum):
     OUT = "out"
 
 
+# (Not from socket: importing it costs 3 ms of start-up; tests/test_constants.py checks them.)
+_SOCK_STREAM, _SOCK_DGRAM = 1, 2
+
+
 class SocketType(StrEnum):
     """The two kinds of socket rules convert; str() is the API's name."""
     STREAM = "stream"
@@ -74,7 +77,7 @@ class SocketType(StrEnum):
 
     @property
     def sock_type(self) -> int:
-        return socket.SOCK_STREAM if self is SocketType.STREAM else socket.SOCK_DGRAM
+        return _SOCK_STREAM if self is SocketType.STREAM else _SOCK_DGRAM
 
     @property
     def protocol(self) -> str:
@@ -84,7 +87,7 @@ class SocketType(StrEnum):
     @classmethod
     def of(cls, sock_type: int) -> "SocketType | None":
         """The kind of a socket of this SO_TYPE (flags masked), None for others."""
-        return {socket.SOCK_STREAM: cls.STREAM, socket.SOCK_DGRAM: cls.DGRAM}.get(sock_type & 0xF)
+        return {_SOCK_STREAM: cls.STREAM, _SOCK_DGRAM: cls.DGRAM}.get(sock_type & 0xF)
 
 
 class Action(StrEnum):
