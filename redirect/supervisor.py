@@ -52,8 +52,6 @@ class Supervisor:
         self.requested = backend
         self.backend = None
         self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
-        if self.activate or _activation_variables(os.environ):
-            self.ctx  # passed sockets are taken now: the program must not inherit them
 
     @property
     def ctx(self):
@@ -155,6 +153,8 @@ class Supervisor:
     # ---- run -----------------------------------------------------------------------
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
         """Run argv to the end; the exit status as a shell would report it."""
+        if self.activate or _activation_variables(os.environ):
+            self.ctx  # passed sockets are taken first: the program must not inherit them
         env = dict(os.environ if env is None else env)
         if _activation_variables(env):
             from .activation import program_environment

@@ -21,9 +21,20 @@ from helpers import BINS, FIXTURES, REPO, USER, Background, run, system_user
 # Every test that runs redirect runs once per backend: REDIRECT_BACKEND (the
 # CLI's default) picks it for each redirect the test starts.
 BACKENDS = ("notify", "ptrace")
-ONE_BACKEND = {"test_arch", "test_bench", "test_constants", "test_decision", "test_globpath", "test_handlers_memory",
-               "test_peers", "test_registry",
-               "test_rules", "test_sockaddr"}  # pure code, or measures both itself
+ONE_BACKEND = {  # pure code, or measures both itself
+    "test_arch",
+    "test_bench",
+    "test_constants",
+    "test_decision",
+    "test_globpath",
+    "test_handlers_identify",
+    "test_handlers_memory",
+    "test_notify",
+    "test_peers",
+    "test_registry",
+    "test_rules",
+    "test_sockaddr",
+}
 
 
 def pytest_configure(config):

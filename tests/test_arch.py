@@ -32,3 +32,13 @@ def test_syscall_numbers_are_libseccomps(machine):
 def test_the_table_in_use_is_this_machines():
     assert arch.NR is arch.TABLES[arch.MACHINE]["nr"]
     assert arch.NAME[arch.NR["bind"]] == "bind"
+
+
+def test_int_arguments_are_read_as_the_kernel_reads_them():
+    """The kernel reads an int argument's low 32 bits only; the program may
+    fill the upper half with anything."""
+    fd, addr, length = (0xDEAD_BEEF_0000_0003, 0x7FFF_0000_1000, 0xFFFF_FFFF_0000_0010)
+    assert arch.c_args("bind", (fd, addr, length)) == (3, addr, 16)
+    assert arch.c_args("listen", (5, 0xFFFF_FFFF)) == (5, -1)                   # int: signed
+    assert arch.c_args("recvmsg", (4, addr, 0x1_FFFF_FFFF)) == (4, addr, 0xFFFF_FFFF)  # unsigned flags
+    assert arch.c_args("close", (0x1_0000_0007,)) == (0x1_0000_0007,)           # not a handled call: as is
