@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from redirect import socketfile
+from redirect.program import Process, ProgramThread
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,3 +255,13 @@ def nginx_conf(tmp: Path, http: str, user: str = "www-data") -> str:
     """A whole nginx.conf around what goes in its http block, with every file
     nginx writes in tmp (run it as `nginx -c CONF -p TMP`)."""
     return NGINX_MAIN.format(user=user, tmp=tmp, http=http)
+
+
+class OwnThread(ProgramThread):
+    """This test process as the program: the handlers read and write its
+    memory and look at its fds through the same kernel calls (process_vm_readv,
+    pidfd_getfd, /proc/PID/fd) as at a program's. Handlers tested on it run
+    on real memory and real sockets."""
+
+    def __init__(self) -> None:
+        super().__init__(os.getpid(), Process(os.getpid()))

@@ -14,25 +14,14 @@ import struct
 
 import pytest
 
-from redirect import kernel
 from redirect.handlers.context import Call
 from redirect.handlers.memory import (MSGHDR, cmsg, cmsgs, read_buffer, read_headers, read_iovecs, read_room,
                                       read_sockaddr, write_sockaddr)
-from redirect.program import ProgramThread
+
+from helpers import OwnThread
 
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class OwnThread(ProgramThread):
-    """This process, read and written as the notify backend reads and writes a program."""
-
-    def read_some(self, addr: int, size: int) -> bytes:
-        return kernel.read_memory(self.tid, addr, size)
-
-    def write(self, addr: int, data: bytes) -> None:
-        if kernel.write_memory(self.tid, addr, data) != len(data):
-            raise OSError(errno.EFAULT, "short write")
 
 
 @pytest.fixture
@@ -41,7 +30,7 @@ def edge():
     area = mmap.mmap(-1, 2 * PAGE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(area))
     assert _libc.mprotect(ctypes.c_void_p(base + PAGE), PAGE, 0) == 0, os.strerror(ctypes.get_errno())
-    call = Call(ctx=None, thread=OwnThread(os.getpid(), None), name="test", args=())
+    call = Call(ctx=None, thread=OwnThread(), name="test", args=())
     yield call, base, base + PAGE
     ctypes.c_char.from_buffer(area)  # (the exported pointer above keeps area alive until here)
     _libc.mprotect(ctypes.c_void_p(base + PAGE), PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
