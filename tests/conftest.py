@@ -30,6 +30,7 @@ ONE_BACKEND = {  # pure code, or measures both itself
     "test_handlers_identify",
     "test_handlers_memory",
     "test_handlers_socknames",
+    "test_handlers_sockopt",
     "test_notify",
     "test_peers",
     "test_registry",
