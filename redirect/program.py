@@ -92,7 +92,7 @@ class ProgramThread:
             link = os.readlink(f"/proc/{self.tid}/fd/{fd}")
         except OSError:
             return None
-        return int(link[8:-1]) if link.startswith("socket:[") else None
+        return socket_inode(link)
 
     def fd_cloexec(self, fd: int) -> bool:
         with open(f"/proc/{self.tid}/fdinfo/{fd}") as info:
@@ -163,6 +163,11 @@ class ProgramThread:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def socket_inode(link: str) -> int | None:
+    """The inode of a /proc/PID/fd link to a socket ("socket:[1234]"), else None."""
+    return int(link[8:-1]) if link.startswith("socket:[") else None
 
 
 def status_field(status: bytes, name: bytes) -> bytes:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from . import kernel, socketfile
+from .program import socket_inode
 
 REAP_EVERY = 1.0  # seconds: a closed listener's file goes at most this late
 
@@ -28,11 +29,8 @@ class Reaper:
 
     def held(self) -> set[int]:
         """The inodes of every socket a process of the program holds right now."""
-        held = set()
-        for thread in self.holders():
-            for _, link in thread.fds():
-                if link.startswith("socket:["):
-                    held.add(int(link[8:-1]))
+        held = {socket_inode(link) for thread in self.holders() for _, link in thread.fds()}
+        held.discard(None)
         return held
 
     def reap_if_due(self) -> None:

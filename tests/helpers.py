@@ -265,3 +265,22 @@ class OwnThread(ProgramThread):
 
     def __init__(self) -> None:
         super().__init__(os.getpid(), Process(os.getpid()))
+
+
+def converted_listener(path: Path, visible):
+    """(handlers' context, a listening Unix socket at path that its registry
+    knows as the converted listener of `visible`): for handler tests on OwnThread."""
+    from redirect.activation import Activation
+    from redirect.handlers.context import Context
+    from redirect.registry import Listener, Registry
+    from redirect.rules import SocketType
+    from redirect.sockaddr import PortAllocator, UnixAddr
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen()
+    ctx = Context(rules=[], registry=Registry(), ports=PortAllocator(), log=lambda level, line: None,
+                  activation=Activation([]))
+    ctx.registry.add_listener(Listener(UnixAddr(os.fsencode(path)), visible, SocketType.STREAM,
+                                       os.fstat(sock.fileno()).st_ino))
+    return ctx, sock

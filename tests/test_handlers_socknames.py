@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import os
 import socket
 import struct
 
 import pytest
 
-from helpers import OwnThread
-from redirect.activation import Activation
-from redirect.handlers.context import Call, Context
+from helpers import OwnThread, converted_listener
+from redirect.handlers.context import Call
 from redirect.handlers.socknames import getpeername, getsockname
 from redirect.program import PASS
-from redirect.registry import Listener, Registry
-from redirect.rules import SocketType
-from redirect.sockaddr import AF_INET, IPAddr, PortAllocator, UnixAddr, unpack
+from redirect.sockaddr import AF_INET, IPAddr, unpack
 
 VISIBLE = IPAddr(AF_INET, ipaddress.IPv4Address("127.0.0.1"), 8080)
 
@@ -28,22 +24,12 @@ def converted(tmp_path):
     """(ctx, listener socket, connected client, accepted connection): a Unix
     listener the registry knows as 127.0.0.1:8080."""
     path = tmp_path / "l.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen()
+    ctx, listener = converted_listener(path, VISIBLE)
     client = socket.socket(socket.AF_UNIX)
     client.connect(str(path))
     conn, _ = listener.accept()
-    ctx = Context(rules=[], registry=Registry(), ports=PortAllocator(), log=lambda level, line: None,
-                  activation=Activation([]))
-    ctx.registry.add_listener(Listener(UnixAddr(str(path).encode()), VISIBLE, SocketType.STREAM,
-                                       socket_inode(listener)))
     with listener, client, conn:
         yield ctx, listener, client, conn
-
-
-def socket_inode(sock: socket.socket) -> int:
-    return os.fstat(sock.fileno()).st_ino
 
 
 def ask(handler, ctx, fd: int, room: int = 128):

@@ -7,33 +7,22 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
-import os
 import socket
 import struct
 
 import pytest
 
-from helpers import OwnThread
-from redirect.activation import Activation
-from redirect.handlers.context import Call, Context
+from helpers import OwnThread, converted_listener
+from redirect.handlers.context import Call
 from redirect.handlers.sockopt import getsockopt, setsockopt
 from redirect.program import PASS
-from redirect.registry import Listener, Registry
-from redirect.rules import SocketType
-from redirect.sockaddr import AF_INET, IPAddr, PortAllocator, UnixAddr
+from redirect.sockaddr import AF_INET, IPAddr
 
 
 @pytest.fixture
 def listener(tmp_path):
     """(ctx, the Unix listener the registry knows as 127.0.0.1:8080)."""
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(tmp_path / "l.sock"))
-    sock.listen()
-    ctx = Context(rules=[], registry=Registry(), ports=PortAllocator(), log=lambda level, line: None,
-                  activation=Activation([]))
-    visible = IPAddr(AF_INET, ipaddress.IPv4Address("127.0.0.1"), 8080)
-    ctx.registry.add_listener(Listener(UnixAddr(str(tmp_path / "l.sock").encode()), visible, SocketType.STREAM,
-                                       os.fstat(sock.fileno()).st_ino))
+    ctx, sock = converted_listener(tmp_path / "l.sock", IPAddr(AF_INET, ipaddress.IPv4Address("127.0.0.1"), 8080))
     with sock:
         yield ctx, sock
 

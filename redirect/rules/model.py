@@ -87,7 +87,10 @@ class SocketType(StrEnum):
     @classmethod
     def of(cls, sock_type: int) -> "SocketType | None":
         """The kind of a socket of this SO_TYPE (flags masked), None for others."""
-        return {_SOCK_STREAM: cls.STREAM, _SOCK_DGRAM: cls.DGRAM}.get(sock_type & 0xF)
+        return _BY_SOCK_TYPE.get(sock_type & 0xF)
+
+
+_BY_SOCK_TYPE = {_SOCK_STREAM: SocketType.STREAM, _SOCK_DGRAM: SocketType.DGRAM}
 
 
 class Action(StrEnum):
