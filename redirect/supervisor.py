@@ -9,16 +9,15 @@ import errno
 import os
 import resource
 import signal
-import sys
 import time
 
 from . import OWN_FAILURE, arch, kernel
 from .child import Child, SpawnError, exec_error, inherited_network_sockets
-from .log import WARN, Log
+from .log import Log
 from .program import ProgramThread
-from .rules import Action, Direction, Rule
+from .rules import Rule
+from .signals import Forwarder, StoppedIdle
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 BACKENDS = ("notify", "ptrace")
 
 
@@ -45,10 +44,9 @@ class Supervisor:
         self.child = None  # the program's start now (child.py)
         self.main_status: int | None = None
         self.activate, self.on_demand, self.once = activate or on_demand, on_demand, once
-        self.stopping = self.idle = False  # told to stop; between two runs of --on-demand
-        self.notify_ready, self._notify_socket = notify_ready, None
-        self._wanted: set = set()  # --notify-ready: the rules' fixed socket names, and those ready
-        self._ready: set = set()
+        self.idle = False  # between two runs of --on-demand
+        self.signals = Forwarder(self)
+        self.notify_ready, self.readiness = notify_ready, None  # readiness.py
         self.requested = backend
         self.backend = None
         self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
@@ -74,25 +72,8 @@ class Supervisor:
         return self._ctx
 
     def _listening(self, real) -> None:
-        """A rule's socket is ready for clients (a stream one listens, a
-        datagram one is bound): once every `in` rule with a fixed socket name
-        has one, systemd hears READY=1 (--notify-ready)."""
-        if self._notify_socket is None:
-            return
-        self._ready.add(real)
-        if not self._wanted <= self._ready:
-            return
-        import socket
-
-        address = "\0" + self._notify_socket[1:] if self._notify_socket.startswith("@") else self._notify_socket
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-                notify.sendto(f"READY=1\nMAINPID={os.getpid()}".encode(), address)
-        except OSError as err:
-            self.log(0, f"--notify-ready: cannot tell systemd at {self._notify_socket}: {err.strerror}")
-        else:
-            self.log(1, f"--notify-ready: every rule's socket is bound; READY=1 sent to {self._notify_socket}")
-        self._notify_socket = None  # once
+        if self.readiness is not None:
+            self.readiness.listening(real)
 
     # ---- start ---------------------------------------------------------------------
     def _candidates(self) -> list:
@@ -162,20 +143,12 @@ class Supervisor:
             # LISTEN_FDS and friends were for us: the program gets its sockets by binding.
             env = program_environment(env)
         if self.notify_ready:
-            from .activation import fixed_target
+            from .readiness import Readiness
 
-            self._notify_socket = env.pop("NOTIFY_SOCKET", None)  # ours to tell: the program must not say it first
-            self._wanted = {target[0] for rule in self.rules
-                            if rule.direction == Direction.IN and rule.action in (Action.PATH, Action.ABSTRACT)
-                            and (target := fixed_target(rule)) is not None}
-            if self._notify_socket is None:
-                self.log(WARN, "--notify-ready: NOTIFY_SOCKET is not set (not a Type=notify unit?): "
-                            "nobody to tell")
-        # From here on a signal is forwarded, or (before the program runs) ends
-        # us through the clean-up below: no socket file --activate made is left.
-        # Kept to the end: a late one must not kill us in the middle of clean-up.
-        for sig in FORWARDED:
-            signal.signal(sig, self._forward)
+            self.readiness = Readiness(self.rules, env, self.log)
+        # From here on a signal is forwarded (signals.py), or (before the
+        # program runs) ends us through the clean-up below.
+        self.signals.install()
         try:
             if self.activate:
                 self._open_rule_sockets(argv[0])
@@ -186,7 +159,7 @@ class Supervisor:
                 failure = self.child.failure()  # empty once the exec happened
                 if failure is not None:
                     raise failure
-                if not self.on_demand or self.once or self.stopping:
+                if not self.on_demand or self.once or self.signals.stopping:
                     break
                 starts.append(time.monotonic())
                 if len(starts) >= _START_LIMIT[0] and starts[-1] - starts[-_START_LIMIT[0]] < _START_LIMIT[1]:
@@ -202,7 +175,7 @@ class Supervisor:
                 self.main_pid, self.idle = 0, True
                 try:
                     self.ctx.activation.wait_for_traffic()
-                except _StoppedIdle:
+                except StoppedIdle:
                     return 0  # stopped while nothing ran: nothing failed
                 self.idle = False
                 self.log(1, "--on-demand: a connection; starting the program again")
@@ -241,24 +214,6 @@ class Supervisor:
                 raise exec_error(program, errno.ENOENT if not os.path.exists(program) else errno.EACCES)
             activation.wait_for_traffic()
             self.log(1, "--on-demand: first connection; starting the program")
-
-    def _forward(self, sig: int, frame) -> None:
-        if not self.main_pid and self.idle:
-            raise _StoppedIdle
-        if not self.main_pid:
-            raise SpawnError(f"stopped by signal {sig} before the program started", 128 + sig)
-        if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            self.stopping = True  # --on-demand: not started again once it ends
-        if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
-            return  # the terminal sent it to the program's process group already
-        # To the program; once it has exited, to what is left of its tree (a
-        # daemonised child), so that stopping redirect stops them.
-        targets = [self.main_pid] if self.main_status is None else self.backend.pids()
-        for pid in targets:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     # ---- calls -----------------------------------------------------------------------
     def handle(self, thread: ProgramThread, nr: int, args: tuple[int, ...]):
@@ -316,20 +271,7 @@ def _activation_variables(env) -> bool:
     return any(name.startswith("LISTEN_") for name in env)
 
 
-def _terminal_sent_it() -> bool:
-    """Heuristic: we are in the terminal's foreground process group, so a ^C or ^\\
-    reached the program (same group) directly."""
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 _START_LIMIT = (5, 10)  # --on-demand: at most 5 ends within 10 s, as systemd's StartLimitBurst/IntervalSec
-
-
-class _StoppedIdle(Exception):
-    """A signal to stop while --on-demand waits, the program not running."""
 
 
 def _how_it_ended(status: int | None) -> str:

@@ -1,0 +1,59 @@
+"""Signals sent to redirect are the program's: SIGINT, SIGTERM, SIGHUP,
+SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to it (and once it has exited, to
+what is left of its tree), so that redirect stops, reloads or rotates what
+it runs as the program itself would. Before the program runs, one ends
+redirect (through its clean-up: no socket file it made is left)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+
+
+class StoppedIdle(Exception):
+    """A signal to stop while --on-demand waits, the program not running."""
+
+
+class Forwarder:
+    """The handler of FORWARDED, for the supervisor `sup`: it reads the
+    program's state there (main_pid, main_status, idle, backend.pids())."""
+
+    def __init__(self, sup) -> None:
+        self.sup = sup
+        self.stopping = False  # --on-demand: not started again once it ends
+
+    def install(self) -> None:
+        # Kept to the end: a late signal must not kill redirect in the middle of clean-up.
+        for sig in FORWARDED:
+            signal.signal(sig, self)
+
+    def __call__(self, sig: int, frame) -> None:
+        sup = self.sup
+        if not sup.main_pid and sup.idle:
+            raise StoppedIdle
+        if not sup.main_pid:
+            from .child import SpawnError
+
+            raise SpawnError(f"stopped by signal {sig} before the program started", 128 + sig)
+        if sig in _STOPPING:
+            self.stopping = True
+        if sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_sent_it():
+            return  # the terminal sent it to the program's process group already
+        targets = [sup.main_pid] if sup.main_status is None else sup.backend.pids()
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _terminal_sent_it() -> bool:
+    """Heuristic: we are in the terminal's foreground process group, so a ^C or ^\\
+    reached the program (same group) directly."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
