@@ -27,6 +27,9 @@ ONE_BACKEND = {  # pure code, or measures both itself
     "test_constants",
     "test_decision",
     "test_globpath",
+    "test_handlers_accept",
+    "test_handlers_bind_connect",
+    "test_handlers_datagrams",
     "test_handlers_identify",
     "test_handlers_memory",
     "test_handlers_socknames",
@@ -36,6 +39,7 @@ ONE_BACKEND = {  # pure code, or measures both itself
     "test_registry",
     "test_rules",
     "test_sockaddr",
+    "test_tracee",
 }
 
 

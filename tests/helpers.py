@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 from redirect import socketfile
@@ -260,27 +262,85 @@ def nginx_conf(tmp: Path, http: str, user: str = "www-data") -> str:
 class OwnThread(ProgramThread):
     """This test process as the program: the handlers read and write its
     memory and look at its fds through the same kernel calls (process_vm_readv,
-    pidfd_getfd, /proc/PID/fd) as at a program's. Handlers tested on it run
-    on real memory and real sockets."""
+    pidfd_getfd, /proc/PID/fd) as at a program's, and their acts (a socket put
+    at an fd, a new fd given as the result, a wait) are done on this process's
+    own fd table, at once. Handlers tested on it run on real memory and real
+    sockets, without a backend."""
 
     def __init__(self) -> None:
         super().__init__(os.getpid(), Process(os.getpid()))
+
+    def wait(self, sock, fd, events, timeout_ms):
+        if not events:
+            time.sleep(timeout_ms / 1000)
+            return 0
+        poller = select.poll()
+        poller.register(sock.fileno(), events)
+        return len(poller.poll(timeout_ms))
+        yield  # an act is a generator, as the backends' are
+
+    def put_socket(self, new, places):
+        for fd, cloexec in places:
+            os.dup2(new.fileno(), fd, inheritable=not cloexec)
+        return 0
+        yield
+
+    def give(self, sock, cloexec, lost=None):
+        fd = os.dup(sock.fileno())
+        os.set_inheritable(fd, not cloexec)
+        sock.close()
+        return fd
+        yield
+
+    def epoll_add(self, epfd, fd, events, data):
+        from redirect import kernel
+
+        kernel.epoll_ctl_add(epfd, fd, events, data)
+        return 0
+        yield
+
+
+def answer(outcome):
+    """A handler's answer (a result, PASS), driving a generator handler to its
+    end: on OwnThread no act waits, so one step finishes it."""
+    if not isinstance(outcome, types.GeneratorType):
+        return outcome
+    try:
+        outcome.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the handler asked the backend for something OwnThread does not do")
+
+
+def handler_context(rules: list[str] = ()):
+    """The handlers' context for these rule texts, with a reaper that looks
+    at this process's fds (OwnThread); what it logs is in its `logged`."""
+    from redirect.activation import Activation
+    from redirect.handlers.context import Context
+    from redirect.reaper import Reaper
+    from redirect.registry import Registry
+    from redirect.rules import parse_rule
+    from redirect.sockaddr import PortAllocator
+
+    logged: list[str] = []
+    ctx = Context(rules=[parse_rule(text) for text in rules], registry=Registry(), ports=PortAllocator(),
+                  log=lambda level, line: logged.append(line), activation=Activation([]))
+    ctx.logged = logged
+    ctx.reaper = Reaper(ctx, lambda: [OwnThread()])
+    return ctx
 
 
 def converted_listener(path: Path, visible):
     """(handlers' context, a listening Unix socket at path that its registry
     knows as the converted listener of `visible`): for handler tests on OwnThread."""
-    from redirect.activation import Activation
-    from redirect.handlers.context import Context
-    from redirect.registry import Listener, Registry
+    from redirect.registry import Listener
     from redirect.rules import SocketType
-    from redirect.sockaddr import PortAllocator, UnixAddr
+    from redirect.sockaddr import UnixAddr
 
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(path))
     sock.listen()
-    ctx = Context(rules=[], registry=Registry(), ports=PortAllocator(), log=lambda level, line: None,
-                  activation=Activation([]))
+    ctx = handler_context()
     ctx.registry.add_listener(Listener(UnixAddr(os.fsencode(path)), visible, SocketType.STREAM,
                                        os.fstat(sock.fileno()).st_ino))
     return ctx, sock
