@@ -10,7 +10,7 @@ import pwd
 import re
 import unicodedata
 
-from .model import SUN_PATH_MAX, Direction, IPAddress, Rule, RuleError, SocketType, _normalise_address
+from .model import SUN_PATH_MAX, Action, Direction, IPAddress, Rule, RuleError, SocketType, _normalise_address
 from .placeholders import placeholder_reason, scan_template
 
 # errno names the errno module knows, including aliases such as EWOULDBLOCK
@@ -207,7 +207,7 @@ class _Parser:
                 item.start,
                 f"a rule takes one action, and this one already has "
                 f"'{self.action_text}'")
-        self.fields["action"] = key
+        self.fields["action"] = Action(key)
         self.action_text = key + ("=" if item.value is not None else "")
         self.pos["action"] = item.start
         value = item.value
@@ -428,16 +428,16 @@ class _Parser:
                             "a Unix socket has no address or port")
                     raise self.error(at, reason)
         direction = fields.get("direction")
-        if action == "blackhole" and direction != "in":
+        if action is Action.BLACKHOLE and direction is not Direction.IN:
             raise self.error(pos["action"],
                              "blackhole only works for incoming sockets: "
                              "add 'in' to the rule")
-        if action == "systemd" and direction == "out":
+        if action is Action.SYSTEMD and direction is Direction.OUT:
             raise self.error(pos["action"],
                              "systemd passes listening sockets, so it only "
                              "works for incoming sockets, not 'out'")
         for flag in ("noremove", "mode", "owner", "group"):
-            if flag in pos and action != "path":
+            if flag in pos and action is not Action.PATH:
                 raise self.error(pos[flag],
                                  f"'{flag}' only works with path=")
 
