@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 
+from .signals import FORWARDED
 from . import OWN_FAILURE, kernel
 
 
@@ -44,8 +45,9 @@ class Child:
                     kernel.landlock_enter_domain()
                 # Python ignores SIGPIPE and SIGXFSZ and we block SIGCHLD; the
                 # program must start with the defaults (a shell pipeline relies
-                # on dying of SIGPIPE).
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                # on dying of SIGPIPE). A signal forwarded before the exec
+                # finds the program's defaults, not our handler.
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 kernel.set_parent_death_signal(signal.SIGKILL)

@@ -355,6 +355,9 @@ class NotifyBackend:
         self.epoll.register(self.listener, select.EPOLLIN)
         children = kernel.signalfd({signal.SIGCHLD})
         self.epoll.register(children, select.EPOLLIN)
+        signals = self.sup.signals
+        if signals.wakeup >= 0:
+            self.epoll.register(signals.wakeup, select.EPOLLIN)  # (its handler has run by the time poll returns)
         self.done = False
         try:
             self._children()
@@ -370,6 +373,8 @@ class NotifyBackend:
                     elif key == children:
                         os.read(children, 4096)
                         self._children()
+                    elif key == signals.wakeup:
+                        signals.drain()
                     elif key in self.ended:
                         self._forget(self.ended[key])
                     else:

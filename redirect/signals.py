@@ -24,11 +24,25 @@ class Forwarder:
     def __init__(self, sup) -> None:
         self.sup = sup
         self.stopping = False  # --on-demand: not started again once it ends
+        self.wakeup = -1       # readable when a signal came (a backend's loop watches it)
 
     def install(self) -> None:
         # Kept to the end: a late signal must not kill redirect in the middle of clean-up.
         for sig in FORWARDED:
             signal.signal(sig, self)
+        # Python runs a handler between two bytecodes: a signal that comes
+        # just before the loop blocks in epoll_wait (no timeout) would wait
+        # there for the program's next trapped call, maybe forever. The
+        # wakeup fd turns it into an event the loop sees.
+        if self.wakeup < 0:
+            self.wakeup, notify = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(notify, warn_on_full_buffer=False)
+
+    def drain(self) -> None:
+        try:
+            os.read(self.wakeup, 4096)
+        except BlockingIOError:
+            pass
 
     def __call__(self, sig: int, frame) -> None:
         sup = self.sup

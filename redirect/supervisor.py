@@ -16,7 +16,7 @@ from .child import Child, SpawnError, exec_error, inherited_network_sockets
 from .log import Log
 from .program import ProgramThread
 from .rules import Rule
-from .signals import Forwarder, StoppedIdle
+from .signals import FORWARDED, Forwarder, StoppedIdle
 
 BACKENDS = ("notify", "ptrace")
 
@@ -111,10 +111,16 @@ class Supervisor:
         candidates = self._candidates()
         for number, loader in enumerate(candidates):
             kind = loader()
+            # Signals to forward wait until the program's pid is known (before,
+            # one would say "stopped before the program started" of a program
+            # that runs already); a child that has not exec'd yet takes one
+            # with the program's defaults (child.py).
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
             try:
                 backend = kind(self)
                 self.child = Child(argv[0])
                 pid = self.child.fork(argv, env, backend, unsealed, confine)
+                self.backend, self.main_pid = backend, pid
             except Unavailable as why:
                 if self.requested != "auto" or number == len(candidates) - 1:
                     raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", OWN_FAILURE) from None
@@ -126,7 +132,8 @@ class Supervisor:
                                      "it anyway (docs/limits.md)", OWN_FAILURE) from None
                 self.log(1, f"backend: not {kind.NAME} ({why})")
                 continue
-            self.backend, self.main_pid = backend, pid
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self.log(1, f"backend: {backend.describe()}")
             return pid
         raise AssertionError("no backend")

@@ -422,6 +422,38 @@ def test_signals_reach_the_program(background, sig):
     assert f"got {signal.Signals(sig).name[3:]}" in proc.output
 
 
+def test_a_signal_as_the_program_starts_reaches_it_on_a_busy_machine(background):
+    """The moment the program is up, redirect may still be entering its loop:
+    a signal there must neither wait for the program's next trapped call
+    (this one makes none) nor be taken for one that came before the program
+    started. Two busy loops make the moments last (both went wrong a few
+    times in a hundred starts before: a race, so this one fails only now and
+    then where it is lost)."""
+    script = 'trap "echo got it; exit 9" USR1; echo ready; while :; do sleep 0.05; done'
+    hogs = [background(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
+    try:
+        for start in range(100):
+            # Read here, not in a reader thread: the signal must follow "ready" at once.
+            proc = subprocess.Popen(NO_RULE + ["sh", "-c", script], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                assert proc.stdout.readline() == "ready\n"
+                os.kill(proc.pid, signal.SIGUSR1)
+                try:
+                    status = proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"start {start}: the signal did not reach the program in 5 s")
+                assert (status, proc.stdout.read()) == (9, "got it\n"), f"start {start}"
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: redirect and the program
+                    proc.wait()
+                proc.stdout.close()
+    finally:
+        for hog in hogs:
+            hog.stop()
+
+
 def test_go_server_graceful_shutdown_on_sigterm(bins, sockdir, background):
     port, sock = free_port(), sockdir / "term.sock"
     server = background(redirect(f"in,port={port},path={sock}") + [bins / "go-http-server", "-addr", f":{port}"])
