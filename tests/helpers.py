@@ -98,16 +98,24 @@ class Background:
         return code
 
     def stop(self) -> int | None:
-        """End it by its pid: SIGTERM first (redirect forwards it), SIGKILL if needed."""
-        if self.proc.poll() is None:
+        """End it by its pid: SIGTERM (redirect forwards it to the program),
+        again (it reaches what the program left running: socat's forks),
+        SIGKILL if needed; then whatever is left in its process group (the
+        program's children, should redirect have been killed)."""
+        for sig, patience in ((signal.SIGTERM, 3), (signal.SIGTERM, 2), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
             try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(5)
+                os.kill(self.proc.pid, sig)
+                self.proc.wait(patience)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                continue
             except ProcessLookupError:
-                pass
+                break
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # (its own session and group: start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
         self._reader.join(5)
         return self.proc.returncode
 
