@@ -69,8 +69,10 @@ class ProgramThread:
                                                    f"{err.strerror}") from None
             raise
 
-    def write(self, addr: int, data: bytes) -> None:
-        if kernel.write_memory(self.tid, addr, data) != len(data):
+    def write(self, addr: int, data: bytes, *more: tuple[int, bytes]) -> None:
+        """data at addr, and each further (address, bytes): one call."""
+        pieces = [(addr, data), *more]
+        if kernel.write_memory(self.tid, pieces) != sum(len(piece) for _, piece in pieces):
             raise OSError(errno.EFAULT, "short write to the program's memory")
 
     def read(self, addr: int, size: int) -> bytes:

@@ -98,8 +98,7 @@ def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int
             room = call.thread.read_int(len_ptr)
         if room < 0:
             return -errno.EINVAL
-        call.thread.write(addr, packed[:room])
-        call.thread.write(len_ptr, struct.pack("=i", len(packed)))
+        call.thread.write(addr, packed[:room], (len_ptr, struct.pack("=i", len(packed))))
     except OSError:
         return -errno.EFAULT
     return 0

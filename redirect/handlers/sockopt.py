@@ -75,8 +75,7 @@ def getsockopt(call: Call):
         if isinstance(value, int):
             return value
     try:
-        call.thread.write(value_ptr, value)
-        call.thread.write(len_ptr, struct.pack("=i", len(value)))
+        call.thread.write(value_ptr, value, (len_ptr, struct.pack("=i", len(value))))
     except OSError:
         return -errno.EFAULT
     return 0
@@ -108,6 +107,16 @@ _JOINS = {(socket.IPPROTO_IP, n) for n in (35, 39, 41, 42, 46, 48)} | \
     {(socket.IPPROTO_IPV6, n) for n in (20, 27, 42, 46, 48)}  # *_ADD_*MEMBERSHIP, JOIN_ANYCAST, MCAST_JOIN_*, *MSFILTER
 
 
+# Options whose setting the kernel checks against no privilege (range and
+# type checks only, in net/ipv4/tcp.c): tried as the supervisor, without
+# reading the program's credentials first. Anything else a root supervisor
+# tries with the program's (IP_TRANSPARENT, TCP_REPAIR, a TCP_CONGESTION not
+# allowed to users need CAP_NET_ADMIN).
+_UNPRIVILEGED = {(socket.IPPROTO_TCP, n) for n in (
+    socket.TCP_NODELAY, socket.TCP_CORK, socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT,
+    socket.TCP_USER_TIMEOUT, socket.TCP_QUICKACK, socket.TCP_DEFER_ACCEPT, socket.TCP_NOTSENT_LOWAT)}
+
+
 def setsockopt(call: Call):
     fd, level, name, value_ptr, length = call.args[:5]
     if level not in IP_LEVELS:
@@ -124,10 +133,14 @@ def setsockopt(call: Call):
     value = read_buffer(call, value_ptr, min(length, _MAX_VALUE)) if length > 0 else b""
     if value is None:
         return -errno.EFAULT
-    if (level, name) not in _JOINS:  # (a join on a real socket would announce it on the network)
+    if (level, name) in _UNPRIVILEGED:
+        res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
+    elif (level, name) not in _JOINS:  # (a join on a real socket would announce it on the network)
         with acting_as(call.thread):  # with the program's rights: IP_TRANSPARENT needs CAP_NET_ADMIN
             res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
-        if res < 0:
-            return res  # as the kernel refuses it on a real socket
+    else:
+        res = 0
+    if res < 0:
+        return res  # as the kernel refuses it on a real socket
     call.ctx.registry.set_option(converted.inode, level, name, value)
     return 0
