@@ -163,10 +163,16 @@ class Activation:
             self.opened.append(_open(rule, real, kind))
         return skipped
 
-    def wait_for_traffic(self) -> None:
+    def wait_for_traffic(self, signals) -> None:
         """--on-demand: block until a connection or datagram arrives on any of
-        the opened sockets (it stays queued for the program)."""
-        select.select([p.sock for p in self.opened], [], [])
+        the opened sockets (it stays queued for the program). A signal wakes
+        the wait (its handler runs as select returns: a stop ends it)."""
+        while True:
+            ready, _, _ = select.select([p.sock for p in self.opened] + [signals.wakeup], [], [])
+            if signals.wakeup in ready:
+                signals.drain()
+            if any(r is not signals.wakeup for r in ready):
+                return
 
     def close(self) -> None:
         for passed in self.passed:

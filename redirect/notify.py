@@ -357,7 +357,7 @@ class NotifyBackend:
         self.epoll.register(children, select.EPOLLIN)
         signals = self.sup.signals
         if signals.wakeup >= 0:
-            self.epoll.register(signals.wakeup, select.EPOLLIN)  # (its handler has run by the time poll returns)
+            self.epoll.register(signals.wakeup, select.EPOLLIN)  # (its handler runs as poll returns)
         self.done = False
         try:
             self._children()

@@ -120,7 +120,7 @@ class Supervisor:
                 backend = kind(self)
                 self.child = Child(argv[0])
                 pid = self.child.fork(argv, env, backend, unsealed, confine)
-                self.backend, self.main_pid = backend, pid
+                self.backend, self.main_pid, self.main_status = backend, pid, None
             except Unavailable as why:
                 if self.requested != "auto" or number == len(candidates) - 1:
                     raise SpawnError(f"the {kind.NAME} backend cannot run here: {why}", OWN_FAILURE) from None
@@ -179,9 +179,11 @@ class Supervisor:
                 self.log(1, f"--on-demand: the program ended ({_how_it_ended(self.main_status)}); it starts "
                             "again at the next connection")
                 self.ctx.program_ended()
-                self.main_pid, self.idle = 0, True
                 try:
-                    self.ctx.activation.wait_for_traffic()
+                    self.main_pid, self.idle = 0, True
+                    if self.signals.stopping:  # told to stop as the program ended
+                        break
+                    self.ctx.activation.wait_for_traffic(self.signals)
                 except StoppedIdle:
                     return 0  # stopped while nothing ran: nothing failed
                 self.idle = False
@@ -219,7 +221,7 @@ class Supervisor:
 
             if shutil.which(program) is None:  # say so now, not at the first connection
                 raise exec_error(program, errno.ENOENT if not os.path.exists(program) else errno.EACCES)
-            activation.wait_for_traffic()
+            activation.wait_for_traffic(self.signals)  # (a signal ends it: "before the program started")
             self.log(1, "--on-demand: first connection; starting the program")
 
     # ---- calls -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -270,6 +271,36 @@ def test_on_demand_starts_the_program_again_after_it_ends(sockdir, background):
     wait_for_path(sock)
     assert unix_request(sock, b"").startswith(b"served by ")
     assert once.wait(10) == 0 and not sock.exists()
+
+
+def test_after_a_restart_signals_go_to_the_program_not_its_whole_tree(sockdir, background):
+    """--on-demand's second run is the program again: a SIGHUP to redirect
+    reaches its main process only (as in the first run), not the worker it
+    started; only what a program leaves behind when it exits gets them all."""
+    sock, port, marker = sockdir / "tree.sock", free_port(), sockdir / "second-run"
+    code = ("import os,signal,socket,subprocess,sys,time\n"
+            "signal.signal(signal.SIGHUP, lambda *a: print('main got HUP', flush=True))\n"
+            f"second = os.path.exists({str(marker)!r})\n"
+            f"open({str(marker)!r}, 'w').close()\n"
+            "if second: subprocess.Popen(['sh', '-c', 'trap \"echo worker got HUP\" HUP; "
+            "while :; do sleep 0.05; done'])\n"
+            f"s=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\n"
+            "c,_=s.accept()\nc.sendall(b'served\\n')\nc.close()\n"
+            "print('serving', flush=True)\n"
+            "while second: time.sleep(0.05)\n")
+    proc = background(redirect(f"in,port={port},path={sock}", options=("--on-demand",)) + [sys.executable, "-c", code])
+    wait_for_path(sock)
+    assert unix_request(sock, b"") == b"served\n"
+    proc.wait_for_line("it starts again at the next connection")
+    assert unix_request(sock, b"") == b"served\n"
+    deadline = time.monotonic() + 10
+    while proc.output.count("serving") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the worker's trap is set
+    os.kill(proc.pid, signal.SIGHUP)
+    proc.wait_for_line("^main got HUP$")
+    time.sleep(0.5)
+    assert "worker got HUP" not in proc.output
 
 
 def test_activate_queues_connections_made_before_the_program_binds(sockdir, background):
