@@ -22,12 +22,13 @@ from redirect.activation import Activation, Passed, parse_listen_env
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 needs_activate = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate comes with Debian's systemd")
+ACTIVATE_ENV = ["-E", "REDIRECT_BACKEND"]  # it passes the backend under test to redirect (its children get no other)
 
 
 def activated(sockets: list[str], names: str | None, rules: list[str], program: list, datagram: bool = False) -> list:
     """systemd-socket-activate listening on `sockets`, running redirect with
     `rules` around `program`. It execs on the first connection."""
-    argv = [ACTIVATE, *(["-d"] if datagram else [])]
+    argv = [ACTIVATE, *ACTIVATE_ENV, *(["-d"] if datagram else [])]
     for where in sockets:
         argv += ["-l", where]
     if names is not None:
@@ -357,7 +358,7 @@ def test_passed_udp_socket_shows_real_addresses(bins, background):
 
 
 @needs_activate
-def test_threads_binding_at_once_get_different_sockets(sockdir, background):
+def test_threads_binding_at_once_get_different_sockets(sockdir, background, backend):
     """A Go-style program starting two listeners in two threads at once: each
     bind gets its own passed socket, never the same one twice."""
     one, two = sockdir / "one.sock", sockdir / "two.sock"
@@ -367,17 +368,22 @@ barrier = threading.Barrier(2)
 def serve(port):
     s = socket.socket(); barrier.wait(); s.bind(("127.0.0.1", port)); s.listen()
     print("inode", port, os.fstat(s.fileno()).st_ino, flush=True)
-    c, _ = s.accept(); c.sendall(b"port %d\n" % port); c.close()
+    while True:  # (a thread that ended would close its socket: the next bind could get it again)
+        c, _ = s.accept(); c.sendall(b"port %d\n" % port); c.close()
 threads = [threading.Thread(target=serve, args=(p,)) for p in (7101, 7102)]
 [t.start() for t in threads]; [t.join() for t in threads]
 """
     proc = background(activated([str(one), str(two)], None, ["in,systemd"], [sys.executable, "-c", code]))
     wait_for_path(two)
-    first = unix_request(one, b"")
-    second = unix_request(two, b"")
+    try:
+        first = unix_request(one, b"")
+        second = unix_request(two, b"")
+    except TimeoutError:
+        pytest.fail("a passed socket was not served:\n" + proc.output)
     assert {first, second} == {b"port 7101\n", b"port 7102\n"}, proc.output
     for port in (7101, 7102):
         proc.wait_for_line(rf"^inode {port} ")
+    assert f"backend: {backend}" in proc.output
     inodes = {line.split()[2] for line in proc.output.splitlines() if line.startswith("inode ")}
     assert len(inodes) == 2
 
@@ -387,7 +393,7 @@ def test_accept_mode_connection_is_refused_clearly(bins, sockdir, background):
     """systemd-socket-activate -a passes a connection (inetd style), not a
     listener: the bind fails with a line saying what happened."""
     sock = sockdir / "a.sock"
-    proc = background([ACTIVATE, "-a", "-l", str(sock)] + redirect("in,systemd")
+    proc = background([ACTIVATE, *ACTIVATE_ENV, "-a", "-l", str(sock)] + redirect("in,systemd")
                       + [bins / "tcp-server-glibc", "127.0.0.1", "7200"])
     wait_for_path(sock)
     with socket.socket(socket.AF_UNIX) as client:
