@@ -178,20 +178,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tcp_listening(port: int) -> list[str]:
+def tcp_listening(port: int, program_of: int | None = None) -> list[str]:
     """Lines of /proc/net/{tcp,udp}{,6} that show a socket some process holds
     on port (a listener, a connection, a bound UDP socket). Sockets in
     TIME_WAIT belong to nobody (inode 0): another test's closed connection
-    whose ephemeral port happens to be this one."""
+    whose ephemeral port happens to be this one. `program_of`: only sockets
+    the program under the redirect of that pid holds (its descendants: a port
+    the kernel hands out may be another test's client's at the same moment,
+    or a template socket of the supervisor's)."""
+    mine = None if program_of is None else _tree_socket_inodes(program_of)
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"):
         with open(table) as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0" \
+                        and (mine is None or fields[9] in mine):
                     found.append(f"{table}: {line.strip()}")
     return found
+
+
+def _tree_socket_inodes(pid: int) -> set[str]:
+    """The socket inodes (as /proc/net shows them) that the descendants of pid hold."""
+    inodes, todo, first = set(), [pid], True
+    while todo:
+        here = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{here}/task"):
+                with open(f"/proc/{here}/task/{task}/children") as children:
+                    todo += [int(child) for child in children.read().split()]
+            if first:
+                first = False
+                continue
+            for fd in os.listdir(f"/proc/{here}/fd"):
+                link = os.readlink(f"/proc/{here}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue  # it ended meanwhile
+    return inodes
 
 
 def unix_request(path: Path, data: bytes, timeout: float = 10) -> bytes:

@@ -132,7 +132,7 @@ def test_in_rule_port_flip_never_listens_on_the_real_port(attacks, sockdir):
             assert line, "the attack ended early: " + proc.stderr.read()[-2000:]
             key, _, value = line.partition(" ")
             lines[key] = int(value)
-        listening = tcp_listening(port)  # while the program still holds what it got
+        listening = tcp_listening(port, program_of=proc.pid)  # while the program still holds what it got
         with socket.socket() as outside:
             outside.settimeout(2)
             reached = outside.connect_ex(("127.0.0.1", port)) == 0
@@ -501,7 +501,7 @@ def _steered_port_stays_off_the_network(attacks, port: int, kind: str, options: 
     try:
         assert proc.stdout.readline().split() == ["range", "0"]
         assert proc.stdout.readline().split() == ["ready", "0"]
-        listening = tcp_listening(port)
+        listening = tcp_listening(port, program_of=proc.pid)
     finally:
         out, err = proc.communicate("\n", timeout=30)
     assert not listening, err
@@ -617,7 +617,7 @@ def test_port_the_kernel_would_choose_at_a_send_is_never_a_rules(attacks, receiv
     try:
         assert proc.stdout.readline().split() == ["range", "0"]
         assert proc.stdout.readline().split() == ["ready", "0"]  # sent, from another port
-        listening = tcp_listening(port)
+        listening = tcp_listening(port, program_of=proc.pid)
     finally:
         out, err = proc.communicate("\n", timeout=30)
     assert not listening, err
