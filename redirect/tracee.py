@@ -15,6 +15,7 @@ import errno
 import fcntl
 import mmap
 import os
+import select
 import signal
 import socket
 import struct
@@ -354,20 +355,32 @@ class PtraceBackend:
         return list(self.processes)
 
     def loop(self) -> None:
-        while self.threads:
-            try:
-                tid, status = os.waitpid(-1, kernel.WALL | os.WNOHANG)
-            except ChildProcessError:
-                break
-            if tid == 0:  # nothing now: wait for the next stop, or the reap timer
-                self.sup.reap_if_due()
-                signal.sigtimedwait({signal.SIGCHLD}, REAP_EVERY)
-                continue
-            try:
-                self.dispatch(tid, status)
-            except OSError as err:
-                if err.errno != errno.ESRCH:  # ESRCH: it died meanwhile; its exit follows
-                    raise
+        # A stop or an exit is a SIGCHLD (blocked: read from a signalfd); a
+        # signal to forward wakes the wait too (its handler runs as select
+        # returns), else one that came just before it would wait for the timer.
+        children, signals = kernel.signalfd({signal.SIGCHLD}), self.sup.signals
+        watched = [children] + ([signals.wakeup] if signals.wakeup >= 0 else [])
+        try:
+            while self.threads:
+                try:
+                    tid, status = os.waitpid(-1, kernel.WALL | os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if tid == 0:  # nothing now: wait for the next stop, or the reap timer
+                    self.sup.reap_if_due()
+                    ready, _, _ = select.select(watched, [], [], REAP_EVERY)
+                    if children in ready:
+                        os.read(children, 4096)
+                    if signals.wakeup in ready:
+                        signals.drain()
+                    continue
+                try:
+                    self.dispatch(tid, status)
+                except OSError as err:
+                    if err.errno != errno.ESRCH:  # ESRCH: it died meanwhile; its exit follows
+                        raise
+        finally:
+            os.close(children)
 
     def dispatch(self, tid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
