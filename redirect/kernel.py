@@ -606,10 +606,9 @@ def read_memory(tid: int, addr: int, size: int) -> bytes:
 def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> int:
     """Write (address, bytes) pieces into another process's memory in one
     call (writable pages only, as the kernel's own copy to a user buffer):
-    the bytes written, in order, up to the first page that takes none."""
+    the bytes written, in order, up to the first page that takes none.
+    At most _Staged.PIECES pieces (an address and its length: 2)."""
     st = _staged
-    if len(pieces) > st.PIECES:
-        return sum(write_memory(tid, pieces[i:i + 1]) for i in range(len(pieces)))
     at = 0
     for i, (addr, data) in enumerate(pieces):
         size = len(data)
@@ -619,7 +618,7 @@ def write_memory(tid: int, pieces: list[tuple[int, bytes]]) -> int:
             at += size
         else:
             local = _address(data)  # (referenced by `pieces` while the call runs)
-        _IOV.pack_into(st.local, 16 * i, local or 0, size)
+        _IOV.pack_into(st.local, 16 * i, local, size)
         _IOV.pack_into(st.remote, 16 * i, addr, size)
     n = _libc.process_vm_writev(tid, st.local_at, len(pieces), st.remote_at, len(pieces), 0)
     if n < 0:

@@ -35,7 +35,7 @@ import time
 import types
 
 from . import kernel, seccomp_filter
-from .program import PASS, Process, ProgramThread, children_of, status_field
+from .program import PASS, Process, ProgramThread, descendants, status_field, tasks_of
 from .supervisor import Supervisor, Unavailable
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs 3 ms of start-up)
@@ -101,7 +101,7 @@ class Task:
         answer = signal_answer(status, self.tid, self.process.tgid)
         if answer == 1 and shared_since >= 2:  # a process's signal no running thread took
             others = []
-            for tid in _tasks_of(self.process.tgid):
+            for tid in tasks_of(self.process.tgid):
                 try:
                     with open(f"/proc/{self.process.tgid}/task/{tid}/status", "rb") as other:
                         others.append(other.read())
@@ -334,19 +334,12 @@ class NotifyBackend:
     def pids(self) -> list[int]:
         """Every process of the program's tree now (they are all below us:
         we are their subreaper)."""
-        found, todo = [], [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            for tid in _tasks_of(pid):
-                for child in children_of(pid, tid):
-                    found.append(child)
-                    todo.append(child)
-        return found
+        return descendants(os.getpid())
 
     def holders(self):
         for pid in self.pids():
             process = Process(pid)
-            for tid in _tasks_of(pid):
+            for tid in tasks_of(pid):
                 yield ProgramThread(tid, process)
 
     # ---- the loop --------------------------------------------------------------------
@@ -356,8 +349,7 @@ class NotifyBackend:
         children = kernel.signalfd({signal.SIGCHLD})
         self.epoll.register(children, select.EPOLLIN)
         signals = self.sup.signals
-        if signals.wakeup >= 0:
-            self.epoll.register(signals.wakeup, select.EPOLLIN)  # (its handler runs as poll returns)
+        self.epoll.register(signals.wakeup, select.EPOLLIN)  # (its handler runs as poll returns)
         self.done = False
         try:
             self._children()
@@ -640,13 +632,6 @@ class NotifyBackend:
             if answer < 0:
                 self._resume(pending, answer)
             pending.shared_since = pending.shared_since + 1 if answer > 0 else 0
-
-
-def _tasks_of(pid: int) -> list[int]:
-    try:
-        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
 
 
 __all__ = ["NotifyBackend"]

@@ -189,3 +189,23 @@ def children_of(pid: int, tid: int | None = None) -> list[int]:
             return [int(child) for child in children.read().split()]
     except OSError:
         return []
+
+
+def tasks_of(pid: int) -> list[int]:
+    """The threads of process pid now (nothing if it is gone)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid now: its children, theirs, and so on."""
+    found, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        for tid in tasks_of(here):
+            for child in children_of(here, tid):
+                found.append(child)
+                todo.append(child)
+    return found

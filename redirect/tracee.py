@@ -359,7 +359,7 @@ class PtraceBackend:
         # signal to forward wakes the wait too (its handler runs as select
         # returns), else one that came just before it would wait for the timer.
         children, signals = kernel.signalfd({signal.SIGCHLD}), self.sup.signals
-        watched = [children] + ([signals.wakeup] if signals.wakeup >= 0 else [])
+        watched = [children, signals.wakeup]
         try:
             while self.threads:
                 try:

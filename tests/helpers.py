@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 
 from redirect import socketfile
-from redirect.program import Process, ProgramThread
+from redirect.program import Process, ProgramThread, descendants, socket_inode
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,22 +201,11 @@ def tcp_listening(port: int, program_of: int | None = None) -> list[str]:
 
 def _tree_socket_inodes(pid: int) -> set[str]:
     """The socket inodes (as /proc/net shows them) that the descendants of pid hold."""
-    inodes, todo, first = set(), [pid], True
-    while todo:
-        here = todo.pop()
-        try:
-            for task in os.listdir(f"/proc/{here}/task"):
-                with open(f"/proc/{here}/task/{task}/children") as children:
-                    todo += [int(child) for child in children.read().split()]
-            if first:
-                first = False
-                continue
-            for fd in os.listdir(f"/proc/{here}/fd"):
-                link = os.readlink(f"/proc/{here}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue  # it ended meanwhile
+    inodes = set()
+    for below in descendants(pid):
+        for _, link in ProgramThread(below, Process(below)).fds():  # (nothing if it ended meanwhile)
+            if socket_inode(link) is not None:
+                inodes.add(str(socket_inode(link)))
     return inodes
 
 
