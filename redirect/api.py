@@ -39,7 +39,7 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # if the caller is killed outright (PR_SET_PDEATHSIG), so nothing outlives a
 # test run that was SIGKILLed.
 _LAUNCH = ("import ctypes, sys; ctypes.CDLL(None).prctl(1, 15); sys.path.insert(0, sys.argv.pop(1)); "
-           "from redirect.cli import main; sys.exit(main())")
+           "from redirect.cli import console; console()")
 
 
 def rule(*, direction: str | None = None, type: str | None = None, address: str | None = None,  # noqa: A002
