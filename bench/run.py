@@ -26,6 +26,12 @@ notification; ptrace), side by side with the native runs in the same rounds:
     then wrk (-t1 -c32) redirected by an out rule to the redirected nginx,
     against wrk and nginx both native on TCP.
 (g) caddy file-server, the same way (natively on Unix: `--listen unix//PATH`).
+(h) the floor: each server of (c), (f), (g) natively on its Unix socket and
+    the UDP server natively, under null-supervisor (fixtures/static-bins), a
+    C supervisor that traps the calls redirect traps there per connection or
+    round trip and answers each CONTINUE at once. What they lose under it is
+    what trapping those calls costs before any supervisor work: the best any
+    notify supervisor can do with that filter.
 
 Then, for every workload under each backend, the calls redirect trapped, per
 request and per connection (`redirect --count-calls`).
@@ -62,12 +68,14 @@ SERVER = BINS / "go-http-server"
 CLIENT = BINS / "go-http-client"
 UDP_SERVER = BINS / "go-udp-server"
 UDP_CLIENT = BINS / "go-udp-client"
+FLOOR = BINS / "null-supervisor-glibc"
 SOURCES = {
     LOOP: ["syscall-loop.c", "common.h"],
     SERVER: ["go-server/main.go", "go.mod"],
     CLIENT: ["go-client/main.go", "go.mod"],
     UDP_SERVER: ["go-udp-server/main.go", "go.mod"],
     UDP_CLIENT: ["go-udp-client/main.go", "go.mod"],
+    FLOOR: ["null-supervisor.c"],
 }
 REJECT_RULE = ["-r", "in,port=1,reject"]   # a rule that matches nothing the programs do
 BACKENDS = ("notify", "ptrace")
@@ -81,6 +89,10 @@ QUICK = dict(rounds=1, loop_n=20_000, trap_n=1_000, keepalive_n=2_000, conn_n=30
 PTRACE_SHARE = 8   # the ptrace backend is far slower: it gets 1/8 of the requests (rates compare)
 WEB = ("go", "nginx", "caddy")
 VARIANTS = ("tcp", "unix") + BACKENDS   # how a web server runs: natively on TCP or Unix, or under redirect
+# (h): the calls the notify backend traps per new connection (per round trip
+# for UDP), as --count-calls reports them; the report says if they differ.
+FLOOR_TRAPS = {"go": ("accept4", "getsockname", "setsockopt"), "nginx": ("accept4",),
+               "caddy": ("accept4", "getsockname", "setsockopt"), "udp": ("recvfrom", "sendto")}
 
 # The issue's targets (docs/performance.md): (row, what, test on the measured value).
 TARGETS = {
@@ -281,7 +293,7 @@ class Web:
         self.dir = tmp / f"{kind}-{variant}"
         self.dir.mkdir(exist_ok=True)
         self.log = self.dir / "out.log"
-        native_unix = variant == "unix"
+        native_unix = variant in ("unix", "floor")
         listen_tcp = f"127.0.0.1:{self.port}"
         if kind == "go":
             argv = [SERVER, "-quiet"] + (["-unix", self.sock] if native_unix else ["-addr", listen_tcp])
@@ -298,6 +310,8 @@ class Web:
             self.path = "/1k.txt"
         if variant in BACKENDS:
             argv = redirect(variant, f"in,port={self.port},path={self.sock}", count=count) + argv
+        elif variant == "floor":
+            argv = [FLOOR, *FLOOR_TRAPS[kind], "--"] + argv
         self.argv = argv
         # Clients reach it on the socket file, except natively on TCP.
         self.unix = None if variant == "tcp" else self.sock
@@ -374,6 +388,9 @@ class UdpServer:
             sock = tmp / f"udp-{variant}.sock"
             argv = redirect(variant, f"in,udp,port={self.port},path={sock}", count=count) + argv
             self.client_prefix = redirect(variant, f"out,udp,port={self.port},path={sock}")
+        elif variant == "floor":
+            argv = [FLOOR, *FLOOR_TRAPS["udp"], "--"] + argv
+            self.client_prefix = []
         else:
             self.client_prefix = []
         self.argv = argv
@@ -439,7 +456,7 @@ def one_round(r: int, cfg: dict, webs: dict, udps: dict, samples: dict) -> None:
     # (c), (f), (g): web servers, the native Go client
     for kind in rotated(list(WEB), r):
         for mode, n in rotated([("keepalive", cfg["keepalive_n"]), ("newconn", cfg["conn_n"])], r):
-            for variant in rotated(list(VARIANTS), r):
+            for variant in rotated(list(VARIANTS) + (["floor"] if mode == "newconn" else []), r):
                 rate = load(webs[kind, variant], share(n, variant), cfg["concurrency"], keepalive=mode == "keepalive")
                 samples[kind][mode][variant].append(rate)
     # (f), (g): wrk, native against TCP or redirected against the redirected server
@@ -450,8 +467,8 @@ def one_round(r: int, cfg: dict, webs: dict, udps: dict, samples: dict) -> None:
                                 None if variant == "tcp" else variant)
                 samples[f"{kind}-wrk"][mode][variant].append(rate)
     # (e) UDP round trips (client and server both redirected, or both native)
-    for which in rotated(every, r):
-        n = cfg["udp_native_n"] if which == "native" else share(cfg["udp_redirect_n"], which)
+    for which in rotated([*every, "floor"], r):
+        n = cfg["udp_native_n"] if which in ("native", "floor") else share(cfg["udp_redirect_n"], which)
         samples["udp"][which].append(udp_load(udps[which], n, cfg["udp_concurrency"]))
 
 
@@ -492,7 +509,8 @@ def count_calls(cfg: dict, tmp: Path, www: Path, procs: Procs) -> dict:
         udp.start(procs)
         udp_load(udp, n, cfg["udp_concurrency"])
         procs.stop(udp.proc)
-        out["udp", backend] = {"server_per_round_trip": total(counted(path)) / n, "calls": counted(path)}
+        out["udp", backend] = {"server_per_round_trip": total(counted(path)) / n, "calls": counted(path),
+                               "requests": n}
     return out
 
 
@@ -510,11 +528,11 @@ def summarise(samples: dict, cfg: dict) -> dict:
                               for rn, r0, nn, n0 in zip(t[b]["n"], t[b]["0"], t["native"]["n"], t["native"]["0"])])
         s[f"startup_{b}"] = (med(samples["startup"][b]) - med(samples["startup"]["native"])) * 1e3
         s[f"udp_{b}"] = med(samples["udp"][b]) / med(samples["udp"]["native"])
+    s["udp_floor"] = med(samples["udp"]["floor"]) / med(samples["udp"]["native"])
     s["startup_native_ms"] = med(samples["startup"]["native"]) * 1e3
     for kind in WEB:
         for mode in ("keepalive", "newconn"):
-            m = {v: med(samples[kind][mode][v]) for v in VARIANTS}
-            s[kind, mode] = m
+            s[kind, mode] = {v: med(values) for v, values in samples[kind][mode].items()}
         if kind != "go":
             for mode in ("keepalive", "newconn"):
                 s[f"{kind}-wrk", mode] = {v: med(samples[f"{kind}-wrk"][mode][v]) for v in ("tcp", *BACKENDS)}
@@ -556,6 +574,12 @@ def report(s: dict, samples: dict, counts: dict, cfg: dict, info: dict) -> str:
                 label = "keep-alive" if mode == "keepalive" else "new conn/request"
                 rows.append((f"{letters[kind]} {label}, wrk -c32 redirected", f"TCP {m['tcp']:.0f}/s",
                              *(f"{m[b] / m['tcp']:.2f}x TCP" for b in BACKENDS), "-"))
+    for kind in WEB:
+        m = s[kind, "newconn"]
+        rows.append((f"(h) floor: {kind} new conn/request, {'+'.join(FLOOR_TRAPS[kind])} answered CONTINUE",
+                     f"TCP {m['tcp']:.0f}/s", f"{m['floor'] / m['tcp']:.2f}x TCP", "", "-"))
+    rows.append((f"(h) floor: UDP round trips, {'+'.join(FLOOR_TRAPS['udp'])} answered CONTINUE",
+                 f"{med_or(samples['udp']['native'])}/s", f"{s['udp_floor']:.3f}x", "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"redirect benchmark: {cfg['rounds']} round(s), medians; {info['nproc']} CPUs, "
              f"kernel {info['kernel']}, load average at start {info['loadavg_start'][0]:.2f}",
@@ -578,15 +602,31 @@ def report(s: dict, samples: dict, counts: dict, cfg: dict, info: dict) -> str:
     for b in BACKENDS:
         c = counts["udp", b]
         lines.append(f"  udp    {b:6}: server {c['server_per_round_trip']:.2f} per round trip ({_calls(c['calls'])})")
+    for key, calls in _floor_mismatches(counts):
+        lines.append(f"  WARNING: (h) {key} traps {'+'.join(FLOOR_TRAPS[key])}, but notify trapped "
+                     f"{'+'.join(calls)}: FLOOR_TRAPS is out of date")
     lines += ["", "spread (min-max over rounds):"]
     lines.append("  (d) " + ", ".join(f"{w} {spread(samples['startup'][w], 1e3, '{:.1f}')} ms"
                                       for w in ("native", *BACKENDS)))
-    lines.append("  (e) " + ", ".join(f"{w} {spread(samples['udp'][w])}/s" for w in ("native", *BACKENDS)))
+    lines.append("  (e) " + ", ".join(f"{w} {spread(samples['udp'][w])}/s" for w in ("native", *BACKENDS, "floor")))
     for kind in WEB:
         for mode in ("keepalive", "newconn"):
             lines.append(f"  {kind} {mode}: " + ", ".join(
-                f"{v} {spread(samples[kind][mode][v])}" for v in VARIANTS) + " req/s")
+                f"{v} {spread(values)}" for v, values in samples[kind][mode].items()) + " req/s")
     return "\n".join(lines)
+
+
+def _floor_mismatches(counts: dict) -> list:
+    """(h)'s trapped calls against what notify trapped at least once per new
+    connection (per round trip for UDP)."""
+    out = []
+    for key in FLOOR_TRAPS:
+        c = counts[key, "notify"]
+        calls = c["calls"] if key == "udp" else c["calls"]["newconn"]
+        seen = sorted(name for name, n in calls.items() if n / c["requests"] >= 0.5)
+        if seen != sorted(FLOOR_TRAPS[key]):
+            out.append((key, seen))
+    return out
 
 
 def med_or(values: list) -> str:
@@ -623,16 +663,17 @@ def main() -> int:
         www = tmp / "www"
         www.mkdir()
         (www / "1k.txt").write_bytes(b"x" * 1023 + b"\n")
-        webs = {(kind, variant): Web(kind, variant, tmp, www) for kind in WEB for variant in VARIANTS}
-        udps = {which: UdpServer(which, tmp) for which in ("native", *BACKENDS)}
+        webs = {(kind, variant): Web(kind, variant, tmp, www) for kind in WEB for variant in (*VARIANTS, "floor")}
+        udps = {which: UdpServer(which, tmp) for which in ("native", *BACKENDS, "floor")}
         for server in [*webs.values(), *udps.values()]:
             server.start(procs)
         samples = {
             "loop": {w: [] for w in ("native", *BACKENDS)},
             "trap": {w: {"n": [], "0": []} for w in ("native", *BACKENDS)},
             "startup": {w: [] for w in ("native", *BACKENDS)},
-            "udp": {w: [] for w in ("native", *BACKENDS)},
-            **{kind: {mode: {v: [] for v in VARIANTS} for mode in ("keepalive", "newconn")} for kind in WEB},
+            "udp": {w: [] for w in ("native", *BACKENDS, "floor")},
+            **{kind: {"keepalive": {v: [] for v in VARIANTS}, "newconn": {v: [] for v in (*VARIANTS, "floor")}}
+               for kind in WEB},
             **{f"{kind}-wrk": {mode: {v: [] for v in ("tcp", *BACKENDS)} for mode in ("keepalive", "newconn")}
                for kind in ("nginx", "caddy")},
         }
