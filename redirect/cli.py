@@ -189,7 +189,10 @@ def console() -> None:
     tear-down (freeing every module and object: ~4 ms of each run), which has
     nothing left to do. The run's own finally blocks removed its socket files
     and wrote its counts; only the standard streams are flushed here."""
-    status = main()
+    try:
+        status = main()
+    except BrokenPipeError:  # a reader that stopped early (redirect -p ... | head): no traceback
+        status = 128 + 13  # as a command killed by SIGPIPE
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

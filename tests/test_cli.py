@@ -56,6 +56,18 @@ def test_print_table_keeps_order():
     assert "/run/a.sock" in result.stdout[first:second]
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """redirect -c -p ... | head: the table is more than a pipe holds, the
+    reader takes 10 bytes and closes; redirect ends as SIGPIPE would end it."""
+    rules = [arg for n in range(1, 400) for arg in ("-r", f"in,port={n},path=/run/app/{n}.sock")]
+    proc = subprocess.Popen(REDIRECT + ["-c", "-p", *rules], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(10) == b"Rule #1: i"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 141
+    assert "Traceback" not in err and "Error" not in err, err
+
+
 def test_help_and_version():
     help_text = run(REDIRECT + ["-h"])
     assert help_text.returncode == 0 and "-r RULE" in help_text.stdout and "blackhole" in help_text.stdout
