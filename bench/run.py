@@ -31,7 +31,11 @@ notification; ptrace), side by side with the native runs in the same rounds:
     C supervisor that traps the calls redirect traps there per connection or
     round trip and answers each CONTINUE at once. What they lose under it is
     what trapping those calls costs before any supervisor work: the best any
-    notify supervisor can do with that filter.
+    notify supervisor can do with that filter. nginx also runs under
+    `null-supervisor --accept`, which does the work of redirect's accept
+    handler in C (the listener's duplicate and inode, addrlen read, accept,
+    SO_PEERCRED, the IP peer written, ADDFD, the answer): what a compiled
+    handler for its one call per connection would cost.
 
 Then, for every workload under each backend, the calls redirect trapped, per
 request and per connection (`redirect --count-calls`).
@@ -91,6 +95,10 @@ WEB = ("go", "nginx", "caddy")
 VARIANTS = ("tcp", "unix") + BACKENDS   # how a web server runs: natively on TCP or Unix, or under redirect
 # (h): the calls the notify backend traps per new connection (per round trip
 # for UDP), as --count-calls reports them; the report says if they differ.
+def floor_variants(kind: str) -> list:
+    return ["floor", "floor-accept"] if kind == "nginx" else ["floor"]
+
+
 FLOOR_TRAPS = {"go": ("accept4", "getsockname", "setsockopt"), "nginx": ("accept4",),
                "caddy": ("accept4", "getsockname", "setsockopt"), "udp": ("recvfrom", "sendto")}
 
@@ -293,7 +301,7 @@ class Web:
         self.dir = tmp / f"{kind}-{variant}"
         self.dir.mkdir(exist_ok=True)
         self.log = self.dir / "out.log"
-        native_unix = variant in ("unix", "floor")
+        native_unix = variant in ("unix", "floor", "floor-accept")
         listen_tcp = f"127.0.0.1:{self.port}"
         if kind == "go":
             argv = [SERVER, "-quiet"] + (["-unix", self.sock] if native_unix else ["-addr", listen_tcp])
@@ -310,8 +318,8 @@ class Web:
             self.path = "/1k.txt"
         if variant in BACKENDS:
             argv = redirect(variant, f"in,port={self.port},path={self.sock}", count=count) + argv
-        elif variant == "floor":
-            argv = [FLOOR, *FLOOR_TRAPS[kind], "--"] + argv
+        elif variant.startswith("floor"):
+            argv = [FLOOR, *(["--accept"] if variant == "floor-accept" else []), *FLOOR_TRAPS[kind], "--"] + argv
         self.argv = argv
         # Clients reach it on the socket file, except natively on TCP.
         self.unix = None if variant == "tcp" else self.sock
@@ -456,7 +464,7 @@ def one_round(r: int, cfg: dict, webs: dict, udps: dict, samples: dict) -> None:
     # (c), (f), (g): web servers, the native Go client
     for kind in rotated(list(WEB), r):
         for mode, n in rotated([("keepalive", cfg["keepalive_n"]), ("newconn", cfg["conn_n"])], r):
-            for variant in rotated(list(VARIANTS) + (["floor"] if mode == "newconn" else []), r):
+            for variant in rotated(list(VARIANTS) + (floor_variants(kind) if mode == "newconn" else []), r):
                 rate = load(webs[kind, variant], share(n, variant), cfg["concurrency"], keepalive=mode == "keepalive")
                 samples[kind][mode][variant].append(rate)
     # (f), (g): wrk, native against TCP or redirected against the redirected server
@@ -578,6 +586,9 @@ def report(s: dict, samples: dict, counts: dict, cfg: dict, info: dict) -> str:
         m = s[kind, "newconn"]
         rows.append((f"(h) floor: {kind} new conn/request, {'+'.join(FLOOR_TRAPS[kind])} answered CONTINUE",
                      f"TCP {m['tcp']:.0f}/s", f"{m['floor'] / m['tcp']:.2f}x TCP", "", "-"))
+        if "floor-accept" in m:
+            rows.append((f"(h) {kind} new conn/request, accept4 handled in C (null-supervisor --accept)",
+                         f"TCP {m['tcp']:.0f}/s", f"{m['floor-accept'] / m['tcp']:.2f}x TCP", "", "-"))
     rows.append((f"(h) floor: UDP round trips, {'+'.join(FLOOR_TRAPS['udp'])} answered CONTINUE",
                  f"{med_or(samples['udp']['native'])}/s", f"{s['udp_floor']:.3f}x", "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -663,7 +674,8 @@ def main() -> int:
         www = tmp / "www"
         www.mkdir()
         (www / "1k.txt").write_bytes(b"x" * 1023 + b"\n")
-        webs = {(kind, variant): Web(kind, variant, tmp, www) for kind in WEB for variant in (*VARIANTS, "floor")}
+        webs = {(kind, variant): Web(kind, variant, tmp, www)
+                for kind in WEB for variant in (*VARIANTS, *floor_variants(kind))}
         udps = {which: UdpServer(which, tmp) for which in ("native", *BACKENDS, "floor")}
         for server in [*webs.values(), *udps.values()]:
             server.start(procs)
@@ -672,7 +684,8 @@ def main() -> int:
             "trap": {w: {"n": [], "0": []} for w in ("native", *BACKENDS)},
             "startup": {w: [] for w in ("native", *BACKENDS)},
             "udp": {w: [] for w in ("native", *BACKENDS, "floor")},
-            **{kind: {"keepalive": {v: [] for v in VARIANTS}, "newconn": {v: [] for v in (*VARIANTS, "floor")}}
+            **{kind: {"keepalive": {v: [] for v in VARIANTS},
+                      "newconn": {v: [] for v in (*VARIANTS, *floor_variants(kind))}}
                for kind in WEB},
             **{f"{kind}-wrk": {mode: {v: [] for v in ("tcp", *BACKENDS)} for mode in ("keepalive", "newconn")}
                for kind in ("nginx", "caddy")},
