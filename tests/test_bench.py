@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 
-from helpers import REPO, run
+import pytest
+
+from helpers import REPO, nginx_conf, run
 
 
 def test_bench_quick_run_prints_every_measurement(bins):
@@ -13,9 +16,34 @@ def test_bench_quick_run_prints_every_measurement(bins):
     for row in ("(a) syscall-loop", "(b) one trapped getsockname", "(c) Go hello keep-alive",
                 "(c) Go hello new conn", "(d) /bin/true", "(e) UDP round trips", "(f) nginx keep-alive, Go client",
                 "(f) nginx new conn/request, wrk", "(g) caddy keep-alive, Go client", "(g) caddy new conn/request, wrk",
-                "trapped calls"):
+                "(h) floor: go new conn", "(h) floor: nginx new conn", "(h) nginx new conn/request, accept4 handled in C",
+                "(h) floor: caddy new conn", "(h) floor: UDP round trips", "trapped calls"):
         assert row in result.stdout, result.stdout
     # The trapped calls are counted for every workload under both backends.
     for kind in ("go", "nginx", "caddy", "udp"):
         for backend in ("notify", "ptrace"):
             assert re.search(rf"^  {kind} +{backend}: ", result.stdout, re.M), result.stdout
+    # (h) traps what notify traps (the bench warns when FLOOR_TRAPS is out of date).
+    assert "FLOOR_TRAPS is out of date" not in result.stdout, result.stdout
+
+
+def test_null_supervisor_traps_the_calls_and_does_the_accept_work(bins, sockdir, background):
+    """(h)'s floor is only a floor if it traps: nginx on a Unix socket under
+    null-supervisor --accept shows its clients the IPv4 peer the supervisor
+    wrote (natively it says unix:), and every accept is counted as answered."""
+    sock = sockdir / "n.sock"
+    (sockdir / "nginx.conf").write_text(nginx_conf(sockdir, f"""
+    server {{ listen unix:{sock}; location / {{ return 200 "peer=$remote_addr\\n"; }} }}""", user="root"))
+    server = background([bins / "null-supervisor-glibc", "--accept", "accept4", "--",
+                         "/usr/sbin/nginx", "-c", sockdir / "nginx.conf", "-p", sockdir])
+    for _ in range(100):
+        if sock.exists():
+            break
+        server.proc.poll() is None or pytest.fail(server.output)
+        time.sleep(0.05)
+    for _ in range(5):  # a new connection each
+        answer = run(["curl", "-s", "--unix-socket", sock, "http://x/"])
+        assert answer.stdout == "peer=127.0.0.1\n", (answer.stdout, server.output)
+    server.stop()
+    answered = int(re.search(r"null-supervisor: (\d+) calls answered", server.output)[1])
+    assert answered >= 5, server.output
