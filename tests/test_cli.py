@@ -68,6 +68,14 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     assert "Traceback" not in err and "Error" not in err, err
 
 
+def test_a_full_disk_is_said_not_a_traceback():
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(REDIRECT + ["-c", "-p", "-r", "in,port=80,path=/run/a.sock"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=30)
+    assert result.returncode == 125
+    assert result.stderr.strip() == "redirect: cannot write the rule table: No space left on device", result.stderr
+
+
 def test_help_and_version():
     help_text = run(REDIRECT + ["-h"])
     assert help_text.returncode == 0 and "-r RULE" in help_text.stdout and "blackhole" in help_text.stdout
