@@ -95,12 +95,14 @@ WEB = ("go", "nginx", "caddy")
 VARIANTS = ("tcp", "unix") + BACKENDS   # how a web server runs: natively on TCP or Unix, or under redirect
 # (h): the calls the notify backend traps per new connection (per round trip
 # for UDP), as --count-calls reports them; the report says if they differ.
-def floor_variants(kind: str) -> list:
-    return ["floor", "floor-accept"] if kind == "nginx" else ["floor"]
-
-
 FLOOR_TRAPS = {"go": ("accept4", "getsockname", "setsockopt"), "nginx": ("accept4",),
                "caddy": ("accept4", "getsockname", "setsockopt"), "udp": ("recvfrom", "sendto")}
+
+
+def floor_variants(kind: str) -> list:
+    """(h)'s runs of a web server: the floor, and for nginx its accept done in C."""
+    return ["floor", "floor-accept"] if kind == "nginx" else ["floor"]
+
 
 # The issue's targets (docs/performance.md): (row, what, test on the measured value).
 TARGETS = {
@@ -301,7 +303,7 @@ class Web:
         self.dir = tmp / f"{kind}-{variant}"
         self.dir.mkdir(exist_ok=True)
         self.log = self.dir / "out.log"
-        native_unix = variant in ("unix", "floor", "floor-accept")
+        native_unix = variant == "unix" or variant.startswith("floor")
         listen_tcp = f"127.0.0.1:{self.port}"
         if kind == "go":
             argv = [SERVER, "-quiet"] + (["-unix", self.sock] if native_unix else ["-addr", listen_tcp])
@@ -396,11 +398,10 @@ class UdpServer:
             sock = tmp / f"udp-{variant}.sock"
             argv = redirect(variant, f"in,udp,port={self.port},path={sock}", count=count) + argv
             self.client_prefix = redirect(variant, f"out,udp,port={self.port},path={sock}")
-        elif variant == "floor":
-            argv = [FLOOR, *FLOOR_TRAPS["udp"], "--"] + argv
-            self.client_prefix = []
         else:
             self.client_prefix = []
+            if variant == "floor":
+                argv = [FLOOR, *FLOOR_TRAPS["udp"], "--"] + argv
         self.argv = argv
 
     def start(self, procs: Procs) -> None:

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 
-import pytest
-
-from helpers import REPO, nginx_conf, run
+from helpers import REPO, curl_unix, nginx_conf, run, wait_for_socket
 
 
 def test_bench_quick_run_prints_every_measurement(bins):
@@ -36,14 +33,9 @@ def test_null_supervisor_traps_the_calls_and_does_the_accept_work(bins, sockdir,
     server {{ listen unix:{sock}; location / {{ return 200 "peer=$remote_addr\\n"; }} }}""", user="root"))
     server = background([bins / "null-supervisor-glibc", "--accept", "accept4", "--",
                          "/usr/sbin/nginx", "-c", sockdir / "nginx.conf", "-p", sockdir])
-    for _ in range(100):
-        if sock.exists():
-            break
-        server.proc.poll() is None or pytest.fail(server.output)
-        time.sleep(0.05)
+    wait_for_socket(sock, proc=server)
     for _ in range(5):  # a new connection each
-        answer = run(["curl", "-s", "--unix-socket", sock, "http://x/"])
-        assert answer.stdout == "peer=127.0.0.1\n", (answer.stdout, server.output)
+        assert curl_unix(sock) == "peer=127.0.0.1\n", server.output
     server.stop()
     answered = int(re.search(r"null-supervisor: (\d+) calls answered", server.output)[1])
     assert answered >= 5, server.output
