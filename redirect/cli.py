@@ -226,7 +226,8 @@ def _write_counts(path: str, supervisor) -> None:
     try:
         with open(path, "w") as out:
             json.dump({"backend": supervisor.backend.NAME if supervisor.backend else None,
-                       "trapped": dict(sorted(supervisor.trapped.items()))}, out)
+                       "trapped": dict(sorted(supervisor.trapped.items())),
+                       "compiled": dict(sorted(supervisor.compiled.items()))}, out)
             out.write("\n")
     except OSError as err:
         print(f"redirect: --count-calls: cannot write {path}: {err.strerror}", file=sys.stderr)

@@ -34,7 +34,7 @@ import signal
 import time
 import types
 
-from . import kernel, seccomp_filter
+from . import arch, kernel, seccomp_filter
 from .program import PASS, Process, ProgramThread, descendants, status_field, tasks_of
 from .supervisor import Supervisor, Unavailable
 
@@ -46,6 +46,7 @@ _SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal
 _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
 _ERESTARTSYS = 512
 _ALL_SIGNALS = signal.valid_signals()
+_ACCEPTS = {arch.NR["accept"], arch.NR["accept4"]}
 
 
 class CallGone(BaseException):
@@ -76,6 +77,19 @@ def _now(value):
     """A backend act that is done at once, as the generator handlers expect."""
     return value
     yield  # noqa: B901 (makes this a generator)
+
+
+def _compiled():
+    """The compiled accept (redirect/_fastpath.c), if it was built: setup.py
+    builds it where a C compiler is. REDIRECT_COMPILED=0 leaves every accept
+    to Python, to measure one against the other."""
+    if os.environ.get("REDIRECT_COMPILED") == "0":
+        return None
+    try:
+        from . import _fastpath
+    except ImportError:
+        return None
+    return _fastpath
 
 
 class Task:
@@ -273,6 +287,7 @@ class NotifyBackend:
         self.listener = -1
         self.sync_wake_up = False
         self.killable = False
+        self.compiled, self._plan = _compiled(), None
         self._seq = 0
         self._next_sweep = self._next_signals = 0.0
 
@@ -282,7 +297,9 @@ class NotifyBackend:
             "without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): each call costs a cross-CPU wake-up"
         waits = "calls wait killable" if self.killable else \
             "without WAIT_KILLABLE_RECV (Linux 5.19): a signal during a call may make it twice"
-        return f"notify (seccomp user notification; {why}; {speed}; {waits})"
+        accepts = "accepts compiled" if self.compiled is not None else \
+            "accepts made in Python (redirect._fastpath is not built, or REDIRECT_COMPILED=0)"
+        return f"notify (seccomp user notification; {why}; {speed}; {waits}; {accepts})"
 
     # ---- start ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -455,6 +472,9 @@ class NotifyBackend:
         except OSError:
             self._send(ident, -errno.ESRCH)  # gone already: nobody reads this
             return
+        if nr in _ACCEPTS and self.compiled is not None and not self.replay and \
+                self._compiled_accept(task, ident, nr, args):
+            return
         thread = Notified(self, task, ident)
         try:
             outcome = self.sup.handle(thread, nr, args)
@@ -469,6 +489,35 @@ class NotifyBackend:
             self._step(pending, None)
         else:
             self._answer(pending, outcome)
+
+    def _compiled_accept(self, task: Task, ident: int, nr: int, args: tuple[int, ...]) -> bool:
+        """An accept of a converted listener made by redirect/_fastpath.c,
+        the mechanics in C, what it means in handlers/accept.py; False when
+        it left the call to the handler (nothing was done)."""
+        name = arch.NAME[nr]
+        fd, addr, len_ptr, *rest = arch.c_args(name, args)
+        if self._plan is None:
+            from .handlers.accept import compiled_plan  # (not at start-up)
+
+            self._plan = compiled_plan
+        plan = self._plan(self.sup.ctx, name, task.tid)
+        try:
+            done = self.compiled.accept(self.listener, ident, task.pidfd, task.tid, fd, addr, len_ptr,
+                                        rest[0] if name == "accept4" else 0, self.killable, plan)
+        except Exception:
+            self.sup.internal_error(f"{name}() in thread {task.tid}")  # (answered EIO: fail closed)
+            return True
+        if done is None:
+            return False
+        for counts in (self.sup.trapped, self.sup.compiled):
+            counts[name] = counts.get(name, 0) + 1
+        if done:  # the call went away after the accept: the connection is the next call's
+            import socket
+
+            conn, listener = done
+            self.sup.ctx.kept.setdefault(listener, []).append(socket.socket(fileno=conn))
+            self._wake_all()
+        return True
 
     def _step(self, pending: Pending, value) -> None:
         try:

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(python3 python3-venv make gcc libc6-dev musl-tools golang-go busybox-static
+packages=(python3 python3-venv python3-dev make gcc libc6-dev musl-tools golang-go busybox-static
           curl socat libseccomp2 nginx-light systemd caddy wrk strace gdb dnsmasq-base tftpd-hpa
           tftp-hpa dnsutils openssh-server groff-base zsh pipx)
 missing=()
@@ -25,9 +25,12 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 # A regular (not editable) install: an editable one costs ~20 ms at every start.
-if [ ! -e .venv/.installed ] || [ -n "$(find pyproject.toml redirect -newer .venv/.installed | head -1)" ]; then
+# The compiled accept (redirect/_fastpath.c) also in the checkout itself, where
+# the tests run `python -m redirect` from.
+if [ ! -e .venv/.installed ] || [ -n "$(find pyproject.toml setup.py redirect -newer .venv/.installed | head -1)" ]; then
     echo "setup: installing redirect and its dependencies into .venv"
     .venv/bin/pip install -q --disable-pip-version-check ".[test]"
+    PYTHONWARNINGS=ignore .venv/bin/python setup.py -q build_ext --inplace
     touch .venv/.installed
 fi
 

@@ -158,7 +158,7 @@ def readme_install() -> ReadmeInstall:
         (root / "root").mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPX_")}
         env["HOME"] = str(root / "root")
-        lines = commands(substitute(block("README.md", "apt install pipx libseccomp2").text,
+        lines = commands(substitute(block("README.md", "apt install pipx libseccomp2 gcc python3-dev").text,
                                     ["/opt/pipx", "/usr/local/bin"], machine=root))
         runs = {lines[0]: run(["bash", "-c", lines[0]], timeout=600, env=env)}
         started = {}

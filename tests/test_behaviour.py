@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (REDIRECT, compiled, curl_unix, free_port, gone_soon, redirect, run, tcp_listening, unix_request,
-                      wait_for_socket)
+from helpers import (REDIRECT, compiled, curl_unix, free_port, gone_soon, nginx_conf, redirect, run, tcp_listening,
+                     unix_request, wait_for_socket)
 from redirect.program import children_of
 
 PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "sockprobe.py")]
@@ -773,6 +773,34 @@ def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
         counts[n] = json.loads(count.read_text())["trapped"]
     assert counts[300] == counts[1], counts
     assert counts[1].get("accept4", 0) + counts[1].get("accept", 0) >= 1  # the connection's own call was counted
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("accept_in", ["C", "Python"])
+def test_nginx_accepts_compiled_or_in_python_show_the_same_peers(bins, sockdir, background, monkeypatch, accept_in):
+    """The notify backend's accept of a converted listener is made in C
+    (redirect/_fastpath.c) where it was built, and CI builds it: -v says
+    which, --count-calls counts what C made. nginx (a non-blocking listener,
+    so C makes every accept) shows each client the same kind of IP peer
+    either way, with a port of its own per connection."""
+    monkeypatch.setenv("REDIRECT_COMPILED", "1" if accept_in == "C" else "0")
+    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    assert nginx, "nginx is not installed (scripts/setup.sh installs nginx-light)"
+    port, sock, count = free_port(), sockdir / "n.sock", sockdir / "count.json"
+    (sockdir / "nginx.conf").write_text(nginx_conf(sockdir, f"""
+    server {{ listen 0.0.0.0:{port}; location / {{ return 200 "$remote_addr $remote_port\\n"; }} }}""", user="root"))
+    server = background(redirect(f"in,port={port},path={sock}", options=("--count-calls", str(count)))
+                        + [nginx, "-c", sockdir / "nginx.conf", "-p", sockdir])
+    wait_for_socket(sock, proc=server)
+    peers = [curl_unix(sock).split() for _ in range(5)]  # a new connection each
+    server.stop()
+    assert ("accepts compiled" if accept_in == "C" else "accepts made in Python") in server.output, server.output
+    assert all(host == "127.0.0.1" and int(peer) >= 1024 for host, peer in peers), peers
+    assert len({peer for _, peer in peers}) == 5, peers
+    counts = json.loads(count.read_text())
+    accepts = counts["trapped"].get("accept4", 0)
+    assert accepts >= 5, counts
+    assert counts["compiled"] == ({"accept4": accepts} if accept_in == "C" else {}), counts
 
 
 def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):

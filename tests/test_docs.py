@@ -50,7 +50,7 @@ from doc_blocks import (PROGRAMS, Block, all_blocks, before_session, block, comm
 CHECKS: dict[tuple[str, str], tuple[str, ...]] = {
     ("README.md", "mkdir -p /run/app"): ("test_readme_first_example",),
     ("README.md", "bash scripts/demo.sh"): ("test_readme_demo", "test_readme_test_command"),
-    ("README.md", "apt install pipx libseccomp2"): (
+    ("README.md", "apt install pipx libseccomp2 gcc python3-dev"): (
         "test_readme_install", "tests/test_unprivileged.py::test_pipx_install_serves_a_service_user"),
     ("README.md", "redirect [options] -r RULE [-r RULE ...] [-f FILE ...] [--] PROGRAM [ARGS...]"): (
         "test_readme_synopsis",),

@@ -88,14 +88,15 @@ def test_udp_reply_sockets_follow_the_servers_owner(unprivileged_user, world_rea
 def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, world_readable_install, background):
     """The command pipx installed runs for an unprivileged service user who
     cannot read the installer's home (the checkout under /root): it converts
-    the user's server and the man page is there."""
+    the user's server, the man page is there, and so is the compiled accept
+    (README's apt line has what builds it)."""
     user = unprivileged_user
     sockdir = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
     try:
         os.chown(sockdir, user.pw_uid, user.pw_gid)
         port, sock = free_port(), sockdir / "svc.sock"
-        command = ["/usr/sbin/runuser", "-u", user.pw_name, "--", pipx_install, "-r", f"in,port={port},path={sock}",
-                   "--", world_readable_install / "tcp-server", "127.0.0.1", port]
+        command = ["/usr/sbin/runuser", "-u", user.pw_name, "--", pipx_install, "-v",
+                   "-r", f"in,port={port},path={sock}", "--", world_readable_install / "tcp-server", "127.0.0.1", port]
         server = background(command, cwd="/", env={"PATH": "/usr/bin:/bin",
                                                     "REDIRECT_BACKEND": os.environ["REDIRECT_BACKEND"]})
         wait_for_socket(sock, proc=server)
@@ -104,5 +105,8 @@ def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, wor
         assert tcp_listening(port) == []
         venv = pipx_install.resolve().parent.parent
         assert (venv / "share" / "man" / "man1" / "redirect.1").exists()
+        assert list(venv.glob("lib/python3*/site-packages/redirect/_fastpath.*.so")), "no compiled accept built"
+        if os.environ["REDIRECT_BACKEND"] == "notify":
+            assert "accepts compiled" in server.output, server.output
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)

@@ -35,16 +35,37 @@ def _accept(call: Call, listener: Listener, sock, room: int):
     conn = yield from perform.accept(call, call.args[0], sock, flags)
     if isinstance(conn, int):
         return conn
-    inode = os.fstat(conn.fileno()).st_ino
-    uid = peer_uid(conn)
-    call.ctx.registry.add_accepted(inode, Accepted(listener, uid))  # later getpeername/getsockname need no look
-    peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
-    if call.ctx.verbosity >= 2:
-        call.ctx.log(2, f"{call.describe()}: {listener.visible}: accepted a connection from {peer} "
-                        f"(uid {uid}) on {listener.real}")
-    err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
+    peer = accepted(call.ctx, listener, os.fstat(conn.fileno()).st_ino, peer_uid(conn), call.describe)
+    err = write_sockaddr(call, call.args[1], call.args[2], peer, room)
     if err:
         conn.close()
         return err
     kept = call.ctx.kept.setdefault(listener.inode, [])
     return (yield from call.thread.give(conn, bool(flags & socket.SOCK_CLOEXEC), lost=kept.append))
+
+
+def accepted(ctx, listener: Listener, inode: int, uid: int | None, describe) -> bytes:
+    """A connection the supervisor accepted on the listener: recorded (later
+    getpeername/getsockname need no look), and the packed IP address of
+    the peer the program is shown."""
+    ctx.registry.add_accepted(inode, Accepted(listener, uid))
+    peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
+    if ctx.verbosity >= 2:
+        ctx.log(2, f"{describe()}: {listener.visible}: accepted a connection from {peer} "
+                   f"(uid {uid}) on {listener.real}")
+    return sockaddr.pack(peer)
+
+
+def compiled_plan(ctx, name: str, tid: int):
+    """For the notify backend's compiled accept (redirect/_fastpath.c), which
+    makes the call's mechanics: whether the listener with this inode is one
+    whose accept it may make (then what to do with each connection), or None
+    (this handler makes the call). Connections kept from a call that went
+    away come first, and are this handler's to hand out."""
+    def plan(inode: int):
+        listener = ctx.registry.listener_inodes.get(inode)
+        if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
+            return None
+        return lambda conn_inode, uid: accepted(ctx, listener, conn_inode, uid,
+                                                lambda: f"{name}() in thread {tid}")
+    return plan
