@@ -1,23 +1,23 @@
-/* The notify backend's accept of a converted listener, compiled.
+/* The notify backend's calls of every new connection, compiled: accept of
+   a converted listener, getsockname and setsockopt of a converted socket.
 
-   Every new connection to a converted listener is one trapped accept; in
-   Python its mechanics (the listener's duplicate, the accept, the address
-   written, the fd installed, the answer) cost ~120 us, five times what the
-   kernel calls themselves cost (docs/performance.md, row (h)). This does
-   those mechanics in C. What the call means stays in Python, in
-   handlers/accept.py: `plan(listener_inode)` says whether the socket is a
-   converted listener whose accept this may do (and returns `after`), and
-   `after(conn_inode, peer_uid)` records the connection and returns the
-   packed IP address the program is shown.
+   In Python the mechanics of one such call (reading and writing the
+   program's memory, the listener's duplicate, the accept, ADDFD, the
+   answer) cost ~120 us, five times what the kernel calls themselves cost
+   (docs/performance.md, row (h)), and a Go server makes five per
+   connection. This makes those mechanics in C. What a call means stays in
+   the handlers (handlers.COMPILED): a callback says, from the socket's
+   inode, whether and how this may answer it, and returns what to write.
 
-   Whenever this is not sure it can do the whole call the way the Python
-   handler would, it gives the call back untouched (returns None) and the
-   handler takes it from the start: a listener with no connection waiting
-   for a blocking caller, unusual flags, memory it cannot read. It decides
-   only on what the kernel says (the duplicate's inode, the connection's
-   credentials); the one thing read from the program, the size of its
-   address buffer, only bounds what is written back, and is read before
-   SECCOMP_IOCTL_NOTIF_ID_VALID. */
+   Whenever this is not sure it can make the whole call the way the handler
+   would, it gives the call back untouched (returns None) and the handler
+   takes it from the start: a blocking accept with no connection waiting,
+   unusual flags, memory it cannot read, a socket the registry does not
+   know. It decides only on what the kernel says (the socket's inode, the
+   connection's credentials); what it reads of the program's memory (the
+   size of an address buffer, an option's value) is read before
+   SECCOMP_IOCTL_NOTIF_ID_VALID and only used as the call's data, as the
+   kernel would use it. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -88,6 +88,46 @@ static int give(int listener, unsigned long long ident, int conn, int cloexec, i
     return 0;
 }
 
+/* The socket inode behind the thread's fd (as ProgramThread.fd_inode): 0 if none. */
+static unsigned long long fd_inode(int tid, int fd)
+{
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", tid, fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n <= 0)
+        return 0;
+    link[n] = 0;
+    unsigned long long inode;
+    return sscanf(link, "socket:[%llu]", &inode) == 1 ? inode : 0;
+}
+
+/* n bytes of the program's memory, then whether the call still waits: only
+   bytes read while it waits are the call's (notify.Notified.read_some).
+   1: read; 0: not all of it is mapped; -1: the call went away. */
+static int read_valid(int listener, unsigned long long ident, int tid, unsigned long long addr, void *buf,
+                      size_t n)
+{
+    struct iovec here = {buf, n}, there = {(void *)(uintptr_t)addr, n};
+    if (process_vm_readv(tid, &here, 1, &there, 1, 0) != (ssize_t)n)
+        return 0;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &ident) < 0 ? -1 : 1;
+}
+
+/* An address stored as the kernel stores it (memory.write_sockaddr):
+   truncated to the program's buffer (room, read before), the full length
+   reported. 0 or -EFAULT. */
+static int write_sockaddr(int tid, unsigned long long addr, unsigned long long len_ptr, const char *data,
+                          Py_ssize_t size, int room)
+{
+    int full = (int)size;
+    size_t part = (size_t)room < (size_t)size ? (size_t)room : (size_t)size;
+    struct iovec local[2] = {{(void *)data, part}, {&full, sizeof full}};
+    struct iovec remote[2] = {{(void *)(uintptr_t)addr, part}, {(void *)(uintptr_t)len_ptr, sizeof full}};
+    int skip = part == 0;
+    ssize_t wrote = process_vm_writev(tid, local + skip, 2 - skip, remote + skip, 2 - skip, 0);
+    return wrote == (ssize_t)(part + sizeof full) ? 0 : -EFAULT;
+}
+
 /* accept(listener, ident, pidfd, tid, fd, addr, len_ptr, flags, killable, plan)
    -> None (not done: the Python handler takes the call), 0 (answered, or
    the call went away with nothing taken), or (conn, listener_inode) (the
@@ -124,16 +164,13 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     /* The size of the program's buffer, then whether the call still waits:
        only bytes read while it waits are the call's. */
     int room;
-    struct iovec here = {&room, sizeof room}, there = {(void *)(uintptr_t)len_ptr, sizeof room};
-    if (process_vm_readv(tid, &here, 1, &there, 1, 0) != (ssize_t)sizeof room || room < 0) {
+    int got = read_valid(listener, ident, tid, len_ptr, &room, sizeof room);
+    if (got <= 0 || room < 0) {
         close(dup);
         Py_DECREF(after);
+        if (got < 0)
+            return PyLong_FromLong(0);
         Py_RETURN_NONE;
-    }
-    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &ident) < 0) {
-        close(dup);
-        Py_DECREF(after);
-        return PyLong_FromLong(0);
     }
 
     /* Never block the supervisor: a blocking listener with nothing waiting
@@ -183,18 +220,11 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
         return NULL;
     }
 
-    /* The address, truncated to the program's buffer, and its full length,
-       as the kernel stores them (memory.write_sockaddr). */
-    int full = (int)peerlen;
-    size_t part = (size_t)room < (size_t)peerlen ? (size_t)room : (size_t)peerlen;
-    struct iovec local[2] = {{peer, part}, {&full, sizeof full}};
-    struct iovec remote[2] = {{(void *)(uintptr_t)addr, part}, {(void *)(uintptr_t)len_ptr, sizeof full}};
-    int skip = part == 0;
-    ssize_t wrote = process_vm_writev(tid, local + skip, 2 - skip, remote + skip, 2 - skip, 0);
+    int wrote = write_sockaddr(tid, addr, len_ptr, peer, peerlen, room);
     Py_DECREF(packed);
-    if (wrote != (ssize_t)(part + sizeof full)) {
+    if (wrote < 0) {
         close(conn);
-        answer(listener, ident, -EFAULT);
+        answer(listener, ident, wrote);
         return PyLong_FromLong(0);
     }
 
@@ -204,8 +234,87 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     return PyLong_FromLong(0);
 }
 
+/* sockname(listener, ident, tid, fd, addr, len_ptr, local): getsockname
+   or getpeername of a converted socket. local(inode) is the packed
+   address the program is shown, or None (the handler answers). None (not
+   done) or 0 (answered, or the call went away). */
+static PyObject *fast_sockname(PyObject *self, PyObject *args)
+{
+    int listener, tid, fd;
+    unsigned long long ident, addr, len_ptr;
+    PyObject *local;
+    if (!PyArg_ParseTuple(args, "iKiiKKO", &listener, &ident, &tid, &fd, &addr, &len_ptr, &local))
+        return NULL;
+    unsigned long long inode = addr && len_ptr ? fd_inode(tid, fd) : 0;
+    if (inode == 0)
+        Py_RETURN_NONE;
+    PyObject *packed = PyObject_CallFunction(local, "K", inode);
+    if (packed == NULL || packed == Py_None) {
+        if (packed == NULL)
+            answer(listener, ident, -EIO);
+        return packed;
+    }
+    char *data;
+    Py_ssize_t size;
+    int room, got;
+    if (PyBytes_AsStringAndSize(packed, &data, &size) < 0) {
+        Py_DECREF(packed);
+        answer(listener, ident, -EIO);
+        return NULL;
+    }
+    got = read_valid(listener, ident, tid, len_ptr, &room, sizeof room);
+    if (got <= 0 || room < 0) {
+        Py_DECREF(packed);
+        if (got < 0)
+            return PyLong_FromLong(0);
+        Py_RETURN_NONE;
+    }
+    answer(listener, ident, write_sockaddr(tid, addr, len_ptr, data, size, room));
+    Py_DECREF(packed);
+    return PyLong_FromLong(0);
+}
+
+/* setsockopt(listener, ident, tid, fd, level, name, value_ptr, length, set):
+   set(inode, level, name, value) is the call's result, or None (the
+   handler answers); value is at most 256 bytes of the program's, or None
+   where they are not mapped. None (not done) or 0 (answered, or gone). */
+static PyObject *fast_setsockopt(PyObject *self, PyObject *args)
+{
+    int listener, tid, fd, level, name, length;
+    unsigned long long ident, value_ptr;
+    PyObject *set;
+    if (!PyArg_ParseTuple(args, "iKiiiiKiO", &listener, &ident, &tid, &fd, &level, &name, &value_ptr, &length,
+                          &set))
+        return NULL;
+    unsigned long long inode = fd_inode(tid, fd);
+    if (inode == 0)
+        Py_RETURN_NONE;
+    char value[256];
+    size_t size = length > 0 ? ((size_t)length < sizeof value ? (size_t)length : sizeof value) : 0;
+    int got = size ? read_valid(listener, ident, tid, value_ptr, value, size) : 1;
+    if (got < 0)
+        return PyLong_FromLong(0);
+    PyObject *res = got ? PyObject_CallFunction(set, "Kiiy#", inode, level, name, value, (Py_ssize_t)size)
+                        : PyObject_CallFunction(set, "KiiO", inode, level, name, Py_None);
+    if (res == NULL || res == Py_None) {
+        if (res == NULL)
+            answer(listener, ident, -EIO);
+        return res;
+    }
+    long result = PyLong_AsLong(res);
+    Py_DECREF(res);
+    if (result == -1 && PyErr_Occurred()) {
+        answer(listener, ident, -EIO);
+        return NULL;
+    }
+    answer(listener, ident, result);
+    return PyLong_FromLong(0);
+}
+
 static PyMethodDef methods[] = {
-    {"accept", fast_accept, METH_VARARGS, "The accept of a converted listener, compiled (see the module's source)."},
+    {"accept", fast_accept, METH_VARARGS, "accept/accept4 of a converted listener (see the source)."},
+    {"sockname", fast_sockname, METH_VARARGS, "getsockname/getpeername of a converted socket."},
+    {"setsockopt", fast_setsockopt, METH_VARARGS, "setsockopt of a converted socket."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -46,7 +46,7 @@ _SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal
 _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
 _ERESTARTSYS = 512
 _ALL_SIGNALS = signal.valid_signals()
-_ACCEPTS = {arch.NR["accept"], arch.NR["accept4"]}
+_COMPILED = {arch.NR[name] for name in ("accept", "accept4", "getsockname", "setsockopt")}  # handlers.COMPILED
 
 
 class CallGone(BaseException):
@@ -80,9 +80,9 @@ def _now(value):
 
 
 def _compiled():
-    """The compiled accept (redirect/_fastpath.c), if it was built: setup.py
-    builds it where a C compiler is. REDIRECT_COMPILED=0 leaves every accept
-    to Python, to measure one against the other."""
+    """The compiled calls of every new connection (redirect/_fastpath.c), if
+    it was built: setup.py builds it where a C compiler is.
+    REDIRECT_COMPILED=0 leaves them to Python, to measure one against the other."""
     if os.environ.get("REDIRECT_COMPILED") == "0":
         return None
     try:
@@ -287,7 +287,9 @@ class NotifyBackend:
         self.listener = -1
         self.sync_wake_up = False
         self.killable = False
-        self.compiled, self._plan = _compiled(), None
+        # (-vv logs every accept with its thread: Python's, at its own speed.)
+        self.compiled = _compiled() if supervisor.verbosity < 2 else None
+        self._meaning = None
         self._seq = 0
         self._next_sweep = self._next_signals = 0.0
 
@@ -297,9 +299,9 @@ class NotifyBackend:
             "without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): each call costs a cross-CPU wake-up"
         waits = "calls wait killable" if self.killable else \
             "without WAIT_KILLABLE_RECV (Linux 5.19): a signal during a call may make it twice"
-        accepts = "accepts compiled" if self.compiled is not None else \
-            "accepts made in Python (redirect._fastpath is not built, or REDIRECT_COMPILED=0)"
-        return f"notify (seccomp user notification; {why}; {speed}; {waits}; {accepts})"
+        calls = "connection calls compiled" if self.compiled is not None else \
+            "connection calls made in Python (redirect._fastpath is not built, or REDIRECT_COMPILED=0)"
+        return f"notify (seccomp user notification; {why}; {speed}; {waits}; {calls})"
 
     # ---- start ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -472,8 +474,8 @@ class NotifyBackend:
         except OSError:
             self._send(ident, -errno.ESRCH)  # gone already: nobody reads this
             return
-        if nr in _ACCEPTS and self.compiled is not None and not self.replay and \
-                self._compiled_accept(task, ident, nr, args):
+        if nr in _COMPILED and self.compiled is not None and not self.replay and \
+                self._compiled_call(task, ident, nr, args):
             return
         thread = Notified(self, task, ident)
         try:
@@ -490,20 +492,24 @@ class NotifyBackend:
         else:
             self._answer(pending, outcome)
 
-    def _compiled_accept(self, task: Task, ident: int, nr: int, args: tuple[int, ...]) -> bool:
-        """An accept of a converted listener made by redirect/_fastpath.c,
-        the mechanics in C, what it means in handlers/accept.py; False when
-        it left the call to the handler (nothing was done)."""
+    def _compiled_call(self, task: Task, ident: int, nr: int, args: tuple[int, ...]) -> bool:
+        """A call on a converted socket made by redirect/_fastpath.c: the
+        mechanics in C, what they mean in the handlers (handlers.COMPILED);
+        False when C left the call to its handler (having done nothing)."""
         name = arch.NAME[nr]
-        fd, addr, len_ptr, *rest = arch.c_args(name, args)
-        if self._plan is None:
-            from .handlers.accept import compiled_plan  # (not at start-up)
+        if self._meaning is None:
+            from .handlers import COMPILED  # (not at start-up)
 
-            self._plan = compiled_plan
-        plan = self._plan(self.sup.ctx, name, task.tid)
+            self._meaning = {n: make(self.sup.ctx) for n, make in COMPILED.items()}
+        meaning, args, c = self._meaning[name], arch.c_args(name, args), self.compiled
         try:
-            done = self.compiled.accept(self.listener, ident, task.pidfd, task.tid, fd, addr, len_ptr,
-                                        rest[0] if name == "accept4" else 0, self.killable, plan)
+            if name == "getsockname":
+                done = c.sockname(self.listener, ident, task.tid, *args[:3], meaning)
+            elif name == "setsockopt":
+                done = c.setsockopt(self.listener, ident, task.tid, *args[:5], meaning)
+            else:
+                done = c.accept(self.listener, ident, task.pidfd, task.tid, *args[:3],
+                                args[3] if name == "accept4" else 0, self.killable, meaning)
         except Exception:
             self.sup.internal_error(f"{name}() in thread {task.tid}")  # (answered EIO: fail closed)
             return True
@@ -511,7 +517,7 @@ class NotifyBackend:
             return False
         for counts in (self.sup.trapped, self.sup.compiled):
             counts[name] = counts.get(name, 0) + 1
-        if done:  # the call went away after the accept: the connection is the next call's
+        if done:  # an accept's call went away after it: the connection is the next call's
             import socket
 
             conn, listener = done

@@ -777,8 +777,8 @@ def test_keep_alive_requests_trap_no_call(bins, sockdir, background):
 
 @pytest.mark.one_backend
 @pytest.mark.parametrize("accept_in", ["C", "Python"])
-def test_nginx_accepts_compiled_or_in_python_show_the_same_peers(bins, sockdir, background, monkeypatch, accept_in):
-    """The notify backend's accept of a converted listener is made in C
+def test_nginx_connection_calls_compiled_or_in_python_alike(bins, sockdir, background, monkeypatch, accept_in):
+    """The notify backend's calls of each new connection are made in C
     (redirect/_fastpath.c) where it was built, and CI builds it: -v says
     which, --count-calls counts what C made. nginx (a non-blocking listener,
     so C makes every accept) shows each client the same kind of IP peer
@@ -794,13 +794,40 @@ def test_nginx_accepts_compiled_or_in_python_show_the_same_peers(bins, sockdir, 
     wait_for_socket(sock, proc=server)
     peers = [curl_unix(sock).split() for _ in range(5)]  # a new connection each
     server.stop()
-    assert ("accepts compiled" if accept_in == "C" else "accepts made in Python") in server.output, server.output
+    assert ("connection calls compiled" if accept_in == "C" else "connection calls made in Python") in server.output, server.output
     assert all(host == "127.0.0.1" and int(peer) >= 1024 for host, peer in peers), peers
     assert len({peer for _, peer in peers}) == 5, peers
     counts = json.loads(count.read_text())
     accepts = counts["trapped"].get("accept4", 0)
     assert accepts >= 5, counts
-    assert counts["compiled"] == ({"accept4": accepts} if accept_in == "C" else {}), counts
+    if accept_in == "C":  # every accept, and nginx's TCP_NODELAY on each connection
+        assert counts["compiled"] == {"accept4": accepts, "setsockopt": counts["trapped"]["setsockopt"]}, counts
+    else:
+        assert counts["compiled"] == {}, counts
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("calls_in", ["C", "Python"])
+def test_go_connection_calls_compiled_or_in_python_alike(bins, sockdir, background, monkeypatch, calls_in):
+    """A Go server makes five trapped calls per connection (accept4,
+    getsockname, three IPPROTO_TCP setsockopts); compiled, C makes them all,
+    and the server sees the same addresses: each client an IP peer, itself
+    the address it listens on."""
+    monkeypatch.setenv("REDIRECT_COMPILED", "1" if calls_in == "C" else "0")
+    port, sock, count = free_port(), sockdir / "g.sock", sockdir / "count.json"
+    server = background(redirect(f"in,port={port},path={sock}", options=("--count-calls", str(count)))
+                        + [bins / "go-http-server", "-addr", f"127.0.0.1:{port}"])
+    wait_for_socket(sock, proc=server)
+    for _ in range(5):  # a new connection each
+        assert curl_unix(sock).startswith("hello from go-server remote=127.0.0.1:")
+    server.stop()  # (its output read to the end)
+    requests = re.findall(r"^request (\S+) local (\S+)$", server.output, re.M)
+    assert len(requests) == 5, server.output
+    assert all(remote.startswith("127.0.0.1:") and local == f"127.0.0.1:{port}" for remote, local in requests)
+    counts = json.loads(count.read_text())
+    trapped = {name: counts["trapped"].get(name, 0) for name in ("accept4", "getsockname", "setsockopt")}
+    assert trapped["accept4"] >= 5 and trapped["getsockname"] >= 5 and trapped["setsockopt"] >= 15, counts
+    assert counts["compiled"] == (trapped if calls_in == "C" else {}), counts
 
 
 def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):

@@ -107,6 +107,6 @@ def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, wor
         assert (venv / "share" / "man" / "man1" / "redirect.1").exists()
         assert list(venv.glob("lib/python3*/site-packages/redirect/_fastpath.*.so")), "no compiled accept built"
         if os.environ["REDIRECT_BACKEND"] == "notify":
-            assert "accepts compiled" in server.output, server.output
+            assert "connection calls compiled" in server.output, server.output
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)

@@ -18,13 +18,17 @@ both share):
 The acts are generators (`yield from`): the thread may wait in them while the
 supervisor serves others. Calls it judged, the supervisor makes itself
 (perform.py).
+
+COMPILED: the calls on every new connection, whose mechanics the notify
+backend makes in C where it can (redirect/_fastpath.c), each with what it
+means here: a function of the context that makes the callback C asks.
 """
 from __future__ import annotations
 
 from . import accept, bind_connect, containment, receive, send, socknames, sockopt
 from .context import Call, Context
 
-__all__ = ["Call", "Context", "HANDLERS"]
+__all__ = ["COMPILED", "Call", "Context", "HANDLERS"]
 
 HANDLERS = {
     "bind": bind_connect.bind,
@@ -48,4 +52,11 @@ HANDLERS = {
     "pidfd_getfd": containment.other_processes,
     "ptrace": containment.other_processes,
     "process_vm_writev": containment.other_processes,
+}
+
+COMPILED = {
+    "accept": accept.compiled_plan,
+    "accept4": accept.compiled_plan,
+    "getsockname": socknames.compiled_getsockname,
+    "setsockopt": sockopt.compiled_setsockopt,
 }

@@ -47,7 +47,7 @@ def _accept(call: Call, listener: Listener, sock, room: int):
 def accepted(ctx, listener: Listener, inode: int, uid: int | None, describe) -> bytes:
     """A connection the supervisor accepted on the listener: recorded (later
     getpeername/getsockname need no look), and the packed IP address of
-    the peer the program is shown."""
+    the peer the program is shown. (-vv, which logs it, is never compiled.)"""
     ctx.registry.add_accepted(inode, Accepted(listener, uid))
     peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
     if ctx.verbosity >= 2:
@@ -56,16 +56,15 @@ def accepted(ctx, listener: Listener, inode: int, uid: int | None, describe) -> 
     return sockaddr.pack(peer)
 
 
-def compiled_plan(ctx, name: str, tid: int):
+def compiled_plan(ctx):
     """For the notify backend's compiled accept (redirect/_fastpath.c), which
     makes the call's mechanics: whether the listener with this inode is one
     whose accept it may make (then what to do with each connection), or None
-    (this handler makes the call). Connections kept from a call that went
-    away come first, and are this handler's to hand out."""
+    (accept above answers). Connections kept from a call that went away come
+    first, and are the handler's to hand out."""
     def plan(inode: int):
         listener = ctx.registry.listener_inodes.get(inode)
         if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
             return None
-        return lambda conn_inode, uid: accepted(ctx, listener, conn_inode, uid,
-                                                lambda: f"{name}() in thread {tid}")
+        return lambda conn_inode, uid: accepted(ctx, listener, conn_inode, uid, None)
     return plan

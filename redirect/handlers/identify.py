@@ -90,15 +90,27 @@ def identify(call: Call, fd: int, inode: int | None = None) -> Converted | None:
     inode = call.thread.fd_inode(fd) if inode is None else inode
     if inode is None:
         return None
+    converted = known(registry, inode)
+    if converted is not None:
+        return converted
+    accepted = _accepted_from(call, fd, inode)
+    return _accepted(accepted, inode) if accepted is not None else None
+
+
+def known(registry, inode: int) -> Converted | None:
+    """identify() of a socket the registry knows by its inode (all but a
+    connection accepted with no address, which identify() finds)."""
     listener = registry.listener_inodes.get(inode)
     if listener is not None:
         return Converted(Role.LISTENER, listener.socket_type, inode, listener.visible, None)
     client = registry.client(inode)
     if client is not None:
         return Converted(Role.CLIENT, client.socket_type, inode, client_face(client, inode), client.visible)
-    accepted = registry.accepted.get(inode) or _accepted_from(call, fd, inode)
-    if accepted is None:
-        return None
+    accepted = registry.accepted.get(inode)
+    return _accepted(accepted, inode) if accepted is not None else None
+
+
+def _accepted(accepted: Accepted, inode: int) -> Converted:
     listener = accepted.listener
     if not isinstance(listener.visible, IPAddr):
         return Converted(Role.ACCEPTED, listener.socket_type, inode, listener.visible, None, listener.inode)

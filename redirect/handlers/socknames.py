@@ -8,7 +8,7 @@ from ..program import PASS
 from ..rules import SocketType
 from . import receive
 from .context import Call
-from .identify import Role, identify
+from .identify import Role, identify, known
 from .memory import write_sockaddr
 
 
@@ -18,11 +18,28 @@ def getsockname(call: Call):
     if converted is None or converted.local is None:
         return PASS
     local = converted.local
-    if converted.role is Role.LISTENER and converted.socket_type == SocketType.DGRAM \
-            and isinstance(local, sockaddr.IPAddr) \
-            and local.host.is_unspecified and receive.connected(call, fd):
+    if _may_be_connected(converted) and receive.connected(call, fd):
         local = sockaddr.local_of_connection(local)  # a connected UDP socket has a definite address
     return write_sockaddr(call, addr, len_ptr, sockaddr.pack(local))
+
+
+def _may_be_connected(converted) -> bool:
+    """A UDP socket bound to a wildcard: connected, it shows a definite address."""
+    local = converted.local
+    return converted.role is Role.LISTENER and converted.socket_type == SocketType.DGRAM \
+        and isinstance(local, sockaddr.IPAddr) and local.host.is_unspecified
+
+
+def compiled_getsockname(ctx):
+    """For the notify backend's compiled getsockname (redirect/_fastpath.c,
+    which reads and writes the program's memory): the packed address a
+    socket of this inode shows, or None (getsockname above answers)."""
+    def local(inode: int) -> bytes | None:
+        converted = known(ctx.registry, inode)
+        if converted is None or converted.local is None or _may_be_connected(converted):
+            return None
+        return sockaddr.pack(converted.local)
+    return local
 
 
 def getpeername(call: Call):

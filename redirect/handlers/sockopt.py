@@ -20,7 +20,7 @@ from ..rules import SocketType
 from ..templates import State
 from .context import Call
 from .memory import read_buffer
-from .identify import Role, identify
+from .identify import Role, identify, known
 
 IP_LEVELS = (socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_IPV6)
 _MAX_VALUE = 256
@@ -140,7 +140,35 @@ def setsockopt(call: Call):
             res = call.ctx.templates.try_set(family, converted.socket_type, level, name, value)
     else:
         res = 0
+    return _kept(call.ctx, converted, level, name, value, res)
+
+
+def _kept(ctx, converted, level: int, name: int, value: bytes, res: int) -> int:
+    """The option as set, to be read back, unless the kernel refused it on a
+    real socket (then as it refused it)."""
     if res < 0:
-        return res  # as the kernel refuses it on a real socket
-    call.ctx.registry.set_option(converted.inode, level, name, value)
+        return res
+    ctx.registry.set_option(converted.inode, level, name, value)
     return 0
+
+
+def compiled_setsockopt(ctx):
+    """For the notify backend's compiled setsockopt (redirect/_fastpath.c,
+    which reads the value, at most _MAX_VALUE bytes, None where unmapped):
+    the call's result for a converted socket and an option that needs no
+    privilege, or None (setsockopt above answers)."""
+    def set_option(inode: int, level: int, name: int, value: bytes | None) -> int | None:
+        if level not in IP_LEVELS:
+            return None
+        converted = known(ctx.registry, inode)
+        if converted is None or converted.shown_family is None:
+            return None
+        if (level, name) in _NO_OFFLOAD:
+            return -errno.ENOPROTOOPT
+        if (level, name) not in _UNPRIVILEGED:
+            return None
+        if value is None:
+            return -errno.EFAULT
+        res = ctx.templates.try_set(converted.shown_family, converted.socket_type, level, name, value)
+        return _kept(ctx, converted, level, name, value, res)
+    return set_option
