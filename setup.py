@@ -3,4 +3,4 @@ and runs the same, its notify backend's accepts made in Python (-v says so)."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("redirect._fastpath", ["redirect/_fastpath.c"], optional=True,
-                             extra_compile_args=["-O2", "-Wall"])])
+                             extra_compile_args=["-O2", "-Wall"], extra_link_args=["-pthread"])])

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -58,7 +59,8 @@ static void answer(int listener, unsigned long long ident, long long result)
 }
 
 /* The connection becomes the call's result (notify.py's _give, the same
-   two ways). 0, or 1 if the call went away first: the caller keeps conn. */
+   two ways). 0, or 1 if the call went away first or the program's fd
+   table is full: the caller keeps conn for the next accept. */
 static int give(int listener, unsigned long long ident, int conn, int cloexec, int killable)
 {
     struct seccomp_notif_addfd addfd = {
@@ -84,8 +86,11 @@ static int give(int listener, unsigned long long ident, int conn, int cloexec, i
         return 0;
     if (errno == ENOENT || errno == ESRCH || errno == EINPROGRESS)
         return 1;
-    answer(listener, ident, -errno);  /* EMFILE...: as accept would say */
-    return 0;
+    int err = errno;
+    answer(listener, ident, -err);  /* EMFILE...: as accept would say */
+    /* The kernel takes no connection for a full fd table: it waits for the
+       next accept. (The address was written already.) */
+    return err == EMFILE || err == ENFILE;
 }
 
 /* The socket inode behind the thread's fd (as ProgramThread.fd_inode): 0 if none. */
@@ -99,6 +104,25 @@ static unsigned long long fd_inode(int tid, int fd)
     link[n] = 0;
     unsigned long long inode;
     return sscanf(link, "socket:[%llu]", &inode) == 1 ? inode : 0;
+}
+
+static void *closing(void *fd)
+{
+    close((int)(intptr_t)fd);
+    return NULL;
+}
+
+/* Close a file that may not be ours on a thread of its own: its last close
+   may wait (SO_LINGER), and the supervisor must not. */
+static void close_aside(int fd)
+{
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attr, closing, (void *)(intptr_t)fd) != 0)
+        close(fd);
+    pthread_attr_destroy(&attr);
 }
 
 /* n bytes of the program's memory, then whether the call still waits: only
@@ -144,21 +168,27 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     if (addr == 0 || len_ptr == 0 || flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
         Py_RETURN_NONE;
 
-    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-    if (dup < 0)
+    /* Which socket it is, from the fd's link (no reference taken): a file
+       not ours is never held, whose last close could block (a lingering
+       TCP socket, a FUSE file of the program's). */
+    unsigned long long listener_inode = fd_inode(tid, fd);
+    if (listener_inode == 0)
         Py_RETURN_NONE;
-    struct stat st;
-    if (fstat(dup, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-        close(dup);
-        Py_RETURN_NONE;
-    }
-    unsigned long long listener_inode = st.st_ino;
     PyObject *after = PyObject_CallFunction(plan, "K", listener_inode);
     if (after == NULL || after == Py_None) {
-        close(dup);
         if (after == NULL)
             answer(listener, ident, -EIO);  /* fail closed; the exception says why */
         return after;  /* None, or NULL: the exception */
+    }
+    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (dup < 0) {
+        Py_DECREF(after);
+        Py_RETURN_NONE;
+    }
+    if (fd_inode(getpid(), dup) != listener_inode) {
+        close_aside(dup);  /* the program put another file at fd since */
+        Py_DECREF(after);
+        Py_RETURN_NONE;
     }
 
     /* The size of the program's buffer, then whether the call still waits:
@@ -173,32 +203,36 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
         Py_RETURN_NONE;
     }
 
-    /* Never block the supervisor: a blocking listener with nothing waiting
-       is the handler's (it parks the call); one with a connection waiting
-       is accepted with O_NONBLOCK set on the open file for the moment. */
+    /* Never block the supervisor. O_NONBLOCK is the program's to change at
+       any moment (fcntl is not trapped), so it only says what a call with
+       nothing waiting answers: EAGAIN, or (blocking) the handler parks it.
+       A connection waiting is accepted with O_NONBLOCK set for the moment:
+       only a process outside the tree could take it first. */
     int status = fcntl(dup, F_GETFL);
-    int blocking = status >= 0 && !(status & O_NONBLOCK);
-    if (blocking) {
-        struct pollfd ready = {.fd = dup, .events = POLLIN};
-        if (poll(&ready, 1, 0) != 1 || fcntl(dup, F_SETFL, status | O_NONBLOCK) < 0) {
-            close(dup);
-            Py_DECREF(after);
+    int nonblocking = status >= 0 && status & O_NONBLOCK;
+    struct pollfd ready = {.fd = dup, .events = POLLIN};
+    if (status < 0 || poll(&ready, 1, 0) != 1 || (!nonblocking && fcntl(dup, F_SETFL, status | O_NONBLOCK) < 0)) {
+        close(dup);
+        Py_DECREF(after);
+        if (!nonblocking)
             Py_RETURN_NONE;
-        }
+        answer(listener, ident, -EAGAIN);
+        return PyLong_FromLong(0);
     }
     int conn = accept4(dup, NULL, NULL, SOCK_CLOEXEC | (flags & SOCK_NONBLOCK));
     int err = errno;
-    if (blocking)
+    if (!nonblocking)
         fcntl(dup, F_SETFL, status);
     close(dup);
     if (conn < 0) {
         Py_DECREF(after);
-        if (err == EAGAIN && blocking)
-            Py_RETURN_NONE;  /* taken by another thread since: the handler waits */
-        answer(listener, ident, -err);
+        if ((err == EAGAIN || err == EINTR) && !nonblocking)
+            Py_RETURN_NONE;  /* taken since: the handler waits */
+        answer(listener, ident, err == EINTR ? -EAGAIN : -err);
         return PyLong_FromLong(0);
     }
 
+    struct stat st;
     struct ucred cred;
     socklen_t credlen = sizeof cred;
     int known = getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0;

@@ -583,12 +583,15 @@ class NotifyBackend:
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
         except OSError as err:
-            if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS) and give.lost is not None:
-                give.lost(sock)  # the call went away: the next one gets it
+            if err.errno not in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS):
+                self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
+            if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS, errno.EMFILE, errno.ENFILE) \
+                    and give.lost is not None:
+                # The call went away, or the fd table is full (the kernel
+                # takes no connection then): the next call gets it.
+                give.lost(sock)
                 self._wake_all()
                 return
-            if err.errno not in (errno.ENOENT, errno.ESRCH):
-                self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
         sock.close()
 
     def _send(self, ident: int, result) -> bool:

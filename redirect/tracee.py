@@ -260,14 +260,20 @@ class Thread(ProgramThread):
         """Generator: the call's result is a new fd of the supervisor's socket
         `sock` in the program (ours is closed). (`lost`: for a backend where
         the call can go away before it gets the socket; a stopped thread
-        cannot.)"""
+        cannot; or whose fd table is full: the kernel takes no connection
+        then, and the next accept gets it.)"""
+        kept = False
         try:
             fd = yield from self._receive_socket(sock)
-            if fd >= 0 and not cloexec:
+            if fd in (-errno.EMFILE, -errno.ENFILE) and lost is not None:
+                lost(sock)
+                kept = True
+            elif fd >= 0 and not cloexec:
                 yield Syscall("fcntl", fd, fcntl.F_SETFD, 0)
             return fd
         finally:
-            sock.close()
+            if not kept:
+                sock.close()
 
     def epoll_add(self, epfd: int, fd: int, events: int, data: int):
         """Generator: epoll_ctl(EPOLL_CTL_ADD) in the program; 0 or -errno."""

@@ -752,3 +752,32 @@ def test_buffers_cut_by_an_unmapped_page_fault_as_on_a_real_socket(edge, sockdir
     redirected = run(rules + [edge, port])
     assert redirected.stdout == native.stdout, redirected.stdout + redirected.stderr
     assert "internal error" not in redirected.stderr, redirected.stderr
+
+
+ACCEPT_PROBE = [sys.executable, str(Path(__file__).parent / "programs" / "acceptprobe.py")]
+
+
+def test_flipping_o_nonblock_never_blocks_the_supervisor_in_an_accept(sockdir):
+    """O_NONBLOCK is the program's to flip at any moment (fcntl is not
+    trapped): an accept the supervisor makes while the flag reads clear,
+    with nothing waiting, would block it, and with it every trapped call of
+    the program until a client came. The main thread's calls go on."""
+    port, sock = free_port(), sockdir / "t.sock"
+    result = run(redirect(f"in,port={port},path={sock}", verbose=0) + ACCEPT_PROBE + ["toggle", port], timeout=30)
+    assert result.returncode == 0 and "alive" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode, said", [("emfile", "emfile"), ("badflags", "einval")])
+def test_an_accept_that_fails_takes_no_connection(sockdir, background, mode, said):
+    """A full fd table (EMFILE) and a flag accept4 does not know (EINVAL)
+    fail the call as the kernel does, and the connection is still there for
+    the next accept: the client gets its answer."""
+    port, sock = free_port(), sockdir / "a.sock"
+    server = background(redirect(f"in,port={port},path={sock}", verbose=0) + ACCEPT_PROBE + [mode, port])
+    server.wait_for_line("^listening$")
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(str(sock))
+        client.sendall(b"hello")
+        assert server.wait_for_line(r"^(emfile|einval|accepted.*)$")[0] == said, server.output
+        assert server.wait_for_line(r"^got (.*)$")[1] == "hello", server.output

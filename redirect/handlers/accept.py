@@ -1,6 +1,7 @@
 """accept() and accept4(): connections to a converted listener come from an IP peer."""
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -32,6 +33,8 @@ def _accept(call: Call, listener: Listener, sock, room: int):
     # The supervisor accepts, writes the IP peer address the program expects,
     # then gives the connection to the program as the call's result.
     flags = call.args[3] if call.name == "accept4" else 0
+    if flags & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC):
+        return -errno.EINVAL  # as accept4 says, taking no connection
     conn = yield from perform.accept(call, call.args[0], sock, flags)
     if isinstance(conn, int):
         return conn

@@ -159,10 +159,15 @@ def accept(call: Call, fd: int, sock: socket.socket, flags: int):
             conn = kept.pop(0)
         else:
             try:
+                # Looked at first: O_NONBLOCK is the program's to clear at any
+                # moment (fcntl is not trapped), and the supervisor must never
+                # block in an accept with nothing waiting.
+                if not select.select([sock], [], [], 0)[0]:
+                    raise BlockingIOError(errno.EAGAIN, "nothing waiting")
                 conn = socket.socket(fileno=_nonblocking_call(sock, lambda: sock._accept()[0]))
             except OSError as err:
-                if err.errno != errno.EAGAIN or not wait:
-                    return -(err.errno or errno.EIO)
+                if err.errno not in (errno.EAGAIN, errno.EINTR) or not wait:
+                    return -(errno.EAGAIN if err.errno == errno.EINTR else err.errno or errno.EIO)
                 res = yield from call.thread.wait(sock, fd, select.POLLIN, limit)
                 if res < 0:
                     return res
