@@ -487,8 +487,8 @@ def count_calls(cfg: dict, tmp: Path, www: Path, procs: Procs) -> dict:
     """For each workload under each backend: the calls redirect trapped, per
     request (keep-alive: the connections' own calls included) and per new
     connection, from --count-calls of a server run with no load subtracted."""
-    def counted(path: Path) -> dict:
-        return json.loads(path.read_text())["trapped"]
+    def counted(path: Path, what: str = "trapped") -> dict:
+        return json.loads(path.read_text())[what]  # what: trapped, or compiled (of those, made in C)
 
     def total(calls: dict) -> int:
         return sum(calls.values())
@@ -506,10 +506,13 @@ def count_calls(cfg: dict, tmp: Path, www: Path, procs: Procs) -> dict:
                     load(web, n, c, keepalive=mode == "keepalive")
                 web.stop(procs)
                 row[mode] = counted(path)
+                row[mode, "compiled"] = counted(path, "compiled")
             idle = total(row["idle"])
             out[kind, backend] = {
                 "keepalive_per_request": (total(row["keepalive"]) - idle) / n,
                 "newconn_per_request": (total(row["newconn"]) - idle) / n,
+                "newconn_compiled_per_request": (total(row["newconn", "compiled"]) - total(row["idle", "compiled"]))
+                / n,
                 "calls": {mode: row[mode] for mode in ("keepalive", "newconn")},
                 "requests": n, "connections_keepalive": c,
             }
@@ -610,7 +613,8 @@ def report(s: dict, samples: dict, counts: dict, cfg: dict, info: dict) -> str:
             lines.append(f"  {kind:6} {b:6}: keep-alive {c['keepalive_per_request']:.3f} per request "
                          f"({c['requests']} requests on {c['connections_keepalive']} connections: "
                          f"{_calls(c['calls']['keepalive'])}); new connections "
-                         f"{c['newconn_per_request']:.2f} per request ({_calls(c['calls']['newconn'])})")
+                         f"{c['newconn_per_request']:.2f} per request, {c['newconn_compiled_per_request']:.2f} "
+                         f"of them compiled ({_calls(c['calls']['newconn'])})")
     for b in BACKENDS:
         c = counts["udp", b]
         lines.append(f"  udp    {b:6}: server {c['server_per_round_trip']:.2f} per round trip ({_calls(c['calls'])})")

@@ -211,7 +211,11 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     int status = fcntl(dup, F_GETFL);
     int nonblocking = status >= 0 && status & O_NONBLOCK;
     struct pollfd ready = {.fd = dup, .events = POLLIN};
-    if (status < 0 || poll(&ready, 1, 0) != 1 || (!nonblocking && fcntl(dup, F_SETFL, status | O_NONBLOCK) < 0)) {
+    int waiting;
+    do  /* (the supervisor's tick, signals.py, may interrupt it) */
+        waiting = poll(&ready, 1, 0);
+    while (waiting < 0 && errno == EINTR);
+    if (status < 0 || waiting != 1 || (!nonblocking && fcntl(dup, F_SETFL, status | O_NONBLOCK) < 0)) {
         close(dup);
         Py_DECREF(after);
         if (!nonblocking)

@@ -11,6 +11,7 @@ import sys
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+_TICK = 0.2  # seconds: the longest a final close of the program's file can hold the supervisor
 
 
 class StoppedIdle(Exception):
@@ -37,6 +38,18 @@ class Forwarder:
         if self.wakeup < 0:
             self.wakeup, notify = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             signal.set_wakeup_fd(notify, warn_on_full_buffer=False)
+        # The last close of a program's file can be the supervisor's: reading
+        # /proc/PID/fd/N, or taking a duplicate, holds the file for a moment,
+        # and the program may close its fd just then. For a TCP socket with
+        # SO_LINGER and unsent data that close waits up to the linger time (an
+        # hour), and every trapped call with it. A pending signal ends that wait
+        # (sk_stream_wait_close): a tick bounds it. (Interrupted calls are
+        # made again: Python's, and the compiled ones', see _fastpath.c.)
+        signal.signal(signal.SIGALRM, _tick)
+        signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
+
+    def uninstall(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     def drain(self) -> None:
         try:
@@ -62,6 +75,10 @@ class Forwarder:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _tick(sig: int, frame) -> None:
+    """SIGALRM: nothing to do; its coming is what counts."""
 
 
 def _terminal_sent_it() -> bool:

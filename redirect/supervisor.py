@@ -190,6 +190,7 @@ class Supervisor:
                 self.idle = False
                 self.log(1, "--on-demand: a connection; starting the program again")
         finally:
+            self.signals.uninstall()
             if self._ctx is not None:
                 self.reap()
                 self._ctx.replies.remove()

@@ -781,3 +781,26 @@ def test_an_accept_that_fails_takes_no_connection(sockdir, background, mode, sai
         client.sendall(b"hello")
         assert server.wait_for_line(r"^(emfile|einval|accepted.*)$")[0] == said, server.output
         assert server.wait_for_line(r"^got (.*)$")[1] == "hello", server.output
+
+
+@pytest.fixture(scope="module")
+def lingerprobe():
+    yield from compiled("lingerprobe", "-static", "-pthread")
+
+
+LINGER_ATTEMPTS = 2000  # a supervisor that duplicated the fd stalled within 4-410 attempts
+
+
+def test_a_lingering_socket_closed_during_its_accept_never_stalls_the_supervisor(lingerprobe, sockdir):
+    """accept() of a socket that is no listener while another thread closes
+    it: a supervisor that holds the file at that moment (a duplicate taken to
+    see what it is) makes the last close itself, and for a TCP socket with
+    SO_LINGER and unsent data its peer never reads, that close waits an hour,
+    and every trapped call of the program with it. A converted listener makes
+    the supervisor look at every accept; after each race the program's next
+    trapped call is answered (tests/programs/lingerprobe.c)."""
+    port, sock = free_port(), sockdir / "l.sock"
+    result = run(redirect(f"in,port={port},path={sock}", verbose=0) + [lingerprobe, port, LINGER_ATTEMPTS],
+                 timeout=60)
+    tail = "\n".join(result.stdout.splitlines()[-3:])
+    assert result.returncode == 0 and f"alive {LINGER_ATTEMPTS}" in result.stdout, tail + "\n" + result.stderr

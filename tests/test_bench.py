@@ -20,6 +20,15 @@ def test_bench_quick_run_prints_every_measurement(bins):
     for kind in ("go", "nginx", "caddy", "udp"):
         for backend in ("notify", "ptrace"):
             assert re.search(rf"^  {kind} +{backend}: ", result.stdout, re.M), result.stdout
+    # Under notify C makes the calls of every new connection (the compiled
+    # part is built), under ptrace none.
+    for kind in ("go", "nginx", "caddy"):
+        for backend in ("notify", "ptrace"):
+            found = re.search(rf"^  {kind} +{backend}: .*new connections ([\d.]+) per request, ([\d.]+) of them "
+                              "compiled", result.stdout, re.M)
+            assert found, result.stdout
+            trapped, compiled = float(found[1]), float(found[2])
+            assert (compiled >= 0.95 * trapped > 0) if backend == "notify" else compiled == 0, found[0]
     # (h) traps what notify traps (the bench warns when FLOOR_TRAPS is out of date).
     assert "FLOOR_TRAPS is out of date" not in result.stdout, result.stdout
 
