@@ -1,5 +1,6 @@
 """The one compiled part, optional: without a C compiler redirect installs
-and runs the same, its notify backend's accepts made in Python (-v says so)."""
+and runs the same, the notify backend's calls of each new connection made
+in Python (-v says so)."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("redirect._fastpath", ["redirect/_fastpath.c"], optional=True,

@@ -18,6 +18,7 @@
    size of an address buffer, an option's value) is read before
    SECCOMP_IOCTL_NOTIF_ID_VALID and only used as the call's data, as the
    kernel would use it. */
+#define _GNU_SOURCE  /* POLLRDHUP */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -210,11 +211,17 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
        only a process outside the tree could take it first. */
     int status = fcntl(dup, F_GETFL);
     int nonblocking = status >= 0 && status & O_NONBLOCK;
-    struct pollfd ready = {.fd = dup, .events = POLLIN};
+    struct pollfd ready = {.fd = dup, .events = POLLIN | POLLRDHUP};
     int waiting;
     do  /* (the supervisor's tick, signals.py, may interrupt it) */
         waiting = poll(&ready, 1, 0);
     while (waiting < 0 && errno == EINTR);
+    if (waiting == 1 && ready.revents & (POLLRDHUP | POLLHUP)) {
+        close(dup);  /* shut down (perform.listener_state): as a TCP listener says */
+        Py_DECREF(after);
+        answer(listener, ident, -EINVAL);
+        return PyLong_FromLong(0);
+    }
     if (status < 0 || waiting != 1 || (!nonblocking && fcntl(dup, F_SETFL, status | O_NONBLOCK) < 0)) {
         close(dup);
         Py_DECREF(after);

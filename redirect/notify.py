@@ -79,17 +79,20 @@ def _now(value):
     yield  # noqa: B901 (makes this a generator)
 
 
-def _compiled():
+def _compiled(verbosity: int):
     """The compiled calls of every new connection (redirect/_fastpath.c), if
-    it was built: setup.py builds it where a C compiler is.
-    REDIRECT_COMPILED=0 leaves them to Python, to measure one against the other."""
+    it was built (setup.py builds it where a C compiler is), or why not.
+    REDIRECT_COMPILED=0 leaves them to Python, to measure one against the
+    other; so does -vv, which logs every accept with its thread."""
     if os.environ.get("REDIRECT_COMPILED") == "0":
-        return None
+        return None, "REDIRECT_COMPILED=0"
+    if verbosity >= 2:
+        return None, "-vv"
     try:
         from . import _fastpath
     except ImportError:
-        return None
-    return _fastpath
+        return None, "redirect._fastpath is not built"
+    return _fastpath, ""
 
 
 class Task:
@@ -287,8 +290,7 @@ class NotifyBackend:
         self.listener = -1
         self.sync_wake_up = False
         self.killable = False
-        # (-vv logs every accept with its thread: Python's, at its own speed.)
-        self.compiled = _compiled() if supervisor.verbosity < 2 else None
+        self.compiled, self._why_not_compiled = _compiled(supervisor.verbosity)
         self._meaning = None
         self._seq = 0
         self._next_sweep = self._next_signals = 0.0
@@ -300,7 +302,7 @@ class NotifyBackend:
         waits = "calls wait killable" if self.killable else \
             "without WAIT_KILLABLE_RECV (Linux 5.19): a signal during a call may make it twice"
         calls = "connection calls compiled" if self.compiled is not None else \
-            "connection calls made in Python (redirect._fastpath is not built, or REDIRECT_COMPILED=0)"
+            f"connection calls made in Python ({self._why_not_compiled})"
         return f"notify (seccomp user notification; {why}; {speed}; {waits}; {calls})"
 
     # ---- start ---------------------------------------------------------------------

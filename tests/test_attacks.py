@@ -767,6 +767,15 @@ def test_flipping_o_nonblock_never_blocks_the_supervisor_in_an_accept(sockdir):
     assert result.returncode == 0 and "alive" in result.stdout, result.stdout + result.stderr
 
 
+def test_an_accept_on_a_listener_shut_down_ends(sockdir):
+    """shutdown() wakes a thread blocked in accept (servers stop that way):
+    EINVAL, as on a TCP listener. A Unix listener shut down polls readable
+    but its accept says EAGAIN: the supervisor spun, the accept never ended."""
+    port, sock = free_port(), sockdir / "s.sock"
+    result = run(redirect(f"in,port={port},path={sock}", verbose=0) + ACCEPT_PROBE + ["shutdown", port], timeout=20)
+    assert result.stdout.split() == ["listening", "einval", "einval"], result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("mode, said", [("emfile", "emfile"), ("badflags", "einval")])
 def test_an_accept_that_fails_takes_no_connection(sockdir, background, mode, said):
     """A full fd table (EMFILE) and a flag accept4 does not know (EINVAL)

@@ -65,6 +65,17 @@ def _timeout_ms(sock: socket.socket, option: int = socket.SO_SNDTIMEO) -> int:
     return -1 if sec == usec == 0 else sec * 1000 + usec // 1000
 
 
+def listener_state(fd: int) -> int:
+    """1: a connection waits; 0: none; -1: the listener was shut down (it
+    then polls readable, yet its accept says EAGAIN)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLRDHUP)
+    events = poller.poll(0)
+    if not events:
+        return 0
+    return -1 if events[0][1] & (select.POLLRDHUP | select.POLLHUP) else 1
+
+
 def _nonblocking_call(sock: socket.socket, do):
     """Run do() with O_NONBLOCK set on the socket's open file for the moment:
     the supervisor must never block. (The flag is the program's too; an
@@ -162,7 +173,10 @@ def accept(call: Call, fd: int, sock: socket.socket, flags: int):
                 # Looked at first: O_NONBLOCK is the program's to clear at any
                 # moment (fcntl is not trapped), and the supervisor must never
                 # block in an accept with nothing waiting.
-                if not select.select([sock], [], [], 0)[0]:
+                state = listener_state(sock.fileno())
+                if state < 0:
+                    return -errno.EINVAL  # shut down: as a TCP listener says (a Unix one says EAGAIN, forever)
+                if state == 0:
                     raise BlockingIOError(errno.EAGAIN, "nothing waiting")
                 conn = socket.socket(fileno=_nonblocking_call(sock, lambda: sock._accept()[0]))
             except OSError as err:

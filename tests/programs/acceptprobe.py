@@ -10,6 +10,9 @@ the program saw.
                  connection ("emfile", then "got <data>")
   badflags PORT  accept4 with a flag it does not know says EINVAL and takes
                  nothing ("einval", then "got <data>")
+  shutdown PORT  a blocking accept, and another thread shuts the listener
+                 down: the accept ends with EINVAL, as on a TCP listener
+                 ("einval"), and so does a non-blocking one after it
 """
 import ctypes
 import errno
@@ -93,5 +96,17 @@ def badflags(port):
     take(s)
 
 
+def shutdown(port):
+    s = listener(port)
+    threading.Timer(0.3, lambda: s.shutdown(socket.SHUT_RDWR)).start()
+    for blocking in (True, False):
+        s.setblocking(blocking)
+        try:
+            s.accept()
+            print("accepted", flush=True)
+        except OSError as err:
+            print(errno.errorcode[err.errno].lower(), flush=True)
+
+
 if __name__ == "__main__":
-    {"toggle": toggle, "emfile": emfile, "badflags": badflags}[sys.argv[1]](int(sys.argv[2]))
+    {"toggle": toggle, "emfile": emfile, "badflags": badflags, "shutdown": shutdown}[sys.argv[1]](int(sys.argv[2]))
