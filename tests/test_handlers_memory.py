@@ -91,8 +91,12 @@ def test_an_address_is_written_back_as_the_kernel_does(edge):
     assert struct.unpack("=i", ctypes.string_at(base + 64, 4))[0] == 16  # the whole length reported
     put(base + 64, struct.pack("=i", -1))
     assert write_sockaddr(call, base, base + 64, packed) == -errno.EINVAL
-    assert write_sockaddr(call, 0, base + 64, packed) == -errno.EFAULT
+    assert write_sockaddr(call, 0, base + 64, packed, room=8) == -errno.EFAULT
     assert write_sockaddr(call, end - 4, base + 64, packed, room=16) == -errno.EFAULT
+    # No room, no address (NULL is fine): only the whole length comes back.
+    put(base + 64, struct.pack("=i", 0))
+    assert write_sockaddr(call, 0, base + 64, packed) == 0
+    assert struct.unpack("=i", ctypes.string_at(base + 64, 4))[0] == 16
 
 
 def test_control_messages_round_trip_and_stop_at_a_malformed_one():

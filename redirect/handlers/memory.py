@@ -90,15 +90,22 @@ def cmsg(level: int, kind: int, data: bytes) -> bytes:
 def write_sockaddr(call: Call, addr: int, len_ptr: int, packed: bytes, room: int | None = None) -> int:
     """Store an address for the program the way the kernel does: truncate to the
     caller's buffer (`room`: its size, if read before the kernel changed it),
-    report the full length. Returns 0 or -errno."""
-    if addr == 0 or len_ptr == 0:
+    report the full length (a room of 0 takes no address: it may be NULL).
+    Returns 0 or -errno."""
+    if len_ptr == 0:
         return -errno.EFAULT
     try:
         if room is None:
             room = call.thread.read_int(len_ptr)
         if room < 0:
             return -errno.EINVAL
-        call.thread.write(addr, packed[:room], (len_ptr, struct.pack("=i", len(packed))))
+        full = struct.pack("=i", len(packed))
+        if room == 0:
+            call.thread.write(len_ptr, full)
+        elif addr == 0:
+            return -errno.EFAULT
+        else:
+            call.thread.write(addr, packed[:room], (len_ptr, full))
     except OSError:
         return -errno.EFAULT
     return 0
