@@ -26,7 +26,6 @@
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -107,25 +106,6 @@ static unsigned long long fd_inode(int tid, int fd)
     return sscanf(link, "socket:[%llu]", &inode) == 1 ? inode : 0;
 }
 
-static void *closing(void *fd)
-{
-    close((int)(intptr_t)fd);
-    return NULL;
-}
-
-/* Close a file that may not be ours on a thread of its own: its last close
-   may wait (SO_LINGER), and the supervisor must not. */
-static void close_aside(int fd)
-{
-    pthread_t thread;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&thread, &attr, closing, (void *)(intptr_t)fd) != 0)
-        close(fd);
-    pthread_attr_destroy(&attr);
-}
-
 /* n bytes of the program's memory, then whether the call still waits: only
    bytes read while it waits are the call's (notify.Notified.read_some).
    1: read; 0: not all of it is mapped; -1: the call went away. */
@@ -169,9 +149,11 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     if (addr == 0 || len_ptr == 0 || flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
         Py_RETURN_NONE;
 
-    /* Which socket it is, from the fd's link (no reference taken): a file
-       not ours is never held, whose last close could block (a lingering
-       TCP socket, a FUSE file of the program's). */
+    /* Which socket it is, from the fd's link first: only the converted
+       listener is duplicated and held for the call. (A last close of a file
+       not ours, a lingering TCP socket, would wait; even reading the link
+       can make one, if the program closes its fd then: the supervisor's
+       tick ends that wait, signals.py.) */
     unsigned long long listener_inode = fd_inode(tid, fd);
     if (listener_inode == 0)
         Py_RETURN_NONE;
@@ -187,7 +169,7 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
         Py_RETURN_NONE;
     }
     if (fd_inode(getpid(), dup) != listener_inode) {
-        close_aside(dup);  /* the program put another file at fd since */
+        close(dup);  /* the program put another file at fd since */
         Py_DECREF(after);
         Py_RETURN_NONE;
     }

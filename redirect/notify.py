@@ -522,7 +522,7 @@ class NotifyBackend:
             return False
         for counts in (self.sup.trapped, self.sup.compiled):
             counts[name] = counts.get(name, 0) + 1
-        if done:  # an accept's call went away after it: the connection is the next call's
+        if done:  # an accept's connection taken, not given (the call went away, EMFILE): the next call's
             import socket
 
             conn, listener = done
@@ -585,10 +585,10 @@ class NotifyBackend:
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
         except OSError as err:
-            if err.errno not in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS):
+            gone = err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS)
+            if not gone:
                 self._send(thread.ident, -(err.errno or errno.EIO))  # EMFILE...: as accept would say
-            if err.errno in (errno.ENOENT, errno.ESRCH, errno.EINPROGRESS, errno.EMFILE, errno.ENFILE) \
-                    and give.lost is not None:
+            if (gone or err.errno in (errno.EMFILE, errno.ENFILE)) and give.lost is not None:
                 # The call went away, or the fd table is full (the kernel
                 # takes no connection then): the next call gets it.
                 give.lost(sock)

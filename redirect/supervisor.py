@@ -50,7 +50,7 @@ class Supervisor:
         self.requested = backend
         self.backend = None
         self.trapped: dict[str, int] = {}  # calls handled, by syscall name (--count-calls)
-        self.compiled: dict[str, int] = {}  # of those, made by the compiled accept (notify.py)
+        self.compiled: dict[str, int] = {}  # of those, made in C (notify.py, _fastpath.c)
 
     @property
     def ctx(self):

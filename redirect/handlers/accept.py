@@ -38,8 +38,12 @@ def _accept(call: Call, listener: Listener, sock, room: int):
     conn = yield from perform.accept(call, call.args[0], sock, flags)
     if isinstance(conn, int):
         return conn
-    peer = accepted(call.ctx, listener, os.fstat(conn.fileno()).st_ino, peer_uid(conn), call.describe)
-    err = write_sockaddr(call, call.args[1], call.args[2], peer, room)
+    inode, uid = os.fstat(conn.fileno()).st_ino, peer_uid(conn)
+    peer = accepted(call.ctx, listener, inode, uid)
+    if call.ctx.verbosity >= 2:  # (never compiled)
+        call.ctx.log(2, f"{call.describe()}: {listener.visible}: accepted a connection from {peer} "
+                        f"(uid {uid}) on {listener.real}")
+    err = write_sockaddr(call, call.args[1], call.args[2], sockaddr.pack(peer), room)
     if err:
         conn.close()
         return err
@@ -47,16 +51,12 @@ def _accept(call: Call, listener: Listener, sock, room: int):
     return (yield from call.thread.give(conn, bool(flags & socket.SOCK_CLOEXEC), lost=kept.append))
 
 
-def accepted(ctx, listener: Listener, inode: int, uid: int | None, describe) -> bytes:
+def accepted(ctx, listener: Listener, inode: int, uid: int | None) -> IPAddr:
     """A connection the supervisor accepted on the listener: recorded (later
-    getpeername/getsockname need no look), and the packed IP address of
-    the peer the program is shown. (-vv, which logs it, is never compiled.)"""
+    getpeername/getsockname need no look), and the IP address of the peer
+    the program is shown."""
     ctx.registry.add_accepted(inode, Accepted(listener, uid))
-    peer = sockaddr.peer_of_connection(listener.visible, inode, uid)
-    if ctx.verbosity >= 2:
-        ctx.log(2, f"{describe()}: {listener.visible}: accepted a connection from {peer} "
-                   f"(uid {uid}) on {listener.real}")
-    return sockaddr.pack(peer)
+    return sockaddr.peer_of_connection(listener.visible, inode, uid)
 
 
 def compiled_plan(ctx):
@@ -69,5 +69,5 @@ def compiled_plan(ctx):
         listener = ctx.registry.listener_inodes.get(inode)
         if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
             return None
-        return lambda conn_inode, uid: accepted(ctx, listener, conn_inode, uid, None)
+        return lambda conn_inode, uid: sockaddr.pack(accepted(ctx, listener, conn_inode, uid))
     return plan
