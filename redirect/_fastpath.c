@@ -1,21 +1,23 @@
 /* The notify backend's calls of every new connection, compiled: accept of
-   a converted listener, getsockname and setsockopt of a converted socket.
+   a converted listener, getsockname and setsockopt of a converted socket,
+   and the notification loop that receives them (serve).
 
    In Python the mechanics of one such call (reading and writing the
    program's memory, the listener's duplicate, the accept, ADDFD, the
-   answer) cost ~120 us, five times what the kernel calls themselves cost
-   (docs/performance.md, row (h)), and a Go server makes five per
-   connection. This makes those mechanics in C. What a call means stays in
-   the handlers (handlers.COMPILED): a callback says, from the socket's
-   inode, whether and how this may answer it, and returns what to write.
+   answer) cost ~120 us, and receiving and dispatching it ~25 us more, where
+   the kernel calls themselves cost a few (docs/performance.md, row (h));
+   a Go server makes five per connection. This makes those in C. What a
+   call means stays in the handlers (handlers.COMPILED): a callback says,
+   from the socket's inode, whether and how this may answer it, and returns
+   what to write.
 
    Whenever this is not sure it can make the whole call the way the handler
-   would, it gives the call back untouched (returns None) and the handler
-   takes it from the start: a blocking accept with no connection waiting,
-   unusual flags, memory it cannot read, a socket the registry does not
-   know. It decides only on what the kernel says (the socket's inode, the
-   connection's credentials); what it reads of the program's memory (the
-   size of an address buffer, an option's value) is read before
+   would, it gives the call back untouched and the handler takes it from
+   the start: a blocking accept with no connection waiting, unusual flags,
+   memory it cannot read, a socket the registry does not know. It decides
+   only on what the kernel says (the socket's inode, the connection's
+   credentials); what it reads of the program's memory (the size of an
+   address buffer, an option's value) is read before
    SECCOMP_IOCTL_NOTIF_ID_VALID and only used as the call's data, as the
    kernel would use it. */
 #define _GNU_SOURCE  /* POLLRDHUP */
@@ -32,6 +34,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_getfd
@@ -133,19 +137,16 @@ static int write_sockaddr(int tid, unsigned long long addr, unsigned long long l
     return wrote == (ssize_t)(part + sizeof full) ? 0 : -EFAULT;
 }
 
-/* accept(listener, ident, pidfd, tid, fd, addr, len_ptr, flags, killable, plan)
-   -> None (not done: the Python handler takes the call), 0 (answered, or
-   the call went away with nothing taken), or (conn, listener_inode) (the
-   call went away after the supervisor took a connection: ours, for the
-   next accept on that listener). */
-static PyObject *fast_accept(PyObject *self, PyObject *args)
+/* accept/accept4 of a converted listener: plan(inode) is None (the
+   handler answers) or after(conn_inode, uid), the packed peer to show.
+   None (not done: the Python handler takes the call), 0 (answered, or the
+   call went away with nothing taken), or (conn, listener_inode) (the call
+   went away after the supervisor took a connection: ours, for the next
+   accept on that listener). */
+static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, int tid, int fd,
+                           unsigned long long addr, unsigned long long len_ptr, int flags, int killable,
+                           PyObject *plan)
 {
-    int listener, pidfd, tid, fd, flags, killable;
-    unsigned long long ident, addr, len_ptr;
-    PyObject *plan;
-    if (!PyArg_ParseTuple(args, "iKiiiKKipO", &listener, &ident, &pidfd, &tid, &fd, &addr, &len_ptr,
-                          &flags, &killable, &plan))
-        return NULL;
     if (addr == 0 || len_ptr == 0 || flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
         Py_RETURN_NONE;
 
@@ -261,17 +262,12 @@ static PyObject *fast_accept(PyObject *self, PyObject *args)
     return PyLong_FromLong(0);
 }
 
-/* sockname(listener, ident, tid, fd, addr, len_ptr, local): getsockname
-   or getpeername of a converted socket. local(inode) is the packed
-   address the program is shown, or None (the handler answers). None (not
-   done) or 0 (answered, or the call went away). */
-static PyObject *fast_sockname(PyObject *self, PyObject *args)
+/* getsockname of a converted socket: local(inode) is the packed address
+   the program is shown, or None (the handler answers). None (not done) or
+   0 (answered, or the call went away). */
+static PyObject *do_sockname(int listener, unsigned long long ident, int tid, int fd, unsigned long long addr,
+                             unsigned long long len_ptr, PyObject *local)
 {
-    int listener, tid, fd;
-    unsigned long long ident, addr, len_ptr;
-    PyObject *local;
-    if (!PyArg_ParseTuple(args, "iKiiKKO", &listener, &ident, &tid, &fd, &addr, &len_ptr, &local))
-        return NULL;
     unsigned long long inode = addr && len_ptr ? fd_inode(tid, fd) : 0;
     if (inode == 0)
         Py_RETURN_NONE;
@@ -301,18 +297,13 @@ static PyObject *fast_sockname(PyObject *self, PyObject *args)
     return PyLong_FromLong(0);
 }
 
-/* setsockopt(listener, ident, tid, fd, level, name, value_ptr, length, set):
-   set(inode, level, name, value) is the call's result, or None (the
-   handler answers); value is at most 256 bytes of the program's, or None
-   where they are not mapped. None (not done) or 0 (answered, or gone). */
-static PyObject *fast_setsockopt(PyObject *self, PyObject *args)
+/* setsockopt of a converted socket: set(inode, level, name, value) is the
+   call's result, or None (the handler answers); value is at most 256 bytes
+   of the program's, or None where they are not mapped. None (not done) or
+   0 (answered, or gone). */
+static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, int fd, int level, int name,
+                               unsigned long long value_ptr, int length, PyObject *set)
 {
-    int listener, tid, fd, level, name, length;
-    unsigned long long ident, value_ptr;
-    PyObject *set;
-    if (!PyArg_ParseTuple(args, "iKiiiiKiO", &listener, &ident, &tid, &fd, &level, &name, &value_ptr, &length,
-                          &set))
-        return NULL;
     unsigned long long inode = fd_inode(tid, fd);
     if (inode == 0)
         Py_RETURN_NONE;
@@ -338,10 +329,156 @@ static PyObject *fast_setsockopt(PyObject *self, PyObject *args)
     return PyLong_FromLong(0);
 }
 
+/* What serve() does with one notification it may make: the call's number
+   in the order of serve's `numbers`, or -1 (Python's). */
+enum { ACCEPT, ACCEPT4, GETSOCKNAME, SETSOCKOPT, COMPILED };
+
+static void count(PyObject *counts, PyObject *name)
+{
+    /* counts: (trapped, compiled), the supervisor's dicts by syscall name */
+    for (int i = 0; i < 2; i++) {
+        PyObject *d = PyTuple_GET_ITEM(counts, i), *n = PyDict_GetItemWithError(d, name);
+        PyObject *more = PyLong_FromLong(n ? PyLong_AsLong(n) + 1 : 1);
+        if (more) {
+            PyDict_SetItem(d, name, more);
+            Py_DECREF(more);
+        }
+    }
+}
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* serve(listener, epfd, timeout_ms, audit_arch, tasks, new_task, numbers,
+         names, meanings, counts, killable)
+
+   The notification loop while the program makes the calls of its new
+   connections: received and made here, with no Python but what they mean
+   (meanings: the (plan, local, set) of handlers.COMPILED, or None: every
+   call is Python's). Returns to notify.py's loop when it has something to
+   do: None (its epoll fd is readable, the timeout passed, or a signal came),
+   ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
+   nothing done), ("kept", conn, listener_inode) (a connection taken for a
+   call that went away), or ("hup",) (no thread is left under the filter).
+   tasks: notify's threads by tid (new_task(tid) adds one). */
+static PyObject *serve(PyObject *self, PyObject *args)
+{
+    int listener, epfd, timeout, killable;
+    unsigned int audit_arch;
+    PyObject *tasks, *new_task, *numbers, *names, *meanings, *counts;
+    if (!PyArg_ParseTuple(args, "iiiIO!OO!O!OO!p", &listener, &epfd, &timeout, &audit_arch, &PyDict_Type, &tasks,
+                          &new_task, &PyTuple_Type, &numbers, &PyTuple_Type, &names, &meanings, &PyTuple_Type, &counts,
+                          &killable))
+        return NULL;
+    if (PyTuple_GET_SIZE(numbers) != COMPILED || PyTuple_GET_SIZE(names) != COMPILED ||
+        (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 3))) {
+        PyErr_SetString(PyExc_ValueError, "serve: numbers, names and meanings do not fit");
+        return NULL;
+    }
+    long nrs[COMPILED];
+    for (int i = 0; i < COMPILED; i++)
+        nrs[i] = PyLong_AsLong(PyTuple_GET_ITEM(numbers, i));
+    long long deadline = timeout < 0 ? -1 : now_ms() + timeout;
+
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = listener, .events = POLLIN}, {.fd = epfd, .events = POLLIN}};
+        struct seccomp_notif req;
+        int n, got = 0, err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        int wait = deadline < 0 ? -1 : (int)(deadline - now_ms() > 0 ? deadline - now_ms() : 0);
+        n = poll(fds, 2, wait);
+        if (n > 0 && fds[0].revents & POLLIN) {
+            memset(&req, 0, sizeof req);  /* the kernel wants it zeroed */
+            got = ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0;
+            err = got ? 0 : errno;
+        } else if (n < 0)
+            err = errno;
+        Py_END_ALLOW_THREADS
+        if (err == EINTR) {  /* a signal: its Python handler runs, notify's loop looks */
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        if (n < 0 || (err && err != ENOENT))  /* (ENOENT: the call went away before it was received) */
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (!got) {
+            if (n == 0 || fds[1].revents)
+                Py_RETURN_NONE;
+            if (fds[0].revents & (POLLHUP | POLLERR))
+                return Py_BuildValue("(s)", "hup");
+            continue;
+        }
+        int then_loop = fds[1].revents != 0;  /* this call first, then notify's loop */
+
+        const unsigned long long *a = req.data.args;
+        int kind = -1;
+        for (int i = 0; i < COMPILED && meanings != Py_None && req.data.arch == audit_arch; i++)
+            if (req.data.nr == nrs[i])
+                kind = i;
+        PyObject *task = NULL, *done = NULL, *key = kind < 0 ? NULL : PyLong_FromLong(req.pid);
+        if (key != NULL) {
+            task = PyDict_GetItemWithError(tasks, key);  /* (borrowed: tasks holds it) */
+            if (task == NULL && !PyErr_Occurred()) {
+                /* A thread not seen before: notify's, to take its pidfd (and
+                   tell when it ends). Gone already: the handlers say so. */
+                PyObject *made = PyObject_CallOneArg(new_task, key);
+                if (made == NULL)
+                    PyErr_Clear();
+                Py_XDECREF(made);  /* (tasks holds it now) */
+                task = made ? PyDict_GetItemWithError(tasks, key) : NULL;
+            }
+            Py_DECREF(key);
+        }
+        if (task == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            goto python;
+        }
+        int tid = (int)req.pid, fd = (int)a[0];
+        if (kind == GETSOCKNAME) {
+            done = do_sockname(listener, req.id, tid, fd, a[1], a[2], PyTuple_GET_ITEM(meanings, 1));
+        } else if (kind == SETSOCKOPT) {
+            done = do_setsockopt(listener, req.id, tid, fd, (int)a[1], (int)a[2], a[3], (int)a[4],
+                                 PyTuple_GET_ITEM(meanings, 2));
+        } else {
+            PyObject *pidfd = PyObject_GetAttrString(task, "pidfd");
+            long number = pidfd ? PyLong_AsLong(pidfd) : -1;
+            Py_XDECREF(pidfd);
+            if (number < 0 && PyErr_Occurred()) {
+                answer(listener, req.id, -EIO);
+                return NULL;
+            }
+            done = do_accept(listener, req.id, (int)number, tid, fd, a[1], a[2], kind == ACCEPT4 ? (int)a[3] : 0,
+                             killable, PyTuple_GET_ITEM(meanings, 0));
+        }
+        if (done == NULL)
+            return NULL;  /* answered EIO: fail closed; the exception says why */
+        if (done == Py_None) {
+            Py_DECREF(done);
+            goto python;
+        }
+        count(counts, PyTuple_GET_ITEM(names, kind));
+        if (PyTuple_Check(done)) {
+            PyObject *kept = Py_BuildValue("(sOO)", "kept", PyTuple_GET_ITEM(done, 0), PyTuple_GET_ITEM(done, 1));
+            Py_DECREF(done);
+            return kept;
+        }
+        Py_DECREF(done);
+        if (then_loop)
+            Py_RETURN_NONE;
+        continue;
+    python:
+        return Py_BuildValue("(sKiiI(KKKKKK))", "call", req.id, (int)req.pid, (int)req.data.nr, req.data.arch,
+                             a[0], a[1], a[2], a[3], a[4], a[5]);
+    }
+}
+
 static PyMethodDef methods[] = {
-    {"accept", fast_accept, METH_VARARGS, "accept/accept4 of a converted listener (see the source)."},
-    {"sockname", fast_sockname, METH_VARARGS, "getsockname/getpeername of a converted socket."},
-    {"setsockopt", fast_setsockopt, METH_VARARGS, "setsockopt of a converted socket."},
+    {"serve", serve, METH_VARARGS, "The notification loop for the calls of every new connection (see the source)."},
     {NULL, NULL, 0, NULL},
 };
 

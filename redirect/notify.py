@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import math
 import os
 import select
 import signal
@@ -46,7 +47,9 @@ _SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal
 _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
 _ERESTARTSYS = 512
 _ALL_SIGNALS = signal.valid_signals()
-_COMPILED = {arch.NR[name] for name in ("accept", "accept4", "getsockname", "setsockopt")}  # handlers.COMPILED
+# handlers.COMPILED, in the order of _fastpath.c's serve()
+_COMPILED_NAMES = ("accept", "accept4", "getsockname", "setsockopt")
+_COMPILED = tuple(arch.NR[name] for name in _COMPILED_NAMES)
 
 
 class CallGone(BaseException):
@@ -366,7 +369,9 @@ class NotifyBackend:
     # ---- the loop --------------------------------------------------------------------
     def loop(self) -> None:
         self.epoll = select.epoll()
-        self.epoll.register(self.listener, select.EPOLLIN)
+        serve = self.compiled.serve if self.compiled is not None else None
+        if serve is None:
+            self.epoll.register(self.listener, select.EPOLLIN)
         children = kernel.signalfd({signal.SIGCHLD})
         self.epoll.register(children, select.EPOLLIN)
         signals = self.sup.signals
@@ -377,7 +382,13 @@ class NotifyBackend:
             listener, poll, receive = self.listener, self.epoll.poll, self._receive
             while not self.done:
                 timed = self.parked or self.timers or self.sup.has_files()
-                for key, events in poll(self._timeout() if timed else -1):
+                timeout = self._timeout() if timed else -1
+                if serve is not None:
+                    # The notifications, in C until there is something else
+                    # to do (the epoll fd is readable) or a call for Python.
+                    serve = self._serve(serve, timeout)
+                    timeout = 0
+                for key, events in poll(timeout):
                     if key == listener:
                         if events & select.EPOLLIN:
                             receive()
@@ -402,6 +413,42 @@ class NotifyBackend:
             os.close(self.listener)
             for task in list(self.tasks.values()):
                 task.close()
+
+    def _serve(self, serve, timeout: float):
+        """One turn of the compiled loop (redirect/_fastpath.c): what it
+        gives back done here. The serve function for the next turn, or None
+        when no thread is left under the filter."""
+        ctx = self.sup._ctx  # (None until a handler ran: not made at start-up)
+        meaning = None
+        if not self.replay and ctx is not None and (ctx.registry.listeners or ctx.registry.clients):
+            # (Else every call is the handlers': nothing converted yet lets
+            # them answer at once; a lost answer to give again.)
+            if self._meaning is None:
+                from .handlers import COMPILED  # (not at start-up)
+
+                made = {name: make(ctx) for name, make in COMPILED.items()}
+                self._meaning = (made["accept"], made["getsockname"], made["setsockopt"])
+            meaning = self._meaning
+        try:
+            got = serve(self.listener, self.epoll.fileno(), -1 if timeout < 0 else math.ceil(timeout * 1000),
+                        kernel.AUDIT_ARCH, self.tasks, self._task, _COMPILED, _COMPILED_NAMES, meaning,
+                        (self.sup.trapped, self.sup.compiled), self.killable)
+        except Exception:
+            self.sup.internal_error("a compiled call")  # (answered EIO: fail closed)
+            return serve
+        if got is None:
+            return serve
+        if got[0] == "call":
+            self._received(*got[1:])
+        elif got[0] == "kept":  # an accept's connection taken, not given (the call went away, EMFILE): the next call's
+            import socket
+
+            _, conn, listener = got
+            self.sup.ctx.kept.setdefault(listener, []).append(socket.socket(fileno=conn))
+            self._wake_all()
+        else:  # "hup": no task left under the filter
+            return None
+        return serve
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -454,11 +501,14 @@ class NotifyBackend:
 
     def _receive(self) -> None:
         try:
-            ident, tid, nr, audit_arch, args = kernel.notif_receive(self.listener)
+            got = kernel.notif_receive(self.listener)
         except OSError as err:
             if err.errno in (errno.ENOENT, errno.EINTR):
                 return  # the call went away between the wake-up and now
             raise
+        self._received(*got)
+
+    def _received(self, ident: int, tid: int, nr: int, audit_arch: int, args: tuple[int, ...]) -> None:
         again = self.replay.pop(tid, None)
         if again is not None and again[:2] == (nr, args):
             # The same call again: its answer was lost to a signal after the
@@ -476,9 +526,6 @@ class NotifyBackend:
         except OSError:
             self._send(ident, -errno.ESRCH)  # gone already: nobody reads this
             return
-        if nr in _COMPILED and self.compiled is not None and not self.replay and \
-                self._compiled_call(task, ident, nr, args):
-            return
         thread = Notified(self, task, ident)
         try:
             outcome = self.sup.handle(thread, nr, args)
@@ -493,42 +540,6 @@ class NotifyBackend:
             self._step(pending, None)
         else:
             self._answer(pending, outcome)
-
-    def _compiled_call(self, task: Task, ident: int, nr: int, args: tuple[int, ...]) -> bool:
-        """A call on a converted socket made by redirect/_fastpath.c: the
-        mechanics in C, what they mean in the handlers (handlers.COMPILED);
-        False when C left the call to its handler (having done nothing)."""
-        name = arch.NAME[nr]
-        if self._meaning is None:
-            from .handlers import COMPILED  # (not at start-up)
-
-            self._meaning = {n: make(self.sup.ctx) for n, make in COMPILED.items()}
-        registry = self.sup.ctx.registry
-        if not registry.listeners and not registry.clients:
-            return False  # nothing converted: the handler lets it run, at once (bench row (b))
-        meaning, args, c = self._meaning[name], arch.c_args(name, args), self.compiled
-        try:
-            if name == "getsockname":
-                done = c.sockname(self.listener, ident, task.tid, *args[:3], meaning)
-            elif name == "setsockopt":
-                done = c.setsockopt(self.listener, ident, task.tid, *args[:5], meaning)
-            else:
-                done = c.accept(self.listener, ident, task.pidfd, task.tid, *args[:3],
-                                args[3] if name == "accept4" else 0, self.killable, meaning)
-        except Exception:
-            self.sup.internal_error(f"{name}() in thread {task.tid}")  # (answered EIO: fail closed)
-            return True
-        if done is None:
-            return False
-        for counts in (self.sup.trapped, self.sup.compiled):
-            counts[name] = counts.get(name, 0) + 1
-        if done:  # an accept's connection taken, not given (the call went away, EMFILE): the next call's
-            import socket
-
-            conn, listener = done
-            self.sup.ctx.kept.setdefault(listener, []).append(socket.socket(fileno=conn))
-            self._wake_all()
-        return True
 
     def _step(self, pending: Pending, value) -> None:
         try:
