@@ -7,7 +7,7 @@
    answer) cost ~120 us, and receiving and dispatching it ~25 us more, where
    the kernel calls themselves cost a few (docs/performance.md, row (h));
    a Go server makes five per connection. This makes those in C. What a
-   call means stays in the handlers (handlers.COMPILED): a callback says,
+   call means stays in the handlers (handlers.compiled): a callback says,
    from the socket's inode, whether and how this may answer it, and returns
    what to write.
 
@@ -137,8 +137,46 @@ static int write_sockaddr(int tid, unsigned long long addr, unsigned long long l
     return wrote == (ssize_t)(part + sizeof full) ? 0 : -EFAULT;
 }
 
+/* What this keeps of each connection it accepted (the facts the handlers
+   gave for it: handlers/accept.py compiled_plan), so that the connection's
+   own getsockname and setsockopt need no Python: the address it shows,
+   and the scratch socket of its kind, where the program's options are
+   tried (templates.py). A cache: a connection not found here (pushed out
+   by another, or accepted in Python) is the handlers' to answer, as
+   before. A socket's inode is not reused while it lives. */
+#define CONNECTIONS 4096
+static struct connection {
+    unsigned long long inode;  /* 0: free */
+    int scratch;               /* -1: options are the handlers' */
+    int local_len;
+    char local[sizeof(struct sockaddr_storage)];
+} connections[CONNECTIONS];
+
+static struct connection *connection(unsigned long long inode)
+{
+    struct connection *c = &connections[inode % CONNECTIONS];
+    return inode && c->inode == inode ? c : NULL;
+}
+
+static void remember(unsigned long long inode, PyObject *local, int scratch)
+{
+    struct connection *c = &connections[inode % CONNECTIONS];
+    char *data;
+    Py_ssize_t size;
+    c->inode = 0;
+    if (PyBytes_AsStringAndSize(local, &data, &size) < 0 || size > (Py_ssize_t)sizeof c->local) {
+        PyErr_Clear();
+        return;  /* (not kept: the handlers answer) */
+    }
+    memcpy(c->local, data, size);
+    c->local_len = (int)size;
+    c->scratch = scratch;
+    c->inode = inode;
+}
+
 /* accept/accept4 of a converted listener: plan(inode) is None (the
-   handler answers) or after(conn_inode, uid), the packed peer to show.
+   handler answers) or after(conn_inode, uid): (peer, local, scratch), the
+   packed peer to show and the connection's facts (remember).
    None (not done: the Python handler takes the call), 0 (answered, or the
    call went away with nothing taken), or (conn, listener_inode) (the call
    went away after the supervisor took a connection: ours, for the next
@@ -169,7 +207,8 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
         Py_DECREF(after);
         Py_RETURN_NONE;
     }
-    if (fd_inode(getpid(), dup) != listener_inode) {
+    struct stat st;
+    if (fstat(dup, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_ino != listener_inode) {
         close(dup);  /* the program put another file at fd since */
         Py_DECREF(after);
         Py_RETURN_NONE;
@@ -226,7 +265,6 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
         return PyLong_FromLong(0);
     }
 
-    struct stat st;
     struct ucred cred;
     socklen_t credlen = sizeof cred;
     int known = getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0;
@@ -236,17 +274,23 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
         answer(listener, ident, -EIO);
         return PyLong_FromLong(0);
     }
-    PyObject *packed = known ? PyObject_CallFunction(after, "KI", (unsigned long long)st.st_ino, cred.uid)
-                             : PyObject_CallFunction(after, "KO", (unsigned long long)st.st_ino, Py_None);
+    PyObject *facts = known ? PyObject_CallFunction(after, "KI", (unsigned long long)st.st_ino, cred.uid)
+                            : PyObject_CallFunction(after, "KO", (unsigned long long)st.st_ino, Py_None);
     Py_DECREF(after);
+    PyObject *packed, *local;
+    int scratch;
     char *peer;
     Py_ssize_t peerlen;
-    if (packed == NULL || PyBytes_AsStringAndSize(packed, &peer, &peerlen) < 0) {
+    if (facts == NULL || !PyArg_ParseTuple(facts, "SSi", &packed, &local, &scratch) ||
+        PyBytes_AsStringAndSize(packed, &peer, &peerlen) < 0) {
         close(conn);
-        Py_XDECREF(packed);
+        Py_XDECREF(facts);
         answer(listener, ident, -EIO);  /* fail closed; the exception says why */
         return NULL;
     }
+    remember((unsigned long long)st.st_ino, local, scratch);
+    Py_INCREF(packed);
+    Py_DECREF(facts);
 
     int wrote = write_sockaddr(tid, addr, len_ptr, peer, peerlen, room);
     Py_DECREF(packed);
@@ -271,7 +315,8 @@ static PyObject *do_sockname(int listener, unsigned long long ident, int tid, in
     unsigned long long inode = addr && len_ptr ? fd_inode(tid, fd) : 0;
     if (inode == 0)
         Py_RETURN_NONE;
-    PyObject *packed = PyObject_CallFunction(local, "K", inode);
+    struct connection *c = connection(inode);
+    PyObject *packed = c ? PyBytes_FromStringAndSize(c->local, c->local_len) : PyObject_CallFunction(local, "K", inode);
     if (packed == NULL || packed == Py_None) {
         if (packed == NULL)
             answer(listener, ident, -EIO);
@@ -297,12 +342,48 @@ static PyObject *do_sockname(int listener, unsigned long long ident, int tid, in
     return PyLong_FromLong(0);
 }
 
-/* setsockopt of a converted socket: set(inode, level, name, value) is the
-   call's result, or None (the handler answers); value is at most 256 bytes
-   of the program's, or None where they are not mapped. None (not done) or
-   0 (answered, or gone). */
+/* The options a connection of the table may have set on its scratch
+   socket here, from the handlers (sockopt.compiled_setsockopt): (level,
+   name, errno), errno 0 for "tried on the scratch socket", else the
+   call's error. Read again at every serve(). */
+#define OPTIONS 32
+static struct option { int level, name, error; } options[OPTIONS];
+static int n_options;
+
+static int read_options(PyObject *list)
+{
+    n_options = 0;
+    Py_ssize_t n = PyTuple_Check(list) ? PyTuple_GET_SIZE(list) : -1;
+    if (n < 0 || n > OPTIONS) {
+        PyErr_SetString(PyExc_ValueError, "serve: the options do not fit");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct option *o = &options[i];
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(list, i), "iii", &o->level, &o->name, &o->error))
+            return -1;
+    }
+    n_options = (int)n;
+    return 0;
+}
+
+static const struct option *option(int level, int name)
+{
+    for (int i = 0; i < n_options; i++)
+        if (options[i].level == level && options[i].name == name)
+            return &options[i];
+    return NULL;
+}
+
+/* setsockopt of a converted socket. A connection of the table setting an
+   option of `options`: tried on its scratch socket here, and what the
+   kernel said there is the answer; set, it is recorded with
+   record(inode, level, name, value) (the registry's, for reading back).
+   Else set(inode, level, name, value) is the call's result, or None (the
+   handler answers). value is at most 256 bytes of the program's, or None
+   where they are not mapped. None (not done) or 0 (answered, or gone). */
 static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, int fd, int level, int name,
-                               unsigned long long value_ptr, int length, PyObject *set)
+                               unsigned long long value_ptr, int length, PyObject *set, PyObject *record)
 {
     unsigned long long inode = fd_inode(tid, fd);
     if (inode == 0)
@@ -312,8 +393,25 @@ static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, 
     int got = size ? read_valid(listener, ident, tid, value_ptr, value, size) : 1;
     if (got < 0)
         return PyLong_FromLong(0);
-    PyObject *res = got ? PyObject_CallFunction(set, "Kiiy#", inode, level, name, value, (Py_ssize_t)size)
-                        : PyObject_CallFunction(set, "KiiO", inode, level, name, Py_None);
+    struct connection *c = connection(inode);
+    const struct option *o = c && c->scratch >= 0 ? option(level, name) : NULL;
+    PyObject *res;
+    if (o != NULL) {
+        long result = o->error ? -o->error : !got ? -EFAULT
+                    : setsockopt(c->scratch, level, name, value, (socklen_t)size) < 0 ? -errno : 0;
+        if (result == 0) {
+            PyObject *done = PyObject_CallFunction(record, "Kiiy#", inode, level, name, value, (Py_ssize_t)size);
+            if (done == NULL) {
+                answer(listener, ident, -EIO);
+                return NULL;
+            }
+            Py_DECREF(done);
+        }
+        res = PyLong_FromLong(result);
+    } else {
+        res = got ? PyObject_CallFunction(set, "Kiiy#", inode, level, name, value, (Py_ssize_t)size)
+                  : PyObject_CallFunction(set, "KiiO", inode, level, name, Py_None);
+    }
     if (res == NULL || res == Py_None) {
         if (res == NULL)
             answer(listener, ident, -EIO);
@@ -358,8 +456,8 @@ static long long now_ms(void)
 
    The notification loop while the program makes the calls of its new
    connections: received and made here, with no Python but what they mean
-   (meanings: the (plan, local, set) of handlers.COMPILED, or None: every
-   call is Python's). Returns to notify.py's loop when it has something to
+   (meanings: the (plan, local, set, options, record) of handlers.compiled(),
+   or None: every call is Python's). Returns to notify.py's loop when it has something to
    do: None (its epoll fd is readable, the timeout passed, or a signal came),
    ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
    nothing done), ("kept", conn, listener_inode) (a connection taken for a
@@ -375,13 +473,15 @@ static PyObject *serve(PyObject *self, PyObject *args)
                           &killable))
         return NULL;
     if (PyTuple_GET_SIZE(numbers) != COMPILED || PyTuple_GET_SIZE(names) != COMPILED ||
-        (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 3))) {
+        (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 5))) {
         PyErr_SetString(PyExc_ValueError, "serve: numbers, names and meanings do not fit");
         return NULL;
     }
     long nrs[COMPILED];
     for (int i = 0; i < COMPILED; i++)
         nrs[i] = PyLong_AsLong(PyTuple_GET_ITEM(numbers, i));
+    if (meanings != Py_None && read_options(PyTuple_GET_ITEM(meanings, 3)) < 0)
+        return NULL;
     long long deadline = timeout < 0 ? -1 : now_ms() + timeout;
 
     for (;;) {
@@ -443,7 +543,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             done = do_sockname(listener, req.id, tid, fd, a[1], a[2], PyTuple_GET_ITEM(meanings, 1));
         } else if (kind == SETSOCKOPT) {
             done = do_setsockopt(listener, req.id, tid, fd, (int)a[1], (int)a[2], a[3], (int)a[4],
-                                 PyTuple_GET_ITEM(meanings, 2));
+                                 PyTuple_GET_ITEM(meanings, 2), PyTuple_GET_ITEM(meanings, 4));
         } else {
             PyObject *pidfd = PyObject_GetAttrString(task, "pidfd");
             long number = pidfd ? PyLong_AsLong(pidfd) : -1;

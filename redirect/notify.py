@@ -47,7 +47,7 @@ _SWEEP_EVERY = 0.1     # seconds: how soon a wait whose call went away (a signal
 _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of its thread's signal
 _ERESTARTSYS = 512
 _ALL_SIGNALS = signal.valid_signals()
-# handlers.COMPILED, in the order of _fastpath.c's serve()
+# handlers.compiled(): the calls, in the order of _fastpath.c's serve()
 _COMPILED_NAMES = ("accept", "accept4", "getsockname", "setsockopt")
 _COMPILED = tuple(arch.NR[name] for name in _COMPILED_NAMES)
 
@@ -424,10 +424,9 @@ class NotifyBackend:
             # (Else every call is the handlers': nothing converted yet lets
             # them answer at once; a lost answer to give again.)
             if self._meaning is None:
-                from .handlers import COMPILED  # (not at start-up)
+                from .handlers import compiled  # (not at start-up)
 
-                made = {name: make(ctx) for name, make in COMPILED.items()}
-                self._meaning = (made["accept"], made["getsockname"], made["setsockopt"])
+                self._meaning = compiled(ctx)
             meaning = self._meaning
         try:
             got = serve(self.listener, self.epoll.fileno(), -1 if timeout < 0 else math.ceil(timeout * 1000),

@@ -62,11 +62,15 @@ class Templates:
         except OSError as err:
             return -(err.errno or errno.EIO)
 
+    def scratch(self, family: int, kind: SocketType) -> socket.socket:
+        """The socket of this kind where the program's settings are tried."""
+        return self._sock(family, kind, State.SCRATCH)
+
     def try_set(self, family: int, kind: SocketType, level: int, name: int, value: bytes) -> int:
         """The program's setsockopt, tried on the scratch socket: 0 or the
         kernel's -errno."""
         try:
-            self._sock(family, kind, State.SCRATCH).setsockopt(level, name, value)
+            self.scratch(family, kind).setsockopt(level, name, value)
         except OSError as err:
             return -(err.errno or errno.EIO)
         return 0

@@ -19,16 +19,16 @@ The acts are generators (`yield from`): the thread may wait in them while the
 supervisor serves others. Calls it judged, the supervisor makes itself
 (perform.py).
 
-COMPILED: the calls on every new connection, whose mechanics the notify
-backend makes in C where it can (redirect/_fastpath.c), each with what it
-means here: a function of the context that makes the callback C asks.
+compiled(ctx): the calls on every new connection, whose mechanics the
+notify backend makes in C where it can (redirect/_fastpath.c), with what
+they mean here: the callbacks and facts C asks.
 """
 from __future__ import annotations
 
 from . import accept, bind_connect, containment, receive, send, socknames, sockopt
 from .context import Call, Context
 
-__all__ = ["COMPILED", "Call", "Context", "HANDLERS"]
+__all__ = ["Call", "Context", "HANDLERS", "compiled"]
 
 HANDLERS = {
     "bind": bind_connect.bind,
@@ -54,9 +54,10 @@ HANDLERS = {
     "process_vm_writev": containment.other_processes,
 }
 
-COMPILED = {
-    "accept": accept.compiled_plan,
-    "accept4": accept.compiled_plan,
-    "getsockname": socknames.compiled_getsockname,
-    "setsockopt": sockopt.compiled_setsockopt,
-}
+def compiled(ctx) -> tuple:
+    """What the notify backend's compiled calls mean (redirect/_fastpath.c's
+    serve): the accept plan, getsockname's address, setsockopt's result,
+    the options C answers alone on connections it accepted, and where it
+    keeps what they set."""
+    return (accept.compiled_plan(ctx), socknames.compiled_getsockname(ctx), sockopt.compiled_setsockopt(ctx),
+            sockopt.COMPILED_OPTIONS, ctx.registry.set_option)

@@ -11,7 +11,7 @@ from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
 from . import perform
 from .context import Call, on_socket
-from .identify import peer_uid
+from .identify import known, peer_uid
 from .memory import read_room, write_sockaddr
 
 
@@ -64,10 +64,19 @@ def compiled_plan(ctx):
     makes the call's mechanics: whether the listener with this inode is one
     whose accept it may make (then what to do with each connection), or None
     (accept above answers). Connections kept from a call that went away come
-    first, and are the handler's to hand out."""
+    first, and are the handler's to hand out. For each connection: the peer
+    it shows, and what C keeps of it for its own getsockname and setsockopt
+    (as identify.known() has it, and the scratch socket its options are
+    tried on)."""
     def plan(inode: int):
         listener = ctx.registry.listener_inodes.get(inode)
         if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
             return None
-        return lambda conn_inode, uid: sockaddr.pack(accepted(ctx, listener, conn_inode, uid))
+        scratch = ctx.templates.scratch(listener.visible.family, listener.socket_type).fileno()
+
+        def after(conn_inode: int, uid: int | None) -> tuple[bytes, bytes, int]:
+            accepted(ctx, listener, conn_inode, uid)
+            converted = known(ctx.registry, conn_inode)
+            return sockaddr.pack(converted.peer), sockaddr.pack(converted.local), scratch
+        return after
     return plan

@@ -156,7 +156,9 @@ def compiled_setsockopt(ctx):
     """For the notify backend's compiled setsockopt (redirect/_fastpath.c,
     which reads the value, at most _MAX_VALUE bytes, None where unmapped):
     the call's result for a converted socket and an option that needs no
-    privilege, or None (setsockopt above answers)."""
+    privilege, or None (setsockopt above answers). Connections it accepted
+    itself it answers alone, from COMPILED_OPTIONS: tried on the scratch
+    socket there, kept with ctx.registry.set_option."""
     def set_option(inode: int, level: int, name: int, value: bytes | None) -> int | None:
         if level not in IP_LEVELS:
             return None
@@ -172,3 +174,8 @@ def compiled_setsockopt(ctx):
         res = ctx.templates.try_set(converted.shown_family, converted.socket_type, level, name, value)
         return _kept(ctx, converted, level, name, value, res)
     return set_option
+
+
+# set_option's verdicts, for C: (level, name, errno), 0 for "tried on the scratch socket"
+COMPILED_OPTIONS = tuple((level, name, errno.ENOPROTOOPT) for level, name in sorted(_NO_OFFLOAD)) + \
+    tuple((level, name, 0) for level, name in sorted(_UNPRIVILEGED))

@@ -4,7 +4,8 @@
  *
  *   sockopts server 4|6 tcp|udp PORT   bind on loopback:PORT (and listen):
  *                                      "bound ..." lines; then (tcp) accept one
- *                                      connection, "accepted ..." lines, or
+ *                                      connection, "accepted ..." and "set ..."
+ *                                      lines, or
  *                                      (udp) answer one datagram
  *   sockopts client 4|6 tcp|udp PORT   connect there: "connected ..." lines,
  *                                      then settings: "set ..." lines (what
@@ -17,6 +18,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
@@ -152,12 +154,20 @@ int main(int argc, char **argv)
         printf("ready\n");
         fflush(stdout);
         if (stream) {
-            int c = accept(s, NULL, NULL);
+            struct sockaddr_storage peer;
+            socklen_t pl = sizeof peer;
+            /* With a connection waiting and an address: the notify
+               backend's compiled accept (a blocking accept with nothing
+               waiting is its Python handler's). */
+            struct pollfd waiting = {.fd = s, .events = POLLIN};
+            poll(&waiting, 1, -1);
+            int c = accept(s, (struct sockaddr *)&peer, &pl);
             if (c < 0) {
                 perror("accept");
                 return 1;
             }
             show_all("accepted", c, family, stream);
+            settings(c, family, stream);  /* (set on a connection the notify backend accepted in C) */
             char b[1];
             if (write(c, "k", 1) != 1)  /* the client reads its options now: both ends still established */
                 return 1;
