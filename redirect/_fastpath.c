@@ -452,12 +452,13 @@ static long long now_ms(void)
 }
 
 /* serve(listener, epfd, timeout_ms, audit_arch, tasks, new_task, numbers,
-         names, meanings, counts, killable)
+         names, meanings, passing, counts, killable)
 
    The notification loop while the program makes the calls of its new
    connections: received and made here, with no Python but what they mean
    (meanings: the (plan, local, set, options, record) of handlers.compiled(),
-   or None: every call is Python's). Returns to notify.py's loop when it has something to
+   or None: every call is Python's, but those of `passing`, a mask of
+   these calls the handlers would let run: CONTINUE at once). Returns to notify.py's loop when it has something to
    do: None (its epoll fd is readable, the timeout passed, or a signal came),
    ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
    nothing done), ("kept", conn, listener_inode) (a connection taken for a
@@ -467,10 +468,11 @@ static PyObject *serve(PyObject *self, PyObject *args)
 {
     int listener, epfd, timeout, killable;
     unsigned int audit_arch;
+    unsigned int passing;
     PyObject *tasks, *new_task, *numbers, *names, *meanings, *counts;
-    if (!PyArg_ParseTuple(args, "iiiIO!OO!O!OO!p", &listener, &epfd, &timeout, &audit_arch, &PyDict_Type, &tasks,
-                          &new_task, &PyTuple_Type, &numbers, &PyTuple_Type, &names, &meanings, &PyTuple_Type, &counts,
-                          &killable))
+    if (!PyArg_ParseTuple(args, "iiiIO!OO!O!OIO!p", &listener, &epfd, &timeout, &audit_arch, &PyDict_Type, &tasks,
+                          &new_task, &PyTuple_Type, &numbers, &PyTuple_Type, &names, &meanings, &passing,
+                          &PyTuple_Type, &counts, &killable))
         return NULL;
     if (PyTuple_GET_SIZE(numbers) != COMPILED || PyTuple_GET_SIZE(names) != COMPILED ||
         (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 5))) {
@@ -516,9 +518,19 @@ static PyObject *serve(PyObject *self, PyObject *args)
 
         const unsigned long long *a = req.data.args;
         int kind = -1;
-        for (int i = 0; i < COMPILED && meanings != Py_None && req.data.arch == audit_arch; i++)
+        for (int i = 0; i < COMPILED && req.data.arch == audit_arch; i++)
             if (req.data.nr == nrs[i])
                 kind = i;
+        if (kind >= 0 && passing & 1 << kind) {
+            struct seccomp_notif_resp resp = {.id = req.id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+            ioctl_retried(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);  /* (ENOENT: gone, nobody's concern) */
+            count(counts, PyTuple_GET_ITEM(names, kind));
+            if (then_loop)
+                Py_RETURN_NONE;
+            continue;
+        }
+        if (meanings == Py_None)
+            kind = -1;
         PyObject *task = NULL, *done = NULL, *key = kind < 0 ? NULL : PyLong_FromLong(req.pid);
         if (key != NULL) {
             task = PyDict_GetItemWithError(tasks, key);  /* (borrowed: tasks holds it) */

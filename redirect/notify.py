@@ -294,7 +294,7 @@ class NotifyBackend:
         self.sync_wake_up = False
         self.killable = False
         self.compiled, self._why_not_compiled = _compiled(supervisor.verbosity)
-        self._meaning = None
+        self._meaning, self._passing = None, 0
         self._seq = 0
         self._next_sweep = self._next_signals = 0.0
 
@@ -419,18 +419,20 @@ class NotifyBackend:
         gives back done here. The serve function for the next turn, or None
         when no thread is left under the filter."""
         ctx = self.sup._ctx  # (None until a handler ran: not made at start-up)
-        meaning = None
-        if not self.replay and ctx is not None and (ctx.registry.listeners or ctx.registry.clients):
-            # (Else every call is the handlers': nothing converted yet lets
-            # them answer at once; a lost answer to give again.)
+        meaning, passing = None, 0
+        if ctx is not None and not self.replay:  # (a lost answer to give again: every call is Python's)
             if self._meaning is None:
-                from .handlers import compiled  # (not at start-up)
+                from .handlers import PASS_UNCONVERTED, compiled  # (imported with the context)
 
                 self._meaning = compiled(ctx)
-            meaning = self._meaning
+                self._passing = sum(1 << _COMPILED_NAMES.index(name) for name in PASS_UNCONVERTED)
+            if ctx.registry.listeners or ctx.registry.clients:
+                meaning = self._meaning
+            else:
+                passing = self._passing  # nothing converted yet
         try:
             got = serve(self.listener, self.epoll.fileno(), -1 if timeout < 0 else math.ceil(timeout * 1000),
-                        kernel.AUDIT_ARCH, self.tasks, self._task, _COMPILED, _COMPILED_NAMES, meaning,
+                        kernel.AUDIT_ARCH, self.tasks, self._task, _COMPILED, _COMPILED_NAMES, meaning, passing,
                         (self.sup.trapped, self.sup.compiled), self.killable)
         except Exception:
             self.sup.internal_error("a compiled call")  # (answered EIO: fail closed)

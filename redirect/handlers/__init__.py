@@ -28,7 +28,7 @@ from __future__ import annotations
 from . import accept, bind_connect, containment, receive, send, socknames, sockopt
 from .context import Call, Context
 
-__all__ = ["Call", "Context", "HANDLERS", "compiled"]
+__all__ = ["Call", "Context", "HANDLERS", "PASS_UNCONVERTED", "compiled"]
 
 HANDLERS = {
     "bind": bind_connect.bind,
@@ -53,6 +53,12 @@ HANDLERS = {
     "ptrace": containment.other_processes,
     "process_vm_writev": containment.other_processes,
 }
+
+# Calls the handlers let run whenever nothing is converted yet (identify()
+# says None of every socket; setsockopt is not one: --sealed refuses joins):
+# the compiled loop answers them CONTINUE itself.
+PASS_UNCONVERTED = ("accept", "accept4", "getsockname")
+
 
 def compiled(ctx) -> tuple:
     """What the notify backend's compiled calls mean (redirect/_fastpath.c's
