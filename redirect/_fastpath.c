@@ -97,17 +97,37 @@ static int give(int listener, unsigned long long ident, int conn, int cloexec, i
     return err == EMFILE || err == ENFILE;
 }
 
-/* The socket inode behind the thread's fd (as ProgramThread.fd_inode): 0 if none. */
+/* The socket inode behind the thread's fd (as ProgramThread.fd_inode): 0 if
+   none. (By hand, not snprintf and sscanf: it is made for every call.) */
 static unsigned long long fd_inode(int tid, int fd)
 {
-    char path[64], link[64];
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", tid, fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    if (n <= 0)
+    if (fd < 0)
         return 0;
-    link[n] = 0;
-    unsigned long long inode;
-    return sscanf(link, "socket:[%llu]", &inode) == 1 ? inode : 0;
+    char path[48] = "/proc/", *p = path + 6, digits[12];
+    int n;
+    for (int part = 0; part < 2; part++) {
+        unsigned int v = (unsigned int)(part ? fd : tid);
+        n = 0;
+        do
+            digits[n++] = (char)('0' + v % 10);
+        while (v /= 10);
+        while (n)
+            *p++ = digits[--n];
+        if (!part)
+            memcpy(p, "/fd/", 4), p += 4;
+    }
+    *p = 0;
+    char link[64];
+    ssize_t len = readlink(path, link, sizeof link - 1);
+    if (len <= 9 || memcmp(link, "socket:[", 8) != 0 || link[len - 1] != ']')
+        return 0;
+    unsigned long long inode = 0;
+    for (ssize_t i = 8; i < len - 1; i++) {
+        if (link[i] < '0' || link[i] > '9')
+            return 0;
+        inode = inode * 10 + (unsigned long long)(link[i] - '0');
+    }
+    return inode;
 }
 
 /* n bytes of the program's memory, then whether the call still waits: only

@@ -11,7 +11,7 @@ from ..registry import Accepted, Listener
 from ..sockaddr import IPAddr
 from . import perform
 from .context import Call, on_socket
-from .identify import known, peer_uid
+from .identify import peer_uid
 from .memory import read_room, write_sockaddr
 
 
@@ -72,11 +72,7 @@ def compiled_plan(ctx):
         listener = ctx.registry.listener_inodes.get(inode)
         if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
             return None
+        local = sockaddr.pack(sockaddr.local_of_connection(listener.visible))  # (as identify.known() has it)
         scratch = ctx.templates.scratch(listener.visible.family, listener.socket_type).fileno()
-
-        def after(conn_inode: int, uid: int | None) -> tuple[bytes, bytes, int]:
-            accepted(ctx, listener, conn_inode, uid)
-            converted = known(ctx.registry, conn_inode)
-            return sockaddr.pack(converted.peer), sockaddr.pack(converted.local), scratch
-        return after
+        return lambda conn_inode, uid: (sockaddr.pack(accepted(ctx, listener, conn_inode, uid)), local, scratch)
     return plan
