@@ -545,7 +545,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             struct seccomp_notif_resp resp = {.id = req.id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
             ioctl_retried(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);  /* (ENOENT: gone, nobody's concern) */
             count(counts, PyTuple_GET_ITEM(names, kind));
-            if (then_loop)
+            if (then_loop || (deadline >= 0 && now_ms() >= deadline))
                 Py_RETURN_NONE;
             continue;
         }
@@ -600,8 +600,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
             return kept;
         }
         Py_DECREF(done);
-        if (then_loop)
-            Py_RETURN_NONE;
+        if (then_loop || (deadline >= 0 && now_ms() >= deadline))
+            Py_RETURN_NONE;  /* notify's loop first: its events, its timers */
         continue;
     python:
         return Py_BuildValue("(sKiiI(KKKKKK))", "call", req.id, (int)req.pid, (int)req.data.nr, req.data.arch,

@@ -417,7 +417,8 @@ class NotifyBackend:
     def _serve(self, serve, timeout: float):
         """One turn of the compiled loop (redirect/_fastpath.c): what it
         gives back done here. The serve function for the next turn, or None
-        when no thread is left under the filter."""
+        (no thread is left under the filter, or a bug: the Python loop goes
+        on alone)."""
         ctx = self.sup._ctx  # (None until a handler ran: not made at start-up)
         meaning, passing = None, 0
         if ctx is not None and not self.replay:  # (a lost answer to give again: every call is Python's)
@@ -435,8 +436,14 @@ class NotifyBackend:
                         kernel.AUDIT_ARCH, self.tasks, self._task, _COMPILED, _COMPILED_NAMES, meaning, passing,
                         (self.sup.trapped, self.sup.compiled), self.killable)
         except Exception:
-            self.sup.internal_error("a compiled call")  # (answered EIO: fail closed)
-            return serve
+            # A bug, in C or in what a call means (a call it made is answered
+            # EIO: fail closed): from now on every call is the handlers'.
+            import traceback
+
+            self.log(0, "internal error in the compiled notification loop; from now on every call is made in "
+                        "Python:\n" + traceback.format_exc())
+            self.epoll.register(self.listener, select.EPOLLIN)
+            return None
         if got is None:
             return serve
         if got[0] == "call":

@@ -830,6 +830,46 @@ def test_go_connection_calls_compiled_or_in_python_alike(bins, sockdir, backgrou
     assert counts["compiled"] == (trapped if calls_in == "C" else {}), counts
 
 
+_BROKEN_LOOP = """
+import runpy, redirect._fastpath as c
+def serve(*args):
+    raise TypeError("a compiled loop that fails (as a stale build would)")
+c.serve = serve
+runpy.run_module("redirect", run_name="__main__")
+"""
+
+
+@pytest.mark.one_backend
+def test_a_failing_compiled_loop_leaves_the_calls_to_python(bins, sockdir, background):
+    """Should the compiled loop fail (a bug, a stale build), the supervisor
+    says so once and serves every call in Python from then on: the server
+    answers each connection, with the IP peers it expects."""
+    port, sock = free_port(), sockdir / "g.sock"
+    server = background([sys.executable, "-c", _BROKEN_LOOP, "-v", "-r", f"in,port={port},path={sock}", "--",
+                         bins / "go-http-server", "-addr", f"127.0.0.1:{port}"])
+    wait_for_socket(sock, proc=server)
+    for _ in range(3):
+        assert curl_unix(sock).startswith("hello from go-server remote=127.0.0.1:")
+    server.stop()
+    assert server.output.count("internal error in the compiled notification loop") == 1, server.output[-3000:]
+    assert "from now on every call is made in Python" in server.output
+
+
+@pytest.mark.one_backend
+def test_calls_on_unconverted_sockets_let_run_in_c(bins, sockdir):
+    """With nothing converted (the rule matches no socket of the program),
+    the compiled loop lets getsockname run itself, as its handler would:
+    all but the first, which makes the handlers' context, are C's; the
+    program's own getsockname works as without redirect."""
+    count = sockdir / "count.json"
+    result = run(redirect("in,port=1,reject", options=("--count-calls", count))
+                 + [bins / "syscall-loop-glibc", 200, "getsockname"])
+    assert result.returncode == 0 and "done 200" in result.stdout, result.stdout + result.stderr
+    counts = json.loads(count.read_text())
+    assert counts["trapped"]["getsockname"] == 200, counts
+    assert counts["compiled"].get("getsockname", 0) == (199 if counts["backend"] == "notify" else 0), counts
+
+
 def test_a_redirect_inside_a_redirect(bins, sockdir, background, backend):
     """Outer notify: the kernel allows one seccomp listener, and the outer
     one's answers would override an inner ptrace backend (its CONTINUE beats

@@ -73,6 +73,9 @@ def compiled_plan(ctx):
         if listener is None or not isinstance(listener.visible, IPAddr) or ctx.kept.get(inode):
             return None
         local = sockaddr.pack(sockaddr.local_of_connection(listener.visible))  # (as identify.known() has it)
-        scratch = ctx.templates.scratch(listener.visible.family, listener.socket_type).fileno()
+        try:
+            scratch = ctx.templates.scratch(listener.visible.family, listener.socket_type).fileno()
+        except OSError:
+            scratch = -1  # (no scratch socket, EMFILE: its options are setsockopt's handler's)
         return lambda conn_inode, uid: (sockaddr.pack(accepted(ctx, listener, conn_inode, uid)), local, scratch)
     return plan
