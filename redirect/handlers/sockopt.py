@@ -47,9 +47,9 @@ def bound(registry, inode: int, visible) -> None:
 
 
 def getsockopt(call: Call):
+    # Every level but SOL_SOCKET is the visible family's: one TCP and UDP
+    # do not know says what it says there, not what a Unix socket says.
     fd, level, name, value_ptr, len_ptr = call.args[:5]
-    if level != socket.SOL_SOCKET and level not in IP_LEVELS:
-        return PASS
     converted, family = _visible_family(call, fd)
     if converted is None:
         return PASS
@@ -119,9 +119,7 @@ _UNPRIVILEGED = {(socket.IPPROTO_TCP, n) for n in (
 
 def setsockopt(call: Call):
     fd, level, name, value_ptr, length = call.args[:5]
-    if level not in IP_LEVELS:
-        return PASS
-    converted, family = _visible_family(call, fd)
+    converted, family = _visible_family(call, fd)  # (every level is the visible family's, as getsockopt)
     if converted is None:
         if call.ctx.sealed and (level, name) in _JOINS:
             call.ctx.log(0, f"{call.describe()}: sealed: joining a multicast group is refused (EACCES): the "

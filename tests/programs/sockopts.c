@@ -100,7 +100,7 @@ static void settings(int s, int family, int stream)
         {IPPROTO_TCP, TCP_NODELAY, 5, "TCP_NODELAY=5"}, {IPPROTO_TCP, TCP_KEEPIDLE, 30, "TCP_KEEPIDLE=30"},
         {IPPROTO_TCP, TCP_KEEPIDLE, 0, "TCP_KEEPIDLE=0"}, {IPPROTO_TCP, TCP_KEEPCNT, 300, "TCP_KEEPCNT=300"},
         {IPPROTO_TCP, TCP_USER_TIMEOUT, -5, "TCP_USER_TIMEOUT=-5"}, {IPPROTO_UDP, UDP_CORK, 1, "UDP_CORK=1"},
-        {IPPROTO_TCP, 999, 1, "TCP:999=1"}, {0, 0, 0, 0}};
+        {IPPROTO_TCP, 999, 1, "TCP:999=1"}, {999, 1, 1, "999:1=1"}, {0, 0, 0, 0}};
     char shown[16];
     for (int i = 0; ints[i].label; i++) {
         int level = ints[i].level;
