@@ -566,8 +566,10 @@ static PyObject *serve(PyObject *self, PyObject *args)
             Py_DECREF(key);
         }
         if (task == NULL) {
-            if (PyErr_Occurred())
+            if (PyErr_Occurred()) {
+                answer(listener, req.id, -EIO);  /* (MemoryError: fail closed, never leave it waiting) */
                 return NULL;
+            }
             goto python;
         }
         int tid = (int)req.pid, fd = (int)a[0];

@@ -427,7 +427,7 @@ class NotifyBackend:
 
                 self._meaning = compiled(ctx)
                 self._passing = sum(1 << _COMPILED_NAMES.index(name) for name in PASS_UNCONVERTED)
-            if ctx.registry.listeners or ctx.registry.clients:
+            if ctx.registry.converted():
                 meaning = self._meaning
             else:
                 passing = self._passing  # nothing converted yet

@@ -80,6 +80,12 @@ class Registry:
             del self.listeners[listener.real]
         self.listener_inodes.pop(listener.inode, None)
 
+    def converted(self) -> bool:
+        """Whether a socket of the program may be one of ours: a listener (by
+        inode: a path may have passed to a newer one), a client, or a
+        connection accepted from a listener (it may outlive it)."""
+        return bool(self.listener_inodes or self.clients or self.accepted)
+
     def listener_at(self, real: Address | None) -> Listener | None:
         return self.listeners.get(real) if isinstance(real, UnixAddr) else None
 

@@ -830,6 +830,45 @@ def test_go_connection_calls_compiled_or_in_python_alike(bins, sockdir, backgrou
     assert counts["compiled"] == (trapped if calls_in == "C" else {}), counts
 
 
+@pytest.fixture(scope="module")
+def outlive():
+    yield from compiled("outlive", "-static")
+
+
+def test_a_connection_outlives_its_listener(outlive, sockdir, backend):
+    """A server that closes its listener and drains its connections (a
+    graceful shutdown): the connections still show IP addresses once the
+    supervisor has forgotten the listener, as on real TCP (they showed
+    their Unix names: "nothing converted" was decided on listeners and
+    clients alone)."""
+    port, sock = free_port(), sockdir / "o.sock"
+    result = run(redirect(f"in,port={port},path={sock}") + [outlive, port, sock, 2])
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = re.findall(r"^listener (open|closed): (getsockname|getpeername)\(conn\): (\S+) (\S+)$",
+                       result.stdout, re.M)
+    assert len(names) == 4, result.stdout
+    assert all(family == "AF_INET" for _, _, family, _ in names), result.stdout
+    assert names[0][3] == names[2][3] == f"127.0.0.1:{port}" and names[1][3] == names[3][3], result.stdout
+
+
+@pytest.fixture(scope="module")
+def udpreuse():
+    yield from compiled("udpreuse", "-static")
+
+
+def test_the_older_of_two_udp_sockets_on_a_port_stays_converted(udpreuse, sockdir, backend):
+    """Two UDP sockets bound to one port (SO_REUSEADDR, as socat's
+    UDP-LISTEN,fork makes them): when the newer closes, the older still
+    shows its IP address (it showed the socket file: the path's entry had
+    gone with the newer one)."""
+    port, sock = free_port(), sockdir / "u.sock"
+    result = run(redirect(f"in,udp,port={port},path={sock}") + [udpreuse, port])
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [f"first, both open: AF_INET 127.0.0.1:{port}", f"first, second closed: AF_INET 127.0.0.1:{port}"], \
+        result.stdout + result.stderr
+
+
 _BROKEN_LOOP = """
 import runpy, redirect._fastpath as c
 def serve(*args):

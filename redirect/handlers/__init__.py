@@ -54,8 +54,8 @@ HANDLERS = {
     "process_vm_writev": containment.other_processes,
 }
 
-# Calls the handlers let run whenever nothing is converted yet (identify()
-# says None of every socket; setsockopt is not one: --sealed refuses joins):
+# Calls the handlers let run whenever nothing is converted yet (not
+# registry.converted(): identify() says None of every socket; setsockopt is not one: --sealed refuses joins):
 # the compiled loop answers them CONTINUE itself.
 PASS_UNCONVERTED = ("accept", "accept4", "getsockname")
 

@@ -481,7 +481,7 @@ def _listen_ours(call: Call, sock: socket.socket, backlog: int) -> int:
 
 def connect(call: Call):
     registry = call.ctx.registry
-    if not call.ctx.guards(Direction.OUT) and not (registry.listeners or registry.clients):
+    if not call.ctx.guards(Direction.OUT) and not registry.converted():
         return PASS  # no rule is about connects, and nothing is converted yet
     data = read_address(call)
     if isinstance(data, int):

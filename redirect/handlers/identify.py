@@ -85,7 +85,7 @@ def identify(call: Call, fd: int, inode: int | None = None) -> Converted | None:
     Cheap for sockets we know by inode; others cost one look at the socket.
     `inode`: of the supervisor's duplicate of fd, where the handler holds one."""
     registry = call.ctx.registry
-    if not registry.listeners and not registry.clients:
+    if not registry.converted():
         return None  # nothing converted yet
     inode = call.thread.fd_inode(fd) if inode is None else inode
     if inode is None:
