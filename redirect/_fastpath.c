@@ -478,8 +478,9 @@ static long long now_ms(void)
    connections: received and made here, with no Python but what they mean
    (meanings: the (plan, local, set, options, record) of handlers.compiled(),
    or None: every call is Python's, but those of `passing`, a mask of
-   these calls the handlers would let run: CONTINUE at once). Returns to notify.py's loop when it has something to
-   do: None (its epoll fd is readable, the timeout passed, or a signal came),
+   these calls the handlers would let run: CONTINUE at once). Returns to
+   notify.py's loop when it has something to do: None (its epoll fd is
+   readable, the timeout passed, or a signal came),
    ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
    nothing done), ("kept", conn, listener_inode) (a connection taken for a
    call that went away), or ("hup",) (no thread is left under the filter).
@@ -525,8 +526,10 @@ static PyObject *serve(PyObject *self, PyObject *args)
                 return NULL;
             Py_RETURN_NONE;
         }
-        if (n < 0 || (err && err != ENOENT))  /* (ENOENT: the call went away before it was received) */
+        if (n < 0 || (err && err != ENOENT)) {  /* (ENOENT: the call went away before it was received) */
+            errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
+        }
         if (!got) {
             if (n == 0 || fds[1].revents)
                 Py_RETURN_NONE;
