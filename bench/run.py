@@ -205,7 +205,8 @@ def ensure_built() -> None:
         # the same test scripts/setup.sh makes, so that the current code is measured.
         marker = ROOT / ".venv" / ".installed"
         installed = marker.stat().st_mtime if marker.exists() else 0
-        code = [ROOT / "pyproject.toml", *(ROOT / "redirect").rglob("*.py")]
+        code = [ROOT / "pyproject.toml", ROOT / "setup.py", *(ROOT / "redirect").rglob("*.[ch]"),
+                *(ROOT / "redirect").rglob("*.py")]  # (the compiled part too)
         if not out and any(f.stat().st_mtime > installed for f in code if f.exists()):
             out.append(f"{REDIRECT} (redirect/ changed since it was installed)")
         for binary, sources in SOURCES.items():

@@ -46,6 +46,27 @@ ONE_BACKEND = {  # pure code, or measures both itself
 def pytest_configure(config):
     config.addinivalue_line("markers", "one_backend: a test that runs no program under redirect "
                                        "(a pure check) runs once, not once per backend")
+    if not hasattr(config, "workerinput"):  # (once, before any test: not in each xdist worker)
+        _refresh_install()
+
+
+def _refresh_install() -> None:
+    """The .venv install (which the bench and the docs' commands run) of the
+    code in the tree: reinstalled here, before the tests, when redirect/ is
+    newer than it. Else the bench test reinstalls it while other tests read
+    it (tests/test_docs.py's overlays): a tree edited since the last
+    scripts/setup.sh, never a fresh clone."""
+    marker = REPO / ".venv" / ".installed"
+    if not marker.exists():
+        return  # (scripts/test.sh and .ci/run set up first)
+    made = marker.stat().st_mtime
+    newer = [f for f in [REPO / "pyproject.toml", REPO / "setup.py", *(REPO / "redirect").rglob("*")]
+             if f.is_file() and f.stat().st_mtime > made]
+    if newer:
+        result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], cwd=REPO, capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise pytest.UsageError(f"scripts/setup.sh failed:\n{result.stdout}\n{result.stderr}")
 
 
 def pytest_generate_tests(metafunc):
