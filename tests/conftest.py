@@ -60,8 +60,9 @@ def _refresh_install() -> None:
     if not marker.exists():
         return  # (scripts/test.sh and .ci/run set up first)
     made = marker.stat().st_mtime
-    newer = [f for f in [REPO / "pyproject.toml", REPO / "setup.py", *(REPO / "redirect").rglob("*")]
-             if f.is_file() and f.stat().st_mtime > made]
+    sources = [REPO / "pyproject.toml", REPO / "setup.py", *(REPO / "redirect").rglob("*.py"),
+               *(REPO / "redirect").rglob("*.[ch]")]  # (not __pycache__: importing writes it)
+    newer = [f for f in sources if f.is_file() and f.stat().st_mtime > made]
     if newer:
         result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], cwd=REPO, capture_output=True,
                                 text=True, stdin=subprocess.DEVNULL)
