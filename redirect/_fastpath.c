@@ -335,30 +335,37 @@ static PyObject *do_sockname(int listener, unsigned long long ident, int tid, in
     unsigned long long inode = addr && len_ptr ? fd_inode(tid, fd) : 0;
     if (inode == 0)
         Py_RETURN_NONE;
+    /* A connection of the table shows its address from there; any other
+       socket asks the handlers. */
     struct connection *c = connection(inode);
-    PyObject *packed = c ? PyBytes_FromStringAndSize(c->local, c->local_len) : PyObject_CallFunction(local, "K", inode);
-    if (packed == NULL || packed == Py_None) {
-        if (packed == NULL)
+    PyObject *packed = NULL;
+    const char *data = c ? c->local : NULL;
+    Py_ssize_t size = c ? c->local_len : 0;
+    if (c == NULL) {
+        packed = PyObject_CallFunction(local, "K", inode);
+        if (packed == NULL || packed == Py_None) {
+            if (packed == NULL)
+                answer(listener, ident, -EIO);
+            return packed;
+        }
+        char *bytes;
+        if (PyBytes_AsStringAndSize(packed, &bytes, &size) < 0) {
+            Py_DECREF(packed);
             answer(listener, ident, -EIO);
-        return packed;
+            return NULL;
+        }
+        data = bytes;
     }
-    char *data;
-    Py_ssize_t size;
     int room, got;
-    if (PyBytes_AsStringAndSize(packed, &data, &size) < 0) {
-        Py_DECREF(packed);
-        answer(listener, ident, -EIO);
-        return NULL;
-    }
     got = read_valid(listener, ident, tid, len_ptr, &room, sizeof room);
     if (got <= 0 || room < 0) {
-        Py_DECREF(packed);
+        Py_XDECREF(packed);
         if (got < 0)
             return PyLong_FromLong(0);
         Py_RETURN_NONE;
     }
     answer(listener, ident, write_sockaddr(tid, addr, len_ptr, data, size, room));
-    Py_DECREF(packed);
+    Py_XDECREF(packed);
     return PyLong_FromLong(0);
 }
 

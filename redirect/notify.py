@@ -452,7 +452,7 @@ class NotifyBackend:
             import socket
 
             _, conn, listener = got
-            self.sup.ctx.kept.setdefault(listener, []).append(socket.socket(fileno=conn))
+            ctx.kept.setdefault(listener, []).append(socket.socket(fileno=conn))
             self._wake_all()
         else:  # "hup": no task left under the filter
             return None

@@ -55,8 +55,9 @@ HANDLERS = {
 }
 
 # Calls the handlers let run whenever nothing is converted yet (not
-# registry.converted(): identify() says None of every socket; setsockopt is not one: --sealed refuses joins):
-# the compiled loop answers them CONTINUE itself.
+# registry.converted(): identify() says None of every socket; not
+# setsockopt: --sealed refuses joins): the compiled loop answers them
+# CONTINUE itself.
 PASS_UNCONVERTED = ("accept", "accept4", "getsockname")
 
 
