@@ -194,6 +194,39 @@ static void remember(unsigned long long inode, PyObject *local, int scratch)
     c->inode = inode;
 }
 
+/* What this turn of serve learnt from Python, kept for the turn (Python
+   changes nothing while serve runs, but in these calls): each listener's
+   plan, each thread's pidfd. */
+#define PLANS 8
+#define THREADS 64
+static struct { unsigned long long inode; PyObject *after; } plans[PLANS];
+static int n_plans;
+static struct { int tid; int pidfd; } threads[THREADS];
+static int n_threads;
+
+static PyObject *plan_of(PyObject *plan, unsigned long long inode)
+{
+    for (int i = 0; i < n_plans; i++)
+        if (plans[i].inode == inode) {
+            Py_INCREF(plans[i].after);
+            return plans[i].after;
+        }
+    PyObject *after = PyObject_CallFunction(plan, "K", inode);
+    if (after != NULL && n_plans < PLANS) {
+        plans[n_plans].inode = inode;
+        plans[n_plans++].after = after;
+        Py_INCREF(after);
+    }
+    return after;
+}
+
+static void forget_turn(void)
+{
+    for (int i = 0; i < n_plans; i++)
+        Py_DECREF(plans[i].after);
+    n_plans = n_threads = 0;
+}
+
 /* accept/accept4 of a converted listener: plan(inode) is None (the
    handler answers) or after(conn_inode, uid): (peer, local, scratch), the
    packed peer to show and the connection's facts (remember).
@@ -216,7 +249,7 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
     unsigned long long listener_inode = fd_inode(tid, fd);
     if (listener_inode == 0)
         Py_RETURN_NONE;
-    PyObject *after = PyObject_CallFunction(plan, "K", listener_inode);
+    PyObject *after = plan_of(plan, listener_inode);
     if (after == NULL || after == Py_None) {
         if (after == NULL)
             answer(listener, ident, -EIO);  /* fail closed; the exception says why */
@@ -402,15 +435,33 @@ static const struct option *option(int level, int name)
     return NULL;
 }
 
+/* The options set here since the registry last had them: (inode, level,
+   name, value) items of `record`, a list, given to keep(list) (the
+   registry's set_options) before Python reads them: before set(), and
+   when serve returns (plan, after, local and new_task read no options).
+   Many at once: one Python call for all, not one per call. */
+static PyObject *record, *keep;
+
+static int flush(void)
+{
+    if (record == NULL || PyList_GET_SIZE(record) == 0)
+        return 0;
+    PyObject *done = PyObject_CallOneArg(keep, record);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    return PyList_SetSlice(record, 0, PY_SSIZE_T_MAX, NULL);
+}
+
 /* setsockopt of a converted socket. A connection of the table setting an
    option of `options`: tried on its scratch socket here, and what the
-   kernel said there is the answer; set, it is recorded with
-   record(inode, level, name, value) (the registry's, for reading back).
+   kernel said there is the answer; set, it is added to `record` (for the
+   registry, for reading back: flush).
    Else set(inode, level, name, value) is the call's result, or None (the
    handler answers). value is at most 256 bytes of the program's, or None
    where they are not mapped. None (not done) or 0 (answered, or gone). */
 static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, int fd, int level, int name,
-                               unsigned long long value_ptr, int length, PyObject *set, PyObject *record)
+                               unsigned long long value_ptr, int length, PyObject *set)
 {
     unsigned long long inode = fd_inode(tid, fd);
     if (inode == 0)
@@ -427,15 +478,24 @@ static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, 
         long result = o->error ? -o->error : !got ? -EFAULT
                     : setsockopt(c->scratch, level, name, value, (socklen_t)size) < 0 ? -errno : 0;
         if (result == 0) {
-            PyObject *done = PyObject_CallFunction(record, "Kiiy#", inode, level, name, value, (Py_ssize_t)size);
-            if (done == NULL) {
+            /* Kept for the registry, which gets them before Python next
+               looks (flush): a Python call per option would be most of
+               the call's time. */
+            PyObject *item = Py_BuildValue("(Kiiy#)", inode, level, name, value, (Py_ssize_t)size);
+            int kept = item != NULL && PyList_Append(record, item) == 0;
+            Py_XDECREF(item);
+            /* (a turn can be long: handed over every so many) */
+            if (!kept || (PyList_GET_SIZE(record) >= 1024 && flush() < 0)) {
                 answer(listener, ident, -EIO);
                 return NULL;
             }
-            Py_DECREF(done);
         }
         res = PyLong_FromLong(result);
     } else {
+        if (flush() < 0) {
+            answer(listener, ident, -EIO);
+            return NULL;
+        }
         res = got ? PyObject_CallFunction(set, "Kiiy#", inode, level, name, value, (Py_ssize_t)size)
                   : PyObject_CallFunction(set, "KiiO", inode, level, name, Py_None);
     }
@@ -458,17 +518,28 @@ static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, 
    in the order of serve's `numbers`, or -1 (Python's). */
 enum { ACCEPT, ACCEPT4, GETSOCKNAME, SETSOCKOPT, COMPILED };
 
-static void count(PyObject *counts, PyObject *name)
+/* The calls made here this turn, by kind: added to the supervisor's
+   counts (trapped, compiled: dicts by syscall name) when serve returns. */
+static long tally[COMPILED];
+
+static int add_tally(PyObject *counts, PyObject *names)
 {
-    /* counts: (trapped, compiled), the supervisor's dicts by syscall name */
-    for (int i = 0; i < 2; i++) {
-        PyObject *d = PyTuple_GET_ITEM(counts, i), *n = PyDict_GetItemWithError(d, name);
-        PyObject *more = PyLong_FromLong(n ? PyLong_AsLong(n) + 1 : 1);
-        if (more) {
-            PyDict_SetItem(d, name, more);
+    for (int kind = 0; kind < COMPILED; kind++) {
+        if (tally[kind] == 0)
+            continue;
+        PyObject *name = PyTuple_GET_ITEM(names, kind);
+        for (int i = 0; i < 2; i++) {
+            PyObject *d = PyTuple_GET_ITEM(counts, i), *n = PyDict_GetItemWithError(d, name);
+            PyObject *more = n ? PyLong_FromLong(PyLong_AsLong(n) + tally[kind]) : PyLong_FromLong(tally[kind]);
+            if (more == NULL || PyDict_SetItem(d, name, more) < 0) {
+                Py_XDECREF(more);
+                return -1;
+            }
             Py_DECREF(more);
         }
+        tally[kind] = 0;
     }
+    return 0;
 }
 
 static long long now_ms(void)
@@ -483,7 +554,7 @@ static long long now_ms(void)
 
    The notification loop while the program makes the calls of its new
    connections: received and made here, with no Python but what they mean
-   (meanings: the (plan, local, set, options, record) of handlers.compiled(),
+   (meanings: the (plan, local, set, options, keep) of handlers.compiled(),
    or None: every call is Python's, but those of `passing`, a mask of
    these calls the handlers would let run: CONTINUE at once). Returns to
    notify.py's loop when it has something to do: None (its epoll fd is
@@ -492,26 +563,47 @@ static long long now_ms(void)
    nothing done), ("kept", conn, listener_inode) (a connection taken for a
    call that went away), or ("hup",) (no thread is left under the filter).
    tasks: notify's threads by tid (new_task(tid) adds one). */
-static PyObject *serve(PyObject *self, PyObject *args)
+/* The pidfd of the thread that made the call, from notify's tasks (a
+   thread not seen before is new_task's: it takes its pidfd and tells when
+   it ends): -1 and no exception if it is gone already (the handlers say
+   so), -1 and an exception for an error. */
+static int thread_pidfd(int tid, PyObject *tasks, PyObject *new_task)
 {
-    int listener, epfd, timeout, killable;
-    unsigned int audit_arch;
-    unsigned int passing;
-    PyObject *tasks, *new_task, *numbers, *names, *meanings, *counts;
-    if (!PyArg_ParseTuple(args, "iiiIO!OO!O!OIO!p", &listener, &epfd, &timeout, &audit_arch, &PyDict_Type, &tasks,
-                          &new_task, &PyTuple_Type, &numbers, &PyTuple_Type, &names, &meanings, &passing,
-                          &PyTuple_Type, &counts, &killable))
-        return NULL;
-    if (PyTuple_GET_SIZE(numbers) != COMPILED || PyTuple_GET_SIZE(names) != COMPILED ||
-        (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 5))) {
-        PyErr_SetString(PyExc_ValueError, "serve: numbers, names and meanings do not fit");
-        return NULL;
+    for (int i = 0; i < n_threads; i++)
+        if (threads[i].tid == tid)
+            return threads[i].pidfd;
+    PyObject *key = PyLong_FromLong(tid), *task = NULL;
+    if (key == NULL)
+        return -1;
+    task = PyDict_GetItemWithError(tasks, key);  /* (borrowed: tasks holds it) */
+    if (task == NULL && !PyErr_Occurred()) {
+        PyObject *made = PyObject_CallOneArg(new_task, key);
+        if (made == NULL)
+            PyErr_Clear();
+        Py_XDECREF(made);  /* (tasks holds it now) */
+        task = made ? PyDict_GetItemWithError(tasks, key) : NULL;
     }
-    long nrs[COMPILED];
-    for (int i = 0; i < COMPILED; i++)
-        nrs[i] = PyLong_AsLong(PyTuple_GET_ITEM(numbers, i));
-    if (meanings != Py_None && read_options(PyTuple_GET_ITEM(meanings, 3)) < 0)
-        return NULL;
+    Py_DECREF(key);
+    if (task == NULL)
+        return -1;
+    PyObject *pidfd = PyObject_GetAttrString(task, "pidfd");
+    long number = pidfd ? PyLong_AsLong(pidfd) : -1;
+    Py_XDECREF(pidfd);
+    if (number < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "serve: a task without a pidfd");
+        return -1;
+    }
+    if (n_threads < THREADS) {
+        threads[n_threads].tid = tid;
+        threads[n_threads++].pidfd = (int)number;
+    }
+    return (int)number;
+}
+
+static PyObject *turn(int listener, int epfd, int timeout, unsigned int audit_arch, PyObject *tasks,
+                      PyObject *new_task, const long *nrs, PyObject *meanings, unsigned int passing, int killable)
+{
     long long deadline = timeout < 0 ? -1 : now_ms() + timeout;
 
     for (;;) {
@@ -554,49 +646,30 @@ static PyObject *serve(PyObject *self, PyObject *args)
         if (kind >= 0 && passing & 1 << kind) {
             struct seccomp_notif_resp resp = {.id = req.id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
             ioctl_retried(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);  /* (ENOENT: gone, nobody's concern) */
-            count(counts, PyTuple_GET_ITEM(names, kind));
+            tally[kind]++;
             if (then_loop || (deadline >= 0 && now_ms() >= deadline))
                 Py_RETURN_NONE;
             continue;
         }
         if (meanings == Py_None)
             kind = -1;
-        PyObject *task = NULL, *done = NULL, *key = kind < 0 ? NULL : PyLong_FromLong(req.pid);
-        if (key != NULL) {
-            task = PyDict_GetItemWithError(tasks, key);  /* (borrowed: tasks holds it) */
-            if (task == NULL && !PyErr_Occurred()) {
-                /* A thread not seen before: notify's, to take its pidfd (and
-                   tell when it ends). Gone already: the handlers say so. */
-                PyObject *made = PyObject_CallOneArg(new_task, key);
-                if (made == NULL)
-                    PyErr_Clear();
-                Py_XDECREF(made);  /* (tasks holds it now) */
-                task = made ? PyDict_GetItemWithError(tasks, key) : NULL;
-            }
-            Py_DECREF(key);
-        }
-        if (task == NULL) {
+        int pidfd = kind < 0 ? -1 : thread_pidfd((int)req.pid, tasks, new_task);
+        if (pidfd < 0) {
             if (PyErr_Occurred()) {
                 answer(listener, req.id, -EIO);  /* (MemoryError: fail closed, never leave it waiting) */
                 return NULL;
             }
             goto python;
         }
+        PyObject *done;
         int tid = (int)req.pid, fd = (int)a[0];
         if (kind == GETSOCKNAME) {
             done = do_sockname(listener, req.id, tid, fd, a[1], a[2], PyTuple_GET_ITEM(meanings, 1));
         } else if (kind == SETSOCKOPT) {
             done = do_setsockopt(listener, req.id, tid, fd, (int)a[1], (int)a[2], a[3], (int)a[4],
-                                 PyTuple_GET_ITEM(meanings, 2), PyTuple_GET_ITEM(meanings, 4));
+                                 PyTuple_GET_ITEM(meanings, 2));
         } else {
-            PyObject *pidfd = PyObject_GetAttrString(task, "pidfd");
-            long number = pidfd ? PyLong_AsLong(pidfd) : -1;
-            Py_XDECREF(pidfd);
-            if (number < 0 && PyErr_Occurred()) {
-                answer(listener, req.id, -EIO);
-                return NULL;
-            }
-            done = do_accept(listener, req.id, (int)number, tid, fd, a[1], a[2], kind == ACCEPT4 ? (int)a[3] : 0,
+            done = do_accept(listener, req.id, pidfd, tid, fd, a[1], a[2], kind == ACCEPT4 ? (int)a[3] : 0,
                              killable, PyTuple_GET_ITEM(meanings, 0));
         }
         if (done == NULL)
@@ -605,7 +678,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             Py_DECREF(done);
             goto python;
         }
-        count(counts, PyTuple_GET_ITEM(names, kind));
+        tally[kind]++;
         if (PyTuple_Check(done)) {
             PyObject *kept = Py_BuildValue("(sOO)", "kept", PyTuple_GET_ITEM(done, 0), PyTuple_GET_ITEM(done, 1));
             Py_DECREF(done);
@@ -619,6 +692,52 @@ static PyObject *serve(PyObject *self, PyObject *args)
         return Py_BuildValue("(sKiiI(KKKKKK))", "call", req.id, (int)req.pid, (int)req.data.nr, req.data.arch,
                              a[0], a[1], a[2], a[3], a[4], a[5]);
     }
+}
+
+static PyObject *serve(PyObject *self, PyObject *args)
+{
+    int listener, epfd, timeout, killable;
+    unsigned int audit_arch;
+    unsigned int passing;
+    PyObject *tasks, *new_task, *numbers, *names, *meanings, *counts;
+    if (!PyArg_ParseTuple(args, "iiiIO!OO!O!OIO!p", &listener, &epfd, &timeout, &audit_arch, &PyDict_Type, &tasks,
+                          &new_task, &PyTuple_Type, &numbers, &PyTuple_Type, &names, &meanings, &passing,
+                          &PyTuple_Type, &counts, &killable))
+        return NULL;
+    if (PyTuple_GET_SIZE(numbers) != COMPILED || PyTuple_GET_SIZE(names) != COMPILED ||
+        (meanings != Py_None && (!PyTuple_Check(meanings) || PyTuple_GET_SIZE(meanings) != 5))) {
+        PyErr_SetString(PyExc_ValueError, "serve: numbers, names and meanings do not fit");
+        return NULL;
+    }
+    long nrs[COMPILED];
+    for (int i = 0; i < COMPILED; i++)
+        nrs[i] = PyLong_AsLong(PyTuple_GET_ITEM(numbers, i));
+    if (meanings != Py_None && read_options(PyTuple_GET_ITEM(meanings, 3)) < 0)
+        return NULL;
+    keep = meanings != Py_None ? PyTuple_GET_ITEM(meanings, 4) : NULL;
+    record = PyList_New(0);
+    if (record == NULL)
+        return NULL;
+
+    PyObject *got = turn(listener, epfd, timeout, audit_arch, tasks, new_task, nrs, meanings, passing, killable);
+
+    /* What the turn kept for Python, before Python looks: also when it
+       failed (the calls it made were made). */
+    PyObject *type, *value, *trace;
+    PyErr_Fetch(&type, &value, &trace);
+    int failed = flush() < 0 || add_tally(counts, names) < 0;
+    forget_turn();
+    Py_CLEAR(record);
+    if (type != NULL) {
+        if (failed)
+            PyErr_Clear();
+        PyErr_Restore(type, value, trace);  /* (the turn's exception first) */
+    } else if (failed && got != NULL) {
+        if (PyTuple_Check(got) && PyTuple_GET_SIZE(got) == 3 && PyLong_Check(PyTuple_GET_ITEM(got, 1)))
+            close((int)PyLong_AsLong(PyTuple_GET_ITEM(got, 1)));  /* a kept connection nobody will have */
+        Py_CLEAR(got);
+    }
+    return got;
 }
 
 static PyMethodDef methods[] = {

@@ -116,5 +116,11 @@ class Registry:
     def set_option(self, inode: int, level: int, name: int, value: bytes) -> None:
         _remember(self.options, (inode, level, name), value, self.max_clients)
 
+    def set_options(self, items) -> None:
+        """Many set_option()s at once: (inode, level, name, value) items
+        (the compiled loop's, which hands them over in batches)."""
+        for inode, level, name, value in items:
+            self.set_option(inode, level, name, value)
+
     def option(self, inode: int, level: int, name: int) -> bytes | None:
         return self.options.get((inode, level, name))

@@ -97,6 +97,7 @@ def test_pairs_both_redirected(bins, sockdir, background, server_kind, client_ki
     replies = re.findall(r"^reply (\S+(?: \d+)?) (.*)$", result.stdout, re.M)
     assert [data for _, data in replies] == ["echo:question one", "echo:question two"], result.stdout
     assert {split_addr(addr) for addr, _ in replies} == {("127.0.0.1", port)}
+    server.wait_for_line(r"^received .* question two$")  # (its output may still be on its way)
     seen = re.findall(r"^received (\S+(?: \d+)?) len=(\d+) (.*)$", server.output, re.M)
     assert [data for _, _, data in seen] == ["question one", "question two"], server.output
     peers = {split_addr(addr) for addr, _, _ in seen}

@@ -67,4 +67,4 @@ def compiled(ctx) -> tuple:
     the options C answers alone on connections it accepted, and where it
     keeps what they set."""
     return (accept.compiled_plan(ctx), socknames.compiled_getsockname(ctx), sockopt.compiled_setsockopt(ctx),
-            sockopt.COMPILED_OPTIONS, ctx.registry.set_option)
+            sockopt.COMPILED_OPTIONS, ctx.registry.set_options)

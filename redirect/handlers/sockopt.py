@@ -156,7 +156,7 @@ def compiled_setsockopt(ctx):
     the call's result for a converted socket and an option that needs no
     privilege, or None (setsockopt above answers). Connections it accepted
     itself it answers alone, from COMPILED_OPTIONS: tried on the scratch
-    socket there, kept with ctx.registry.set_option."""
+    socket there, kept with ctx.registry.set_options (in batches)."""
     def set_option(inode: int, level: int, name: int, value: bytes | None) -> int | None:
         if level not in IP_LEVELS:
             return None
