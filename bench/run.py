@@ -33,7 +33,11 @@ notification; ptrace), side by side with the native runs in the same rounds:
     what trapping those calls costs before any supervisor work: the best any
     notify supervisor can do with that filter. (Go's net package makes only
     accept4 and getsockname of them on a Unix socket, 2 calls per connection
-    against 5 under redirect: for Go and caddy the floor is too kind.) nginx also runs under
+    against 5 under redirect: for Go and caddy that floor is too kind. So Go
+    and caddy also run natively on TCP, where they make all 5, under
+    null-supervisor and under `null-supervisor --sound`, which makes the
+    sound design's steps before each answer: the fd's link, the reads and
+    ID_VALID, the writes, the accept itself.) nginx also runs under
     `null-supervisor --accept`, which does the work of redirect's accept
     handler in C (the listener's duplicate and inode, addrlen read, accept,
     SO_PEERCRED, the IP peer written, ADDFD, the answer): what a compiled
@@ -101,9 +105,15 @@ FLOOR_TRAPS = {"go": ("accept4", "getsockname", "setsockopt"), "nginx": ("accept
                "caddy": ("accept4", "getsockname", "setsockopt"), "udp": ("recvfrom", "sendto")}
 
 
+FLOOR_MODES = {"floor": [], "floor-accept": ["--accept"], "floor-tcp": [], "sound-tcp": ["--sound"]}
+
+
 def floor_variants(kind: str) -> list:
-    """(h)'s runs of a web server: the floor, and for nginx its accept done in C."""
-    return ["floor", "floor-accept"] if kind == "nginx" else ["floor"]
+    """(h)'s runs of a web server: the floor; for nginx its accept done in C;
+    for Go and caddy (which set TCP options only on TCP connections: on a
+    Unix socket they make 2 of their 5 calls) the same on TCP, where they
+    make all 5, answered CONTINUE and with the sound design's steps."""
+    return ["floor", "floor-accept"] if kind == "nginx" else ["floor", "floor-tcp", "sound-tcp"]
 
 
 # The issue's targets (docs/performance.md): (row, what, test on the measured value).
@@ -306,7 +316,7 @@ class Web:
         self.dir = tmp / f"{kind}-{variant}"
         self.dir.mkdir(exist_ok=True)
         self.log = self.dir / "out.log"
-        native_unix = variant == "unix" or variant.startswith("floor")
+        native_unix = variant in ("unix", "floor", "floor-accept")
         listen_tcp = f"127.0.0.1:{self.port}"
         if kind == "go":
             argv = [SERVER, "-quiet"] + (["-unix", self.sock] if native_unix else ["-addr", listen_tcp])
@@ -323,11 +333,11 @@ class Web:
             self.path = "/1k.txt"
         if variant in BACKENDS:
             argv = redirect(variant, f"in,port={self.port},path={self.sock}", count=count) + argv
-        elif variant.startswith("floor"):
-            argv = [FLOOR, *(["--accept"] if variant == "floor-accept" else []), *FLOOR_TRAPS[kind], "--"] + argv
+        elif variant in FLOOR_MODES:
+            argv = [FLOOR, *FLOOR_MODES[variant], *FLOOR_TRAPS[kind], "--"] + argv
         self.argv = argv
-        # Clients reach it on the socket file, except natively on TCP.
-        self.unix = None if variant == "tcp" else self.sock
+        # Clients reach it on the socket file, except where it listens on TCP.
+        self.unix = None if variant in ("tcp", "floor-tcp", "sound-tcp") else self.sock
         self.url = f"http://127.0.0.1:{self.port}{self.path}"
 
     def start(self, procs: Procs) -> None:
@@ -596,6 +606,11 @@ def report(s: dict, samples: dict, counts: dict, cfg: dict, info: dict) -> str:
         if "floor-accept" in m:
             rows.append((f"(h) {kind} new conn/request, accept4 handled in C (null-supervisor --accept)",
                          f"TCP {m['tcp']:.0f}/s", f"{m['floor-accept'] / m['tcp']:.2f}x TCP", "", "-"))
+        if "floor-tcp" in m:
+            rows.append((f"(h) {kind} on TCP, new conn/request, its 5 calls answered CONTINUE",
+                         f"TCP {m['tcp']:.0f}/s", f"{m['floor-tcp'] / m['tcp']:.2f}x TCP", "", "-"))
+            rows.append((f"(h) {kind} on TCP, new conn/request, the sound design's steps (null-supervisor --sound)",
+                         f"TCP {m['tcp']:.0f}/s", f"{m['sound-tcp'] / m['tcp']:.2f}x TCP", "", "-"))
     rows.append((f"(h) floor: UDP round trips, {'+'.join(FLOOR_TRAPS['udp'])} answered CONTINUE",
                  f"{med_or(samples['udp']['native'])}/s", f"{s['udp_floor']:.3f}x", "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

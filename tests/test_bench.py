@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import sys
 
-from helpers import REPO, curl_unix, nginx_conf, run, wait_for_socket
+from helpers import REPO, curl_unix, free_port, nginx_conf, run, wait_for_socket
 
 
 def test_bench_quick_run_prints_every_measurement(bins):
@@ -14,7 +14,9 @@ def test_bench_quick_run_prints_every_measurement(bins):
                 "(c) Go hello new conn", "(d) /bin/true", "(e) UDP round trips", "(f) nginx keep-alive, Go client",
                 "(f) nginx new conn/request, wrk", "(g) caddy keep-alive, Go client", "(g) caddy new conn/request, wrk",
                 "(h) floor: go new conn", "(h) floor: nginx new conn", "(h) nginx new conn/request, accept4 handled in C",
-                "(h) floor: caddy new conn", "(h) floor: UDP round trips", "trapped calls"):
+                "(h) floor: caddy new conn", "(h) go on TCP, new conn/request, its 5 calls answered CONTINUE",
+                "(h) caddy on TCP, new conn/request, the sound design's steps", "(h) floor: UDP round trips",
+                "trapped calls"):
         assert row in result.stdout, result.stdout
     # The trapped calls are counted for every workload under both backends.
     for kind in ("go", "nginx", "caddy", "udp"):
@@ -48,3 +50,20 @@ def test_null_supervisor_traps_the_calls_and_does_the_accept_work(bins, sockdir,
     server.stop()
     answered = int(re.search(r"null-supervisor: (\d+) calls answered", server.output)[1])
     assert answered >= 5, server.output
+
+
+def test_null_supervisor_sound_makes_go_s_five_calls_on_tcp(bins, background):
+    """(h)'s floor of the sound design for Go: on TCP the Go server makes
+    all five calls of a new connection (on a Unix socket it makes two), and
+    under --sound its accepts are made by the supervisor, which writes the
+    IPv4 peer: every request is answered and five calls are counted for
+    each connection."""
+    port, n = free_port(), 40
+    server = background([bins / "null-supervisor-glibc", "--sound", "accept4", "getsockname", "setsockopt", "--",
+                         bins / "go-http-server", "-quiet", "-addr", f"127.0.0.1:{port}"])
+    server.wait_for_line(r"^listening ")
+    load = run([bins / "go-http-client", "-n", n, "-c", 2, f"http://127.0.0.1:{port}/"], timeout=60)
+    assert load.returncode == 0 and f"ok={n} fail=0" in load.stdout, load.stdout + load.stderr
+    server.stop()
+    answered = int(re.search(r"null-supervisor: (\d+) calls answered", server.output)[1])
+    assert answered >= 5 * n, server.output
