@@ -336,8 +336,8 @@ class Web:
         elif variant in FLOOR_MODES:
             argv = [FLOOR, *FLOOR_MODES[variant], *FLOOR_TRAPS[kind], "--"] + argv
         self.argv = argv
-        # Clients reach it on the socket file, except where it listens on TCP.
-        self.unix = None if variant in ("tcp", "floor-tcp", "sound-tcp") else self.sock
+        # Clients reach it on the socket file (natively, or redirect's), else on TCP.
+        self.unix = self.sock if native_unix or variant in BACKENDS else None
         self.url = f"http://127.0.0.1:{self.port}{self.path}"
 
     def start(self, procs: Procs) -> None:

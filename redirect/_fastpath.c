@@ -549,20 +549,6 @@ static long long now_ms(void)
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* serve(listener, epfd, timeout_ms, audit_arch, tasks, new_task, numbers,
-         names, meanings, passing, counts, killable)
-
-   The notification loop while the program makes the calls of its new
-   connections: received and made here, with no Python but what they mean
-   (meanings: the (plan, local, set, options, keep) of handlers.compiled(),
-   or None: every call is Python's, but those of `passing`, a mask of
-   these calls the handlers would let run: CONTINUE at once). Returns to
-   notify.py's loop when it has something to do: None (its epoll fd is
-   readable, the timeout passed, or a signal came),
-   ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
-   nothing done), ("kept", conn, listener_inode) (a connection taken for a
-   call that went away), or ("hup",) (no thread is left under the filter).
-   tasks: notify's threads by tid (new_task(tid) adds one). */
 /* The pidfd of the thread that made the call, from notify's tasks (a
    thread not seen before is new_task's: it takes its pidfd and tells when
    it ends): -1 and no exception if it is gone already (the handlers say
@@ -601,6 +587,7 @@ static int thread_pidfd(int tid, PyObject *tasks, PyObject *new_task)
     return (int)number;
 }
 
+/* One turn of serve (below): its loop. */
 static PyObject *turn(int listener, int epfd, int timeout, unsigned int audit_arch, PyObject *tasks,
                       PyObject *new_task, const long *nrs, PyObject *meanings, unsigned int passing, int killable)
 {
@@ -694,6 +681,20 @@ static PyObject *turn(int listener, int epfd, int timeout, unsigned int audit_ar
     }
 }
 
+/* serve(listener, epfd, timeout_ms, audit_arch, tasks, new_task, numbers,
+         names, meanings, passing, counts, killable)
+
+   The notification loop while the program makes the calls of its new
+   connections: received and made here, with no Python but what they mean
+   (meanings: the (plan, local, set, options, keep) of handlers.compiled(),
+   or None: every call is Python's, but those of `passing`, a mask of
+   these calls the handlers would let run: CONTINUE at once). Returns to
+   notify.py's loop when it has something to do: None (its epoll fd is
+   readable, the timeout passed, or a signal came),
+   ("call", ident, tid, nr, audit_arch, args) (a call for the handlers,
+   nothing done), ("kept", conn, listener_inode) (a connection taken for a
+   call that went away), or ("hup",) (no thread is left under the filter).
+   tasks: notify's threads by tid (new_task(tid) adds one). */
 static PyObject *serve(PyObject *self, PyObject *args)
 {
     int listener, epfd, timeout, killable;
