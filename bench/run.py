@@ -457,6 +457,16 @@ def share(n: int, variant: str) -> int:
     return max(n // PTRACE_SHARE, 50) if variant == "ptrace" else n
 
 
+def again_once(measure, *args, **kwargs) -> float:
+    """A load run, run again once if it failed (a connection reset in one of
+    thousands ends a round of minutes otherwise); the failure is reported."""
+    try:
+        return measure(*args, **kwargs)
+    except BenchError as err:
+        print(f"bench: run again after: {str(err).splitlines()[0]}", file=sys.stderr, flush=True)
+        return measure(*args, **kwargs)
+
+
 def one_round(r: int, cfg: dict, webs: dict, udps: dict, samples: dict) -> None:
     every = ["native", *BACKENDS]
     # (a) untrapped syscalls
@@ -479,19 +489,20 @@ def one_round(r: int, cfg: dict, webs: dict, udps: dict, samples: dict) -> None:
     for kind in rotated(list(WEB), r):
         for mode, n in rotated([("keepalive", cfg["keepalive_n"]), ("newconn", cfg["conn_n"])], r):
             for variant in rotated(list(VARIANTS) + (floor_variants(kind) if mode == "newconn" else []), r):
-                rate = load(webs[kind, variant], share(n, variant), cfg["concurrency"], keepalive=mode == "keepalive")
+                rate = again_once(load, webs[kind, variant], share(n, variant), cfg["concurrency"],
+                                  keepalive=mode == "keepalive")
                 samples[kind][mode][variant].append(rate)
     # (f), (g): wrk, native against TCP or redirected against the redirected server
     for kind in rotated(["nginx", "caddy"], r):
         for mode in rotated(["keepalive", "newconn"], r):
             for variant in rotated(["tcp", *BACKENDS], r):
-                rate = wrk_load(webs[kind, variant], cfg["wrk_seconds"], mode == "keepalive",
-                                None if variant == "tcp" else variant)
+                rate = again_once(wrk_load, webs[kind, variant], cfg["wrk_seconds"], mode == "keepalive",
+                                  None if variant == "tcp" else variant)
                 samples[f"{kind}-wrk"][mode][variant].append(rate)
     # (e) UDP round trips (client and server both redirected, or both native)
     for which in rotated([*every, "floor"], r):
         n = cfg["udp_native_n"] if which in ("native", "floor") else share(cfg["udp_redirect_n"], which)
-        samples["udp"][which].append(udp_load(udps[which], n, cfg["udp_concurrency"]))
+        samples["udp"][which].append(again_once(udp_load, udps[which], n, cfg["udp_concurrency"]))
 
 
 # ---- trapped calls per request --------------------------------------------------------

@@ -297,6 +297,22 @@ def has_pidfd_getfd() -> bool:
         os.close(pidfd)
 
 
+PIDFD_GET_INFO = 0xC040FF0B  # _IOWR(0xFF, 11, struct pidfd_info), its first version (64 bytes)
+
+
+def has_pidfd_info() -> bool:
+    """Whether the kernel tells a thread's credentials by its pidfd
+    (PIDFD_GET_INFO, 6.13): tried on our own pidfd."""
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, bytearray(struct.pack("=Q56x", 2)), True)  # (mask: PIDFD_INFO_CREDS)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
 def set_parent_death_signal(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
 

@@ -48,7 +48,7 @@ _SIGNALS_EVERY = 0.01  # seconds: how soon a waiting call (killable) hears of it
 _ERESTARTSYS = 512
 _ALL_SIGNALS = signal.valid_signals()
 # handlers.compiled(): the calls, in the order of _fastpath.c's serve()
-_COMPILED_NAMES = ("accept", "accept4", "getsockname", "setsockopt")
+_COMPILED_NAMES = ("accept", "accept4", "getsockname", "setsockopt", "recvfrom", "sendto")
 _COMPILED = tuple(arch.NR[name] for name in _COMPILED_NAMES)
 
 
@@ -113,6 +113,10 @@ class Task:
         from .identity import of_thread
 
         return of_thread(self.tid, self.status)
+
+    def alive(self) -> bool:
+        """Whether the thread has not ended (its pidfd says so)."""
+        return not select.select([self.pidfd], [], [], 0)[0]
 
     def signal_answer(self, shared_since: int) -> int:
         """What this thread's waiting call answers now for a signal (0: none,
@@ -198,6 +202,9 @@ class Notified(ProgramThread):
 
     def identity(self):
         return self.task.identity()
+
+    def alive(self) -> bool:
+        return self.valid() or self.task.alive()  # (a call gone to a signal: its thread lives on)
 
     def wait(self, sock: socket.socket, fd: int, events: int, timeout_ms: int):
         return (yield Wait(sock.fileno(), events, timeout_ms))
@@ -293,6 +300,7 @@ class NotifyBackend:
         self.listener = -1
         self.sync_wake_up = False
         self.killable = False
+        self.credits = False  # PIDFD_GET_INFO: C can credit a root supervisor's answers to the program
         self.compiled, self._why_not_compiled = _compiled(supervisor.verbosity)
         self._meaning, self._passing = None, 0
         self._seq = 0
@@ -304,8 +312,10 @@ class NotifyBackend:
             "without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): each call costs a cross-CPU wake-up"
         waits = "calls wait killable" if self.killable else \
             "without WAIT_KILLABLE_RECV (Linux 5.19): a signal during a call may make it twice"
-        calls = "connection calls compiled" if self.compiled is not None else \
-            f"connection calls made in Python ({self._why_not_compiled})"
+        calls = "connection and datagram calls compiled" if self.compiled is not None else \
+            f"connection and datagram calls made in Python ({self._why_not_compiled})"
+        if self.compiled is not None and not self.credits and os.geteuid() == 0:
+            calls += "; answers to datagram senders made in Python (no PIDFD_GET_INFO, Linux 6.13)"
         return f"notify (seccomp user notification; {why}; {speed}; {waits}; {calls})"
 
     # ---- start ---------------------------------------------------------------------
@@ -352,6 +362,7 @@ class NotifyBackend:
             raise Unavailable("this kernel has no SECCOMP_ADDFD_FLAG_SEND (Linux 5.14): without it an fd "
                               "given as a call's result could be lost to a signal")
         self.sync_wake_up = kernel.notif_sync_wake_up(self.listener)
+        self.credits = self.compiled is not None and kernel.has_pidfd_info()
         os.write(go, b"g")
 
     # ---- the tree --------------------------------------------------------------------
@@ -434,7 +445,7 @@ class NotifyBackend:
         try:
             got = serve(self.listener, self.epoll.fileno(), -1 if timeout < 0 else math.ceil(timeout * 1000),
                         kernel.AUDIT_ARCH, self.tasks, self._task, _COMPILED, _COMPILED_NAMES, meaning, passing,
-                        (self.sup.trapped, self.sup.compiled), self.killable)
+                        (self.sup.trapped, self.sup.compiled), self.killable, self.credits)
         except Exception:
             # A bug, in C or in what a call means (a call it made is answered
             # EIO: fail closed): from now on every call is the handlers'.
@@ -448,6 +459,9 @@ class NotifyBackend:
             return serve
         if got[0] == "call":
             self._received(*got[1:])
+        elif got[0] == "replay":  # a datagram call made, its answer lost to a signal: for its restart
+            _, tid, nr, _, args, result = got
+            self.replay[tid] = (nr, args, result)
         elif got[0] == "kept":  # an accept's connection taken, not given (the call went away, EMFILE): the next call's
             import socket
 
@@ -500,6 +514,8 @@ class NotifyBackend:
 
     def _forget(self, task: Task) -> None:
         self.ended.pop(task.pidfd, None)
+        if self.tasks.get(task.tid) is task:
+            self.replay.pop(task.tid, None)  # (an answer lost with its thread: none restarts)
         self.epoll.unregister(task.pidfd)
         if self.tasks.get(task.tid) is task:
             del self.tasks[task.tid]

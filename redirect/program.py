@@ -88,6 +88,11 @@ class ProgramThread:
         return int.from_bytes(self.read(addr, 4), "little", signed=True)
 
     # fds (this thread's fd table) ---------------------------------------------------
+    def alive(self) -> bool:
+        """Whether the thread still is (its tid not another's): a tracee
+        stays ours until we reap it; the notify backend looks."""
+        return True
+
     def fd_inode(self, fd: int) -> int | None:
         """The socket inode behind fd, or None if it is no socket."""
         try:

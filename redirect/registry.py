@@ -68,8 +68,9 @@ class Registry:
     # Datagram sockets the program bound to a real UDP port of its choice: they
     # live on the network, so they are never converted behind its back.
     pinned: OrderedDict[int, None] = field(default_factory=OrderedDict)
-    # Option values the program set on converted sockets at levels Unix sockets lack.
-    options: OrderedDict[tuple[int, int, int], bytes] = field(default_factory=OrderedDict)
+    # Option values the program set on converted sockets at levels Unix sockets
+    # lack, by socket: {(level, name): value}.
+    options: OrderedDict[int, dict[tuple[int, int], bytes]] = field(default_factory=OrderedDict)
 
     def add_listener(self, listener: Listener) -> None:
         self.listeners[listener.real] = listener
@@ -93,7 +94,12 @@ class Registry:
         _remember(self.clients, inode, client, self.max_clients)
 
     def add_accepted(self, inode: int, accepted: Accepted) -> None:
+        """A connection, with the options its listener has now (as TCP's
+        accepted sockets inherit them; not the ones set later)."""
         _remember(self.accepted, inode, accepted, self.max_clients)
+        inherited = self.options.get(accepted.listener.inode)
+        if inherited:
+            _remember(self.options, inode, dict(inherited), self.max_clients)
 
     def client(self, inode: int) -> Client | None:
         return self.bound_clients.get(inode) or self.clients.get(inode)
@@ -114,7 +120,11 @@ class Registry:
         _remember(self.pinned, inode, None, self.max_clients)
 
     def set_option(self, inode: int, level: int, name: int, value: bytes) -> None:
-        _remember(self.options, (inode, level, name), value, self.max_clients)
+        mine = self.options.get(inode)
+        if mine is None:
+            mine = {}
+        mine[level, name] = value
+        _remember(self.options, inode, mine, self.max_clients)
 
     def set_options(self, items) -> None:
         """Many set_option()s at once: (inode, level, name, value) items
@@ -123,4 +133,4 @@ class Registry:
             self.set_option(inode, level, name, value)
 
     def option(self, inode: int, level: int, name: int) -> bytes | None:
-        return self.options.get((inode, level, name))
+        return self.options.get(inode, {}).get((level, name))

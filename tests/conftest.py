@@ -131,7 +131,7 @@ def unprivileged_user() -> pwd.struct_passwd:
 
 @pytest.fixture
 def world_readable_install(bins):
-    """The package, its pure-Python dependencies and one fixture program, copied
+    """The package, its pure-Python dependencies and fixture programs, copied
     where any user can read them (the checkout may live under /root)."""
     root = Path(tempfile.mkdtemp(prefix="rd-user-", dir="/tmp"))
     try:
@@ -144,6 +144,7 @@ def world_readable_install(bins):
                 shutil.copy(origin, root / origin.name)
         shutil.copy(bins / "tcp-server-glibc", root / "tcp-server")
         shutil.copy(bins / "udp-client-glibc", root / "udp-client")
+        shutil.copy(bins / "udp-server-glibc", root / "udp-server")
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
         yield root

@@ -794,7 +794,7 @@ def test_nginx_connection_calls_compiled_or_in_python_alike(bins, sockdir, backg
     wait_for_socket(sock, proc=server)
     peers = [curl_unix(sock).split() for _ in range(5)]  # a new connection each
     server.stop()
-    assert ("connection calls compiled" if accept_in == "C" else "connection calls made in Python") in server.output, server.output
+    assert ("connection and datagram calls compiled" if accept_in == "C" else "connection and datagram calls made in Python") in server.output, server.output
     assert all(host == "127.0.0.1" and int(peer) >= 1024 for host, peer in peers), peers
     assert len({peer for _, peer in peers}) == 5, peers
     counts = json.loads(count.read_text())

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -604,6 +605,82 @@ def test_our_server_that_drops_privileges_after_bind_answers(dropper, sockdir, b
         result = run(redirect(f"out,udp,port={port},path={sock}", verbose=0) + [dropper, "client", port, f"ping{i}"])
         assert result.stdout == f"echo:ping{i}\n", result.stdout + result.stderr + server.output
     assert server.wait(10) == 0, server.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a root program: run as root")
+@pytest.mark.one_backend
+@pytest.mark.parametrize("calls_in", ["C", "Python"])
+def test_a_root_supervisors_answers_name_the_program(dropper, sockdir, background, monkeypatch, calls_in):
+    """Answers to a shown sender go with a root supervisor's rights (the
+    program dropped to nobody, and the sender's directory is root's alone),
+    yet a receiver that asks (SO_PASSCRED) is told the program sent them:
+    its pid, nobody's ids, never root's. The notify backend makes the
+    answer in C (redirect/_fastpath.c) where it was built, or in Python: the
+    same either way. (Its blocking receives with nothing there yet wait in
+    Python.)"""
+    monkeypatch.setenv("REDIRECT_COMPILED", "1" if calls_in == "C" else "0")
+    port, sock, count = free_port_udp(), sockdir / "drop.sock", sockdir / "count.json"
+    private = sockdir / "root-only"
+    private.mkdir(mode=0o700)
+    sockdir.chmod(0o755)
+    n = 3
+    server = background(redirect(f"in,udp,port={port},path={sock},mode=0666", options=("--count-calls", str(count)))
+                        + [dropper, "setuid", port, n])
+    server.wait_for_line("^ready$")
+    program = _child_of(server.pid)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(str(private / "client.sock"))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        client.settimeout(10)
+        answers = []
+        for i in range(n):
+            client.sendto(f"ping{i}".encode(), str(sock))
+            data, ancillary, _, _ = client.recvmsg(64, 64)
+            (level, kind, creds), = ancillary
+            assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+            answers.append((data, struct.unpack("=iII", creds)))
+    assert server.wait(10) == 0, server.output
+    assert [data for data, _ in answers] == [f"echo:ping{i}".encode() for i in range(n)], answers
+    assert {creds for _, creds in answers} == {(program, 65534, 65534)}, (answers, program)
+    counts = json.loads(count.read_text())
+    trapped = {name: counts["trapped"].get(name, 0) for name in ("recvfrom", "sendto")}
+    assert trapped["recvfrom"] >= n and trapped["sendto"] == n, counts
+    if calls_in == "C":  # (a receive that found its datagram there is C's too)
+        assert counts["compiled"]["sendto"] == n and counts["compiled"].get("recvfrom", 0) <= trapped["recvfrom"]
+    else:
+        assert counts["compiled"] == {}, counts
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("calls_in", ["C", "Python"])
+def test_go_udp_calls_compiled_or_in_python_alike(bins, sockdir, background, monkeypatch, calls_in):
+    """A Go UDP echo server traps two calls per datagram, recvfrom (the
+    sender's address) and sendto (the answer): compiled, C makes both, and
+    the server sees the same senders, each client socket one IP address of
+    its own."""
+    monkeypatch.setenv("REDIRECT_COMPILED", "1" if calls_in == "C" else "0")
+    port, sock, count = free_port_udp(), sockdir / "g.sock", sockdir / "count.json"
+    server = background(redirect(f"in,udp,port={port},path={sock}", options=("--count-calls", str(count)))
+                        + [bins / "go-udp-server", "-addr", f"127.0.0.1:{port}"])
+    wait_for_dgram(sock, server)
+    load = run(redirect(f"out,udp,port={port},path={sock}", verbose=0)
+               + [bins / "go-udp-client", "-connected", "-n", "60", "-c", "3", f"127.0.0.1:{port}"], timeout=60)
+    assert "ok=60 fail=0" in load.stdout, load.stdout + load.stderr
+    server.stop()
+    senders = re.findall(r"^received (\S+) len=\d+ ping (\d+) \d+$", server.output, re.M)
+    assert len(senders) == 60, server.output
+    assert all(host.startswith("127.") for host, _ in (address.rsplit(":", 1) for address, _ in senders)), senders
+    by_socket = {}
+    for address, goroutine in senders:
+        by_socket.setdefault(goroutine, set()).add(address)
+    # (the goroutines share the round trips: one may have taken them all)
+    assert all(len(shown) == 1 for shown in by_socket.values()), by_socket
+    assert len({next(iter(shown)) for shown in by_socket.values()}) == len(by_socket), by_socket
+    counts = json.loads(count.read_text())
+    trapped = {name: counts["trapped"].get(name, 0) for name in ("recvfrom", "sendto")}
+    assert trapped["recvfrom"] >= 60 and trapped["sendto"] == 60, counts
+    made_in_c = {name: counts["compiled"].get(name, 0) for name in trapped}
+    assert made_in_c == (trapped if calls_in == "C" else {"recvfrom": 0, "sendto": 0}), counts
 
 
 def free_port_udp() -> int:

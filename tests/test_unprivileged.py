@@ -1,6 +1,7 @@
 """redirect needs no root: run it as an unprivileged user the test creates."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -107,6 +108,39 @@ def test_pipx_install_serves_a_service_user(pipx_install, unprivileged_user, wor
         assert (venv / "share" / "man" / "man1" / "redirect.1").exists()
         assert list(venv.glob("lib/python3*/site-packages/redirect/_fastpath.*.so")), "no compiled accept built"
         if os.environ["REDIRECT_BACKEND"] == "notify":
-            assert "connection calls compiled" in server.output, server.output
+            assert "connection and datagram calls compiled" in server.output, server.output
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_a_service_users_udp_server_answers_its_clients(pipx_install, unprivileged_user, world_readable_install,
+                                                        background):
+    """A supervisor that is not root answers a datagram sender by its name:
+    the program has no rights it did not start with. The notify backend
+    makes those answers in C (the pipx install built it): an unprivileged
+    user's UDP server answers each redirected client."""
+    user = unprivileged_user
+    sockdir = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    try:
+        os.chown(sockdir, user.pw_uid, user.pw_gid)
+        port, sock, count = free_port(), sockdir / "udp.sock", sockdir / "count.json"
+        as_user = ["/usr/sbin/runuser", "-u", user.pw_name, "--"] if os.geteuid() == 0 else []
+        env = {"PATH": "/usr/bin:/bin", "REDIRECT_BACKEND": os.environ["REDIRECT_BACKEND"]}
+        n = 3
+        server = background(as_user + [pipx_install, "--count-calls", count, "-r", f"in,udp,port={port},path={sock}",
+                                       "--", world_readable_install / "udp-server", "--count", n, "127.0.0.1", port],
+                            cwd="/", env=env)
+        server.wait_for_line(r"^listening ")
+        for i in range(n):
+            result = subprocess.run([str(c) for c in as_user + [pipx_install, "-r", f"out,udp,port={port},path={sock}",
+                                                                "--", world_readable_install / "udp-client",
+                                                                "127.0.0.1", port, f"hi{i}"]],
+                                    capture_output=True, text=True, timeout=30, cwd="/", env=env)
+            assert f"reply 127.0.0.1 {port} echo:hi{i}" in result.stdout, result.stdout + result.stderr + server.output
+        assert server.wait(20) == 0, server.output
+        counts = json.loads(count.read_text())
+        assert counts["trapped"]["sendto"] == n, counts
+        if os.environ["REDIRECT_BACKEND"] == "notify":
+            assert counts["compiled"].get("sendto") == n, counts
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)

@@ -25,7 +25,7 @@ they mean here: the callbacks and facts C asks.
 """
 from __future__ import annotations
 
-from . import accept, bind_connect, containment, receive, send, socknames, sockopt
+from . import accept, bind_connect, containment, datagram_send, receive, send, socknames, sockopt
 from .context import Call, Context
 
 __all__ = ["Call", "Context", "HANDLERS", "PASS_UNCONVERTED", "compiled"]
@@ -64,7 +64,9 @@ PASS_UNCONVERTED = ("accept", "accept4", "getsockname")
 def compiled(ctx) -> tuple:
     """What the notify backend's compiled calls mean (redirect/_fastpath.c's
     serve): the accept plan, getsockname's address, setsockopt's result,
-    the options C answers alone on connections it accepted, and where it
-    keeps what they set."""
+    the options C answers alone on connections it accepted, where it
+    keeps what they set, and the datagram sockets' family, senders and
+    destinations."""
     return (accept.compiled_plan(ctx), socknames.compiled_getsockname(ctx), sockopt.compiled_setsockopt(ctx),
-            sockopt.COMPILED_OPTIONS, ctx.registry.set_options)
+            sockopt.COMPILED_OPTIONS, ctx.registry.set_options, *receive.compiled_datagrams(ctx),
+            datagram_send.compiled_destination(ctx))

@@ -23,7 +23,7 @@ from ..rules import Direction, SocketType
 from ..swap import stand_in
 from . import perform
 from .context import Call, install, refuse
-from .identify import Converted, Role, address_of, inode_of
+from .identify import Converted, Role, address_of, inode_of, known
 from .memory import MMSGHDR_SIZE, MSGHDR, cmsgs
 from .perform import Message
 
@@ -173,6 +173,26 @@ def become_client(call: Call, fd: int, sock: socket.socket, verdict: Decision, c
     ctx.registry.peers.remember(verdict.visible, verdict.real)
     ctx.log(1, f"{call.describe()}: datagrams to {verdict.visible} -> {verdict.real} (replies to {own})")
     return res
+
+
+def compiled_destination(ctx):
+    """For the notify backend's compiled sendto (redirect/_fastpath.c, which
+    sends its copy of the datagram as _send does): where a datagram from the
+    converted datagram socket `inode` to the address `dest` (as the program
+    wrote it) goes, if that is to a sender we showed it for (packed, and
+    whether the program was sent to from there: an answer), else None (the
+    handlers judge it)."""
+    def destination(inode: int, dest: bytes) -> tuple[bytes, bool] | None:
+        conv = known(ctx.registry, inode)
+        if conv is None or conv.socket_type != SocketType.DGRAM or conv.shown_family is None:
+            return None
+        visible = kernel_reads(dest, conv.shown_family, True, "send")
+        peers = ctx.registry.peers
+        real = peers.real(visible) if isinstance(visible, IPAddr) else None
+        if real is None or real == UNNAMED:
+            return None
+        return pack(real), peers.sent_to_us(real)
+    return destination
 
 
 def destination(call: Call, visible: IPAddr) -> UnixAddr | int:

@@ -61,7 +61,6 @@ class Converted:
     inode: int
     local: Address | None      # None: let the kernel answer
     peer: Address | None
-    listener: int | None = None  # an accepted connection's listener (inode): what it inherits
 
     @property
     def face(self) -> IPAddr | None:
@@ -113,10 +112,10 @@ def known(registry, inode: int) -> Converted | None:
 def _accepted(accepted: Accepted, inode: int) -> Converted:
     listener = accepted.listener
     if not isinstance(listener.visible, IPAddr):
-        return Converted(Role.ACCEPTED, listener.socket_type, inode, listener.visible, None, listener.inode)
+        return Converted(Role.ACCEPTED, listener.socket_type, inode, listener.visible, None)
     return Converted(Role.ACCEPTED, listener.socket_type, inode,
                      sockaddr.local_of_connection(listener.visible),
-                     sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid), listener.inode)
+                     sockaddr.peer_of_connection(listener.visible, inode, accepted.peer_uid))
 
 
 def client_face(client: Client, inode: int) -> Address | None:

@@ -96,12 +96,15 @@ def _destination(thread, address: bytes | None, reply: bool):
     """Within the block: (the address to send to or connect to, whether it is
     used with the supervisor's rights). A datagram sender the program was
     shown may be answered whatever ids the program has taken since (a server
-    that drops privileges or chroots after its bind), so such an answer goes
-    with the supervisor's rights, but only to the socket file its name leads
+    that drops privileges or chroots after its bind), so a root supervisor's
+    answer goes with its rights, but only to the socket file its name leads
     to following no symlink (the program may have re-pointed the name), by
     an O_PATH fd of it. Anything else, and a sender whose name cannot be
-    opened so, goes as the program."""
-    if reply and address and family_of(address) == AF_UNIX and len(address) > 2 and address[2] == 0x2F:
+    opened so, goes as the program: a supervisor that is not root already
+    is (under no-new-privs the program has no rights it did not start
+    with), and answers by the name (so does _fastpath.c)."""
+    if reply and os.geteuid() == 0 and address and family_of(address) == AF_UNIX and len(address) > 2 \
+            and address[2] == 0x2F:
         try:
             fd = kernel.open_no_symlinks(address[2:].split(b"\0", 1)[0])
         except OSError:

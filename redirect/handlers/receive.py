@@ -24,7 +24,7 @@ from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, Uni
 from ..program import PASS, MemoryUnavailable
 from . import perform
 from .context import Call, on_socket
-from .identify import Converted, address_of, client_face, identify
+from .identify import Converted, address_of, client_face, identify, known
 from .memory import (CMSGHDR, MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
                      MSG_NAMELEN, cmsg, cmsgs, read_headers, read_iovecs, read_room, write_sockaddr)
 
@@ -67,7 +67,7 @@ def _recvfrom_on(call: Call, sock, conv: Converted, room: int):
     if conv.socket_type == SocketType.STREAM:  # TCP reports no sender: length 0
         call.thread.write(len_ptr, struct.pack("=i", 0))
         return res
-    sender = show_sender(call, conv, unpack(name) if name else None)
+    sender = show_sender(call.ctx, call.thread, conv, unpack(name) if name else None)
     err = write_sockaddr(call, src, len_ptr, pack(sender), room)
     return err or res
 
@@ -155,7 +155,7 @@ def _deliver(call: Call, conv: Converted, at: int, mine: tuple, iovs: list[tuple
     sender = None
     if mine[MSG_NAME]:
         if conv.socket_type == SocketType.DGRAM:
-            sender = show_sender(call, conv, unpack(name) if name else None)
+            sender = show_sender(call.ctx, call.thread, conv, unpack(name) if name else None)
             packed = pack(sender)
             thread.write(mine[MSG_NAME], packed[:mine[MSG_NAMELEN]])
             thread.write(at + 8, struct.pack("=I", len(packed)))
@@ -204,26 +204,29 @@ def _whole_cmsgs(control: bytes, room: int) -> bytes:
     return control[:min(offset, room)]
 
 
-def show_sender(call: Call, conv: Converted, real: Address | None) -> IPAddr:
-    """The IP address a datagram from the Unix address `real` is shown from."""
+def show_sender(ctx, thread, conv: Converted, real: Address | None) -> IPAddr:
+    """The IP address a datagram from the Unix address `real` is shown from
+    (to the program's `thread`)."""
     real = real if isinstance(real, UnixAddr) else UNNAMED
-    peers, face = call.ctx.registry.peers, conv.face
-    known = peers.known(real, face.family)
-    if known is not None:
-        return known  # the common case: no lookups
+    peers, face = ctx.registry.peers, conv.face
+    known_as = peers.known(real, face.family)
+    if known_as is not None:
+        return known_as  # the common case: no lookups
     uid = None
     if not face.host.is_loopback and real.name and not real.abstract:
         try:
-            with acting_as(call.thread):  # a path the sender chose: looked up with the program's rights
+            with acting_as(thread):  # a path the sender chose: looked up with the program's rights
                 uid = os.stat(real.name).st_uid  # the sender's user, as 127.U.U.1
         except OSError:
             pass
-    return peers.show(real, face.family, peer_host(face, uid), _own_face(call, real))
+        if not thread.alive():  # (the look may have taken its time: its tid may be another's by now)
+            raise MemoryUnavailable(errno.ESRCH, f"thread {thread.tid} ended while a sender's file was looked at")
+    return peers.show(real, face.family, peer_host(face, uid), _own_face(ctx, real))
 
 
-def _own_face(call: Call, real: UnixAddr) -> IPAddr | None:
+def _own_face(ctx, real: UnixAddr) -> IPAddr | None:
     """The IP address a sender that is a socket of ours shows itself."""
-    registry = call.ctx.registry
+    registry = ctx.registry
     listener = registry.listener_at(real)
     if listener is not None:
         return local_of_connection(listener.visible) if isinstance(listener.visible, IPAddr) else None
@@ -273,6 +276,34 @@ def _cmsgs(call: Call, conv: Converted, sender: IPAddr | None) -> bytes:
     return out
 
 
+def compiled_datagrams(ctx):
+    """For the notify backend's compiled recvfrom and sendto (redirect/_fastpath.c,
+    which receives and sends on its duplicate of the socket as the handlers
+    here and in datagram_send.py do): family(inode), the family a converted
+    datagram socket of this inode shows, or None (the handlers answer); and
+    sender(inode, name, task), the packed address a datagram from the Unix
+    address `name` (as the kernel gave it) is shown from, and whether the
+    peer table still has room (None: the call fails, logged)."""
+    def family(inode: int) -> int | None:
+        conv = known(ctx.registry, inode)
+        if conv is None or conv.socket_type != SocketType.DGRAM:
+            return None
+        return conv.shown_family
+
+    def sender(inode: int, name: bytes, task) -> tuple[bytes, bool] | None:
+        conv = known(ctx.registry, inode)
+        if conv is None or conv.face is None:
+            raise RuntimeError(f"socket {inode} is no longer a converted datagram socket")
+        peers = ctx.registry.peers
+        try:
+            shown = pack(show_sender(ctx, task, conv, unpack(name) if name else None))
+        except OSError as err:  # (no fake address left): this call fails with EIO, as in the handler
+            ctx.log(0, f"recvfrom() in thread {task.tid}: {err.strerror or err}; the call fails with EIO")
+            return None
+        return shown, len(peers) < peers.limit  # (full, it forgets the least recently used: see serve)
+    return family, sender
+
+
 # ---- connected sockets ---------------------------------------------------------------
 
 def connected(call: Call, fd: int) -> bool:
@@ -292,5 +323,5 @@ def connected_peer(call: Call, conv: Converted):
             peer = address_of(sock.family, sock.getpeername())
         except OSError:
             return -errno.ENOTCONN
-    shown = show_sender(call, conv, peer)
+    shown = show_sender(call.ctx, call.thread, conv, peer)
     return write_sockaddr(call, call.args[1], call.args[2], pack(shown))

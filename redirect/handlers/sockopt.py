@@ -89,9 +89,7 @@ _TEMPLATE_OF = {Role.LISTENER: State.FRESH, Role.CLIENT: State.CONNECTED, Role.A
 
 def _read(call: Call, converted, family: int, level: int, name: int, room: int) -> bytes | int:
     templates, kind, registry = call.ctx.templates, converted.socket_type, call.ctx.registry
-    mine = registry.option(converted.inode, level, name)
-    if mine is None and converted.listener is not None:
-        mine = registry.option(converted.listener, level, name)  # an accepted socket inherits its listener's
+    mine = registry.option(converted.inode, level, name)  # (an accepted one's own, inherited: add_accepted)
     if mine is not None:
         return templates.read_back(family, kind, level, name, mine, room)
     state = _TEMPLATE_OF[converted.role]

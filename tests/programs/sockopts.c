@@ -4,8 +4,8 @@
  *
  *   sockopts server 4|6 tcp|udp PORT   bind on loopback:PORT (and listen):
  *                                      "bound ..." lines; then (tcp) accept one
- *                                      connection, "accepted ..." and "set ..."
- *                                      lines, or
+ *                                      connection, "accepted ...", "inherited
+ *                                      ..." and "set ..." lines, or
  *                                      (udp) answer one datagram
  *   sockopts client 4|6 tcp|udp PORT   connect there: "connected ..." lines,
  *                                      then settings: "set ..." lines (what
@@ -151,6 +151,12 @@ int main(int argc, char **argv)
             return 1;
         }
         show_all("bound", s, family, stream);
+        /* A connection inherits its listener's options as they were when
+           it came, not those set later (see "inherited" below). */
+        int hops_level = family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
+        int hops = family == AF_INET ? IP_TTL : IPV6_UNICAST_HOPS, before = 20, later = 30;
+        if (stream)
+            setsockopt(s, hops_level, hops, &before, sizeof before);
         printf("ready\n");
         fflush(stdout);
         if (stream) {
@@ -167,6 +173,11 @@ int main(int argc, char **argv)
                 return 1;
             }
             show_all("accepted", c, family, stream);
+            int got = -1;
+            socklen_t len = sizeof got;
+            setsockopt(s, hops_level, hops, &later, sizeof later);
+            getsockopt(c, hops_level, hops, &got, &len);
+            printf("inherited hops = %d\n", got);
             settings(c, family, stream);  /* (set on a connection the notify backend accepted in C) */
             char b[1];
             if (write(c, "k", 1) != 1)  /* the client reads its options now: both ends still established */
