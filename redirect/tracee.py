@@ -264,7 +264,7 @@ class Thread(ProgramThread):
         then, and the next accept gets it.)"""
         kept = False
         try:
-            fd = yield from self._receive_socket(sock)
+            fd = yield from self._receive_socket(sock, lowest=True)
             if fd in (-errno.EMFILE, -errno.ENFILE) and lost is not None:
                 lost(sock)
                 kept = True
@@ -280,12 +280,13 @@ class Thread(ProgramThread):
         event = yield Scratch(struct.pack("=IQ", events, data))
         return (yield Syscall("epoll_ctl", epfd, _EPOLL_CTL_ADD, fd, event))
 
-    def _receive_socket(self, passed: socket.socket):
+    def _receive_socket(self, passed: socket.socket, lowest: bool = False):
         """Generator: a duplicate of a supervisor socket in the program, sent
         over SCM_RIGHTS through a socket pair the thread makes for the moment
         (no file anywhere). Returns its fd there, or -errno. Whatever another
         thread does to the scratch memory meanwhile, the fd is checked to be
-        `passed`."""
+        `passed`. `lowest`: at the lowest free number, as a call's new fd is
+        (the pair's were lower)."""
         pair = yield Scratch(bytes(8))
         res = yield Syscall("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, pair)
         if res < 0:
@@ -309,6 +310,14 @@ class Thread(ProgramThread):
         _, level, kind, fd = struct.unpack("=Qiii", self.read(control, 20))
         if (level, kind) != (socket.SOL_SOCKET, socket.SCM_RIGHTS) or self.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
             return -errno.EIO
+        if lowest and min(ends) < fd:
+            low = yield Syscall("fcntl", fd, fcntl.F_DUPFD_CLOEXEC, 0)
+            # (checked again: another thread may have put its own file at fd meanwhile)
+            if 0 <= low < fd and self.fd_inode(low) == os.fstat(passed.fileno()).st_ino:
+                yield Syscall("close", fd)
+                return low
+            if low >= 0:
+                yield Syscall("close", low)
         return fd
 
     def release(self) -> None:

@@ -792,6 +792,19 @@ def test_an_accept_that_fails_takes_no_connection(sockdir, background, mode, sai
         assert server.wait_for_line(r"^got (.*)$")[1] == "hello", server.output
 
 
+def test_an_accepted_connection_gets_the_lowest_free_fd(sockdir, background):
+    """accept's fd is the lowest free number, as the kernel gives it (the
+    ptrace backend passes the connection in through a socket pair the
+    thread makes for the moment, whose fds were lower)."""
+    port, sock = free_port(), sockdir / "l.sock"
+    server = background(redirect(f"in,port={port},path={sock}", verbose=0) + ACCEPT_PROBE + ["lowest", port])
+    server.wait_for_line("^listening$")
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(sock))
+        free, accepted = server.wait_for_line(r"^lowest (\d+) (\d+)$").groups()
+    assert accepted == free, server.output
+
+
 @pytest.fixture(scope="module")
 def lingerprobe():
     yield from compiled("lingerprobe", "-static", "-pthread")

@@ -13,6 +13,8 @@ the program saw.
   shutdown PORT  a blocking accept, and another thread shuts the listener
                  down: the accept ends with EINVAL, as on a TCP listener
                  ("einval"), and so does a non-blocking one after it
+  lowest PORT    the fd an accept returns is the lowest free one, as the
+                 kernel gives it ("lowest <free before> <accepted>")
 """
 import ctypes
 import errno
@@ -108,5 +110,15 @@ def shutdown(port):
             print(errno.errorcode[err.errno].lower(), flush=True)
 
 
+def lowest(port):
+    s = listener(port)
+    select.select([s], [], [])  # a connection waits
+    free = os.dup(0)
+    os.close(free)
+    conn, _ = s.accept()
+    print("lowest", free, conn.fileno(), flush=True)
+
+
 if __name__ == "__main__":
-    {"toggle": toggle, "emfile": emfile, "badflags": badflags, "shutdown": shutdown}[sys.argv[1]](int(sys.argv[2]))
+    {"toggle": toggle, "emfile": emfile, "badflags": badflags, "shutdown": shutdown,
+     "lowest": lowest}[sys.argv[1]](int(sys.argv[2]))
