@@ -154,9 +154,10 @@ static unsigned long long fd_inode(int tid, int fd)
     return inode;
 }
 
-/* n bytes of the program's memory, then whether the call still waits: only
-   bytes read while it waits are the call's (notify.Notified.read_some).
-   1: read; 0: not all of it is mapped; -1: the call went away. */
+/* The program's memory at there[] into here[], then whether the call
+   still waits: only bytes read while it waits are the call's
+   (notify.Notified.read_some). 1: read; 0: not all of it is mapped; -1:
+   the call went away. read_valid: n bytes at addr. */
 static int read_valid_iov(int listener, unsigned long long ident, int tid, struct iovec *here,
                           struct iovec *there, int count)
 {
@@ -177,17 +178,39 @@ static int read_valid(int listener, unsigned long long ident, int tid, unsigned 
 
 /* An address stored as the kernel stores it (memory.write_sockaddr):
    truncated to the program's buffer (room, read before), the full length
-   reported. 0 or -EFAULT. */
+   reported; after `payload_len` bytes of payload at payload_at (a
+   datagram received), in the same call. 0 or -EFAULT. */
 static int write_sockaddr(int tid, unsigned long long addr, unsigned long long len_ptr, const char *data,
-                          Py_ssize_t size, int room)
+                          Py_ssize_t size, int room, const void *payload, size_t payload_len,
+                          unsigned long long payload_at)
 {
-    int full = (int)size;
+    int full = (int)size, count = 0;
     size_t part = (size_t)room < (size_t)size ? (size_t)room : (size_t)size;
-    struct iovec local[2] = {{(void *)data, part}, {&full, sizeof full}};
-    struct iovec remote[2] = {{(void *)(uintptr_t)addr, part}, {(void *)(uintptr_t)len_ptr, sizeof full}};
-    int skip = part == 0;
-    ssize_t wrote = process_vm_writev(tid, local + skip, 2 - skip, remote + skip, 2 - skip, 0);
-    return wrote == (ssize_t)(part + sizeof full) ? 0 : -EFAULT;
+    struct iovec local[3], remote[3];
+    const struct { const void *from; size_t n; unsigned long long to; } pieces[3] = {
+        {payload, payload_len, payload_at}, {data, part, addr}, {&full, sizeof full, len_ptr}};
+    for (int i = 0; i < 3; i++)
+        if (pieces[i].n) {  /* (empty pieces left out: their addresses may be anything) */
+            local[count] = (struct iovec){(void *)pieces[i].from, pieces[i].n};
+            remote[count++] = (struct iovec){(void *)(uintptr_t)pieces[i].to, pieces[i].n};
+        }
+    ssize_t wrote = process_vm_writev(tid, local, count, remote, count, 0);
+    return wrote == (ssize_t)(payload_len + part + sizeof full) ? 0 : -EFAULT;
+}
+
+
+/* The supervisor's duplicate of the program's fd if it is a socket (st:
+   its fstat), else -1. (A last close of a file not ours, should the
+   program close its fd meanwhile, is the supervisor's tick's to end:
+   signals.py.) */
+static int held(int pidfd, int fd, struct stat *st)
+{
+    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (dup >= 0 && (fstat(dup, st) < 0 || !S_ISSOCK(st->st_mode))) {
+        close(dup);
+        dup = -1;
+    }
+    return dup;
 }
 
 /* What this keeps of each connection it accepted (the facts the handlers
@@ -253,18 +276,6 @@ static PyObject *plan_of(PyObject *plan, unsigned long long inode)
     return after;
 }
 
-static int n_dgrams;
-static unsigned int senders_gen;
-static void drop_dests(void);
-
-static void forget_turn(void)
-{
-    for (int i = 0; i < n_plans; i++)
-        Py_DECREF(plans[i].after);
-    n_plans = n_threads = n_dgrams = 0;
-    senders_gen = next_gen(senders_gen);
-    drop_dests();
-}
 
 /* accept/accept4 of a converted listener: plan(inode) is None (the
    handler answers) or after(conn_inode, uid): (peer, local, scratch), the
@@ -294,14 +305,11 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
             answer(listener, ident, -EIO);  /* fail closed; the exception says why */
         return after;  /* None, or NULL: the exception */
     }
-    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-    if (dup < 0) {
-        Py_DECREF(after);
-        Py_RETURN_NONE;
-    }
     struct stat st;
-    if (fstat(dup, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_ino != listener_inode) {
-        close(dup);  /* the program put another file at fd since */
+    int dup = held(pidfd, fd, &st);
+    if (dup < 0 || st.st_ino != listener_inode) {
+        if (dup >= 0)
+            close(dup);  /* the program put another file at fd since */
         Py_DECREF(after);
         Py_RETURN_NONE;
     }
@@ -384,7 +392,7 @@ static PyObject *do_accept(int listener, unsigned long long ident, int pidfd, in
     Py_INCREF(packed);
     Py_DECREF(facts);
 
-    int wrote = write_sockaddr(tid, addr, len_ptr, peer, peerlen, room);
+    int wrote = write_sockaddr(tid, addr, len_ptr, peer, peerlen, room, NULL, 0, 0);
     Py_DECREF(packed);
     if (wrote < 0) {
         close(conn);
@@ -436,7 +444,7 @@ static PyObject *do_sockname(int listener, unsigned long long ident, int tid, in
             return PyLong_FromLong(0);
         Py_RETURN_NONE;
     }
-    answer(listener, ident, write_sockaddr(tid, addr, len_ptr, data, size, room));
+    answer(listener, ident, write_sockaddr(tid, addr, len_ptr, data, size, room, NULL, 0, 0));
     Py_XDECREF(packed);
     return PyLong_FromLong(0);
 }
@@ -564,22 +572,9 @@ static PyObject *do_setsockopt(int listener, unsigned long long ident, int tid, 
    failed send, a root supervisor's answer it cannot credit) is the
    handlers' from the start: here nothing was taken or sent yet. */
 
-/* The supervisor's duplicate of the program's fd if it is a socket (st:
-   its fstat), else -1. (A last close of a file not ours, should the
-   program close its fd meanwhile, is the supervisor's tick's to end:
-   signals.py.) */
-static int held(int pidfd, int fd, struct stat *st)
-{
-    int dup = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-    if (dup >= 0 && (fstat(dup, st) < 0 || !S_ISSOCK(st->st_mode))) {
-        close(dup);
-        dup = -1;
-    }
-    return dup;
-}
-
 #define DGRAMS 16
 static struct { unsigned long long inode; int family; } dgrams[DGRAMS];
+static int n_dgrams;
 
 /* The family a converted datagram socket shows (family(inode): AF_INET,
    AF_INET6), 0 if it is the handlers' to serve, -1 with an exception. */
@@ -615,6 +610,29 @@ static unsigned int hashed(const void *data, size_t n, unsigned long long seed)
    showing it forgets another, whose address the next may get (and only
    Python's lookups keep the table's order of use): then nothing is kept. */
 static unsigned int senders_gen = 1, dests_gen = 1;  /* (0: never made) */
+
+#define DESTS 256
+static struct dest {
+    unsigned int gen;
+    unsigned long long inode;
+    int len, reply;
+    char addr[32];
+    socklen_t real_len;
+    struct sockaddr_un real;
+    int named;  /* a root supervisor's answer: the O_PATH fd of the socket file (do_sendto), -1 */
+    long long opened;  /* (when, in ms) */
+} dests[DESTS];
+
+/* Every destination forgotten, and the socket files they named closed. */
+static void drop_dests(void)
+{
+    for (int i = 0; i < DESTS; i++)
+        if (dests[i].gen == dests_gen && dests[i].named >= 0) {
+            close(dests[i].named);
+            dests[i].named = -1;
+        }
+    dests_gen = next_gen(dests_gen);
+}
 
 #define SENDERS 256
 static struct sender {
@@ -663,34 +681,11 @@ static const struct sender *sender_of(PyObject *sender, unsigned long long inode
     return e;
 }
 
-#define DESTS 256
-static struct dest {
-    unsigned int gen;
-    unsigned long long inode;
-    int len, reply;
-    char addr[32];
-    socklen_t real_len;
-    struct sockaddr_un real;
-    int named;  /* a root supervisor's answer: the O_PATH fd of the socket file (do_sendto), -1 */
-    long long opened;  /* (when, in ms) */
-} dests[DESTS];
-
-/* Every destination forgotten, and the socket files they named closed. */
-static void drop_dests(void)
-{
-    for (int i = 0; i < DESTS; i++)
-        if (dests[i].gen == dests_gen && dests[i].named >= 0) {
-            close(dests[i].named);
-            dests[i].named = -1;
-        }
-    dests_gen = next_gen(dests_gen);
-}
-
 /* Where a datagram of the socket `inode` to the address (as the program
    wrote it) goes (destination(inode, addr): (Unix address, whether it
    answers a sender, datagram_send.verdict_for)), or NULL: the handlers'
    (with an exception: an error). */
-static const struct dest *dest_of(PyObject *destination, unsigned long long inode, const char *addr, int len)
+static struct dest *dest_of(PyObject *destination, unsigned long long inode, const char *addr, int len)
 {
     struct dest *e = &dests[hashed(addr, (size_t)len, inode) % DESTS];
     if (e->gen == dests_gen && e->inode == inode && e->len == len && !memcmp(e->addr, addr, (size_t)len))
@@ -699,6 +694,7 @@ static const struct dest *dest_of(PyObject *destination, unsigned long long inod
     if (e->gen == dests_gen && e->named >= 0)
         close(e->named);  /* (pushed out) */
     e->gen = 0;
+    e->named = -1;
     if (got == NULL || got == Py_None) {
         Py_XDECREF(got);
         return NULL;
@@ -723,6 +719,16 @@ static const struct dest *dest_of(PyObject *destination, unsigned long long inod
     e->named = -1;
     Py_DECREF(got);
     return e;
+}
+
+/* What the turn kept, forgotten as it ends. */
+static void forget_turn(void)
+{
+    for (int i = 0; i < n_plans; i++)
+        Py_DECREF(plans[i].after);
+    n_plans = n_threads = n_dgrams = 0;
+    senders_gen = next_gen(senders_gen);
+    drop_dests();
 }
 
 /* What one datagram is copied through (a datagram is smaller; as
@@ -788,16 +794,11 @@ static PyObject *do_recvfrom(int listener, const struct seccomp_notif *req, int 
     struct pollfd ended = {.fd = pidfd, .events = POLLIN};
     if (asked && ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) < 0 && poll(&ended, 1, 0) != 0)
         return PyLong_FromLong(0);  /* (the datagram is lost with the thread) */
-    /* The data, then the address as the kernel stores it (write_sockaddr),
-       in one call; a bad buffer loses the datagram, as in the kernel. */
-    int full = shown->shown_len;
-    size_t part = (size_t)room < (size_t)full ? (size_t)room : (size_t)full;
+    /* The data, then the address, in one call; a bad buffer loses the
+       datagram, as in the kernel. */
     size_t copied = (size_t)n < size ? (size_t)n : size;  /* (MSG_TRUNC: n is the datagram's length) */
-    struct iovec local[3] = {{datagram, copied}, {(void *)shown->shown, part}, {&full, sizeof full}};
-    struct iovec remote[3] = {{(void *)(uintptr_t)buf, copied}, {(void *)(uintptr_t)src, part},
-                              {(void *)(uintptr_t)len_ptr, sizeof full}};
-    ssize_t wrote = process_vm_writev(tid, local, 3, remote, 3, 0);
-    long long result = wrote == (ssize_t)(copied + part + sizeof full) ? n : -EFAULT;
+    long long result = write_sockaddr(tid, src, len_ptr, shown->shown, shown->shown_len, room, datagram, copied, buf)
+                       ? -EFAULT : n;
     if (answer(listener, req->id, result) < 0 && errno == ENOENT)
         return Py_BuildValue("(sL)", "replay", result);  /* (EFAULT too: the datagram was taken) */
     return PyLong_FromLong(0);
@@ -865,7 +866,7 @@ static PyObject *do_sendto(int listener, const struct seccomp_notif *req, int pi
     struct iovec here[2] = {{addr, addr_len}, {datagram, len}};
     struct iovec there[2] = {{(void *)(uintptr_t)addr_ptr, addr_len}, {(void *)(uintptr_t)buf, len}};
     int got = read_valid_iov(listener, req->id, tid, here, there, 2);
-    const struct dest *d = got > 0 ? dest_of(PyTuple_GET_ITEM(meanings, 7), st.st_ino, addr, (int)addr_len) : NULL;
+    struct dest *d = got > 0 ? dest_of(PyTuple_GET_ITEM(meanings, 7), st.st_ino, addr, (int)addr_len) : NULL;
     if (d == NULL) {
         close(dup);
         if (PyErr_Occurred()) {
@@ -885,30 +886,29 @@ static PyObject *do_sendto(int listener, const struct seccomp_notif *req, int pi
        its directory). */
     const char *path = d->real.sun_path;
     size_t path_len = strnlen(path, d->real_len - offsetof(struct sockaddr_un, sun_path));
-    struct dest *e = (struct dest *)d;
     int root = supervisor_euid == 0;
-    if (e->named >= 0 && now_ms() - e->opened > 100) {  /* (opened again now and then: a new socket at the name) */
-        close(e->named);
-        e->named = -1;
+    if (d->named >= 0 && now_ms() - d->opened > 100) {  /* (opened again now and then: a new socket at the name) */
+        close(d->named);
+        d->named = -1;
     }
-    if (root && d->reply && e->named < 0 && path_len > 0 && path[0] == '/' && path_len < sizeof d->real.sun_path) {
+    if (root && d->reply && d->named < 0 && path_len > 0 && path[0] == '/' && path_len < sizeof d->real.sun_path) {
         char name[sizeof d->real.sun_path];
         memcpy(name, path, path_len);
         name[path_len] = 0;
         struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
         struct stat file;
-        e->named = (int)syscall(SYS_openat2, AT_FDCWD, name, &how, sizeof how);
-        e->opened = now_ms();
-        if (e->named >= 0 && (fstat(e->named, &file) < 0 || !S_ISSOCK(file.st_mode))) {
-            close(e->named);
-            e->named = -1;
+        d->named = (int)syscall(SYS_openat2, AT_FDCWD, name, &how, sizeof how);
+        d->opened = now_ms();
+        if (d->named >= 0 && (fstat(d->named, &file) < 0 || !S_ISSOCK(file.st_mode))) {
+            close(d->named);
+            d->named = -1;
         }
     }
     struct sockaddr_un via = {.sun_family = AF_UNIX};
     const struct sockaddr_un *to = &d->real;
     socklen_t to_len = d->real_len;
-    if (e->named >= 0) {
-        int at = snprintf(via.sun_path, sizeof via.sun_path, "/proc/self/fd/%d", e->named);
+    if (d->named >= 0) {
+        int at = snprintf(via.sun_path, sizeof via.sun_path, "/proc/self/fd/%d", d->named);
         to = &via;
         to_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)at + 1);
     }
@@ -916,11 +916,11 @@ static PyObject *do_sendto(int listener, const struct seccomp_notif *req, int pi
     struct iovec data = {datagram, len};
     struct msghdr msg = {.msg_name = (void *)to, .msg_namelen = to_len, .msg_iov = &data, .msg_iovlen = 1};
     struct ucred cred;
-    if (e->named < 0 ? root || (path_len > 0 && path[0] != '/') : !credits || !program_credentials(pidfd, tid, &cred)) {
+    if (d->named < 0 ? root || (path_len > 0 && path[0] != '/') : !credits || !program_credentials(pidfd, tid, &cred)) {
         close(dup);
         Py_RETURN_NONE;  /* (as the program, a root supervisor's acting_as; or uncredited: in Python) */
     }
-    if (e->named >= 0) {
+    if (d->named >= 0) {
         /* An answer a root supervisor sends still names the program to a
            receiver that asks (SO_PASSCRED). */
         msg.msg_control = control.room;
@@ -934,9 +934,9 @@ static PyObject *do_sendto(int listener, const struct seccomp_notif *req, int pi
     ssize_t sent = sendmsg(dup, &msg, flags | MSG_DONTWAIT);
     close(dup);
     if (sent < 0) {
-        if (e->named >= 0) {  /* (that socket may be gone, another at its name: looked up again) */
-            close(e->named);
-            e->named = -1;
+        if (d->named >= 0) {  /* (that socket may be gone, another at its name: looked up again) */
+            close(d->named);
+            d->named = -1;
         }
         Py_RETURN_NONE;  /* nothing sent: the handler sends again, and waits, drops or says why */
     }

@@ -120,9 +120,7 @@ class Registry:
         _remember(self.pinned, inode, None, self.max_clients)
 
     def set_option(self, inode: int, level: int, name: int, value: bytes) -> None:
-        mine = self.options.get(inode)
-        if mine is None:
-            mine = {}
+        mine = self.options.get(inode, {})
         mine[level, name] = value
         _remember(self.options, inode, mine, self.max_clients)
 

@@ -308,12 +308,13 @@ class Thread(ProgramThread):
         if res < 0:
             return res
         _, level, kind, fd = struct.unpack("=Qiii", self.read(control, 20))
-        if (level, kind) != (socket.SOL_SOCKET, socket.SCM_RIGHTS) or self.fd_inode(fd) != os.fstat(passed.fileno()).st_ino:
+        inode = os.fstat(passed.fileno()).st_ino
+        if (level, kind) != (socket.SOL_SOCKET, socket.SCM_RIGHTS) or self.fd_inode(fd) != inode:
             return -errno.EIO
         if lowest and min(ends) < fd:
             low = yield Syscall("fcntl", fd, fcntl.F_DUPFD_CLOEXEC, 0)
             # (checked again: another thread may have put its own file at fd meanwhile)
-            if 0 <= low < fd and self.fd_inode(low) == os.fstat(passed.fileno()).st_ino:
+            if 0 <= low < fd and self.fd_inode(low) == inode:
                 yield Syscall("close", fd)
                 return low
             if low >= 0:

@@ -23,7 +23,7 @@ from ..rules import Direction, SocketType
 from ..swap import stand_in
 from . import perform
 from .context import Call, install, refuse
-from .identify import Converted, Role, address_of, inode_of, known
+from .identify import Converted, Role, address_of, datagram, inode_of
 from .memory import MMSGHDR_SIZE, MSGHDR, cmsgs
 from .perform import Message
 
@@ -183,8 +183,8 @@ def compiled_destination(ctx):
     whether the program was sent to from there: an answer), else None (the
     handlers judge it)."""
     def destination(inode: int, dest: bytes) -> tuple[bytes, bool] | None:
-        conv = known(ctx.registry, inode)
-        if conv is None or conv.socket_type != SocketType.DGRAM or conv.shown_family is None:
+        conv = datagram(ctx.registry, inode)
+        if conv is None:
             return None
         visible = kernel_reads(dest, conv.shown_family, True, "send")
         peers = ctx.registry.peers

@@ -109,6 +109,15 @@ def known(registry, inode: int) -> Converted | None:
     return _accepted(accepted, inode) if accepted is not None else None
 
 
+def datagram(registry, inode: int) -> Converted | None:
+    """known() of a converted datagram socket that shows an IP family (not a
+    from-unix one), else None."""
+    converted = known(registry, inode)
+    if converted is None or converted.socket_type != SocketType.DGRAM or converted.shown_family is None:
+        return None
+    return converted
+
+
 def _accepted(accepted: Accepted, inode: int) -> Converted:
     listener = accepted.listener
     if not isinstance(listener.visible, IPAddr):

@@ -24,7 +24,7 @@ from ..sockaddr import (AF_INET, AF_INET6, MAPPED_LOOPBACK, Address, IPAddr, Uni
 from ..program import PASS, MemoryUnavailable
 from . import perform
 from .context import Call, on_socket
-from .identify import Converted, address_of, client_face, identify, known
+from .identify import Converted, address_of, client_face, datagram, identify
 from .memory import (CMSGHDR, MMSGHDR_SIZE, MSGHDR, MSG_CONTROL, MSG_CONTROLLEN, MSG_IOV, MSG_IOVLEN, MSG_NAME,
                      MSG_NAMELEN, cmsg, cmsgs, read_headers, read_iovecs, read_room, write_sockaddr)
 
@@ -285,14 +285,12 @@ def compiled_datagrams(ctx):
     address `name` (as the kernel gave it) is shown from, and whether the
     peer table still has room (None: the call fails, logged)."""
     def family(inode: int) -> int | None:
-        conv = known(ctx.registry, inode)
-        if conv is None or conv.socket_type != SocketType.DGRAM:
-            return None
-        return conv.shown_family
+        conv = datagram(ctx.registry, inode)
+        return conv.shown_family if conv is not None else None
 
     def sender(inode: int, name: bytes, task) -> tuple[bytes, bool] | None:
-        conv = known(ctx.registry, inode)
-        if conv is None or conv.face is None:
+        conv = datagram(ctx.registry, inode)
+        if conv is None:
             raise RuntimeError(f"socket {inode} is no longer a converted datagram socket")
         peers = ctx.registry.peers
         try:
